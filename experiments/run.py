@@ -1,0 +1,35 @@
+"""Main entry point: ``python experiments/run.py --config=experiments/omol_pretrain.py``.
+
+Intentionally thin: the logic lives in ``helm_jax.train`` so notebooks can call
+``train_and_evaluate(config, workdir)`` directly.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training configuration file.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints and logs go "
+                    "(default: workdirs/<config name>).")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    del argv
+    try:
+        from helm_jax import train
+    except ImportError:
+        sys.exit("helm_jax.train is not implemented yet (training issue); the orbital "
+                 "algebra and its tests are in place: run the README's test command.")
+    workdir = FLAGS.workdir or os.path.join("workdirs", FLAGS.config.get("name", "run"))
+    train.train_and_evaluate(FLAGS.config, workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
