@@ -1,0 +1,252 @@
+"""Geometry input: xyz / extended-xyz / ASE databases -> `Structure`, plus validation.
+
+`read_structures` turns every frame of an input file into a `Structure` (atomic numbers,
+Angstrom coordinates, charge, spin, a `source` tag such as "ethanol_train_01.xyz:17").
+Charge and spin come from the frame's own metadata when present (xyz header keys
+`charge`, `spin` = 2S or `multiplicity` = 2S + 1; ASE db key-value pairs of the same
+names; a db row's charge may also be the sum of its atoms' initial charges), else from
+the caller's defaults.
+
+`validate_structure` checks one geometry before it is labelled (and may be reused by
+readers): shapes, finite coordinates, no atoms closer than `MIN_DISTANCE`, known
+elements, a basis/ECP that covers every element, and charge/spin consistent with the
+electron count. Spin follows PySCF: `spin = 2S = n_alpha - n_beta`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Sequence
+
+import ase.data
+import numpy as np
+
+MIN_DISTANCE = 0.1  # Angstrom; closer atoms are treated as a broken geometry.
+MAX_Z = 118
+
+
+@dataclasses.dataclass(frozen=True)
+class Structure:
+    """One molecular geometry to label.
+
+    Attributes:
+        elements: int32 [n] atomic numbers.
+        coords: float64 [n, 3] Cartesian coordinates in Angstrom.
+        charge: total charge (e).
+        spin: 2S = n_alpha - n_beta (PySCF convention).
+        source: where it came from, "<file name>:<frame index>" (frame index 0-based).
+    """
+
+    elements: np.ndarray
+    coords: np.ndarray
+    charge: int
+    spin: int
+    source: str
+
+
+def to_atomic_numbers(elements: Sequence[int | str] | np.ndarray) -> np.ndarray:
+    """Converts element symbols or atomic numbers to an int32 array of atomic numbers.
+
+    Args:
+        elements: [n] symbols ("C", "Cl") or atomic numbers.
+
+    Returns:
+        int32 [n] atomic numbers.
+
+    Raises:
+        ValueError: if a symbol is unknown or a number is outside 1..118.
+    """
+    numbers = []
+    for i, e in enumerate(np.asarray(elements).reshape(-1).tolist()):
+        if isinstance(e, str):
+            z = ase.data.atomic_numbers.get(e.strip().capitalize())
+            if z is None or z == 0:
+                raise ValueError(f"atom {i}: unknown element symbol {e!r}")
+        else:
+            z = int(e)
+            if float(e) != z or not 1 <= z <= MAX_Z:
+                raise ValueError(f"atom {i}: unknown atomic number {e!r} (valid: 1..{MAX_Z})")
+        numbers.append(z)
+    return np.asarray(numbers, dtype=np.int32)
+
+
+@functools.lru_cache(maxsize=None)
+def ecp_core_electrons(z: int, basis: str, ecp: str = "") -> int:
+    """Number of core electrons an ECP removes from element `z` (0 without an ECP).
+
+    Builds a one-atom PySCF Mole, which also checks that `basis` covers the element.
+
+    Args:
+        z: atomic number.
+        basis: PySCF basis name, e.g. "def2-svp".
+        ecp: PySCF ECP name ("" for none).
+
+    Returns:
+        Core electrons replaced by the ECP.
+
+    Raises:
+        ValueError: if PySCF has no `basis` (or `ecp`) data for the element.
+    """
+    from pyscf import gto  # pylint: disable=import-outside-toplevel
+
+    symbol = ase.data.chemical_symbols[z]
+    try:
+        mol = gto.M(atom=[[symbol, (0.0, 0.0, 0.0)]], basis=basis, ecp=ecp or None,
+                    spin=z % 2, verbose=0)
+    except (RuntimeError, KeyError, ValueError, OSError) as err:
+        raise ValueError(
+            f"PySCF cannot build {symbol} (Z={z}) with basis={basis!r} ecp={ecp!r}: {err}. "
+            "Choose a basis/ECP that covers this element.") from err
+    if mol.nao_nr() == 0:
+        raise ValueError(f"basis {basis!r} has no functions for {symbol} (Z={z}); "
+                         "choose a basis that covers this element.")
+    return z - mol.nelectron
+
+
+def validate_structure(elements, coords, charge: int = 0, spin: int | None = None,
+                       basis: str | None = None, ecp: str = "") -> tuple[np.ndarray, int, int]:
+    """Checks one geometry and returns its atomic numbers, electron count and spin.
+
+    Args:
+        elements: [n] atomic numbers or element symbols.
+        coords: [n, 3] coordinates in Angstrom.
+        charge: total charge.
+        spin: 2S = n_alpha - n_beta; None picks 0 or 1 from the electron count parity.
+        basis: if given, electrons are counted as PySCF would (ECP cores removed) and the
+            basis/ECP must cover every element.
+        ecp: PySCF ECP name ("" for none); only used with `basis`.
+
+    Returns:
+        (elements int32 [n], n_electrons, spin).
+
+    Raises:
+        ValueError: naming the problem (shape, non-finite coordinate, atoms too close,
+            unknown element, charge/spin inconsistent with the electron count).
+    """
+    z = to_atomic_numbers(elements)
+    xyz = np.asarray(coords, dtype=np.float64)
+    n = z.shape[0]
+    if n == 0:
+        raise ValueError("structure has no atoms")
+    if xyz.shape != (n, 3):
+        raise ValueError(f"coords must have shape [n_atoms, 3] = [{n}, 3] to match "
+                         f"{n} elements, got {list(xyz.shape)}")
+    bad = np.argwhere(~np.isfinite(xyz))
+    if bad.size:
+        i, k = bad[0]
+        raise ValueError(f"non-finite coordinate (NaN or inf) at atom {i}, axis {'xyz'[k]}: "
+                         f"{xyz[i, k]}")
+    if n > 1:
+        dist = np.linalg.norm(xyz[:, None, :] - xyz[None, :, :], axis=-1)  # [n, n]
+        dist[np.tril_indices(n)] = np.inf
+        i, j = np.unravel_index(np.argmin(dist), dist.shape)
+        if dist[i, j] < MIN_DISTANCE:
+            raise ValueError(f"atoms {i} and {j} are {dist[i, j]:.4f} A apart (< {MIN_DISTANCE} "
+                             "A): duplicated or broken geometry")
+    if int(charge) != charge:
+        raise ValueError(f"charge must be an integer, got {charge!r}")
+    core = sum(ecp_core_electrons(int(e), basis, ecp) for e in z) if basis else 0
+    n_electrons = int(z.sum()) - core - int(charge)
+    if n_electrons < 0:
+        raise ValueError(f"charge {charge} leaves {n_electrons} electrons")
+    if spin is None:
+        spin = n_electrons % 2
+    if int(spin) != spin or spin < 0:
+        raise ValueError(f"spin (2S = n_alpha - n_beta) must be a non-negative integer, got {spin!r}")
+    if (n_electrons - int(spin)) % 2 or spin > n_electrons:
+        raise ValueError(
+            f"charge={charge} gives {n_electrons} electrons, which cannot have spin 2S={spin} "
+            f"(n_electrons - spin must be even and >= 0); fix the charge or spin "
+            "(spin is 2S, not the multiplicity).")
+    return z, n_electrons, int(spin)
+
+
+def _charge_spin(info: dict, default_charge: int, default_spin: int | None, where: str):
+    """Reads charge and spin (2S) from a metadata dict, falling back to defaults."""
+    lower = {str(k).lower(): v for k, v in info.items()}
+    charge = int(round(float(lower.get("charge", default_charge))))
+    if "spin" in lower:
+        spin = int(lower["spin"])
+    elif "multiplicity" in lower:
+        spin = int(lower["multiplicity"]) - 1
+        if spin < 0:
+            raise ValueError(f"{where}: multiplicity must be >= 1, got {lower['multiplicity']}")
+    else:
+        spin = default_spin
+    return charge, spin
+
+
+def _row_info(row) -> dict:
+    """Metadata of an ASE db row; its charge is the sum of the atoms' initial charges."""
+    info = dict(row.key_value_pairs)
+    if row.get("initial_charges") is not None:
+        info.setdefault("charge", float(np.sum(row.initial_charges)))
+    return info
+
+
+def read_structures(path: str, charge: int = 0, spin: int | None = None) -> list[Structure]:
+    """Reads every frame of an xyz / extended-xyz file or an ASE database.
+
+    Files ending in ".db" (or ".json") are read with `ase.db`; anything else with
+    `ase.io.read(path, index=':')`. Spin None is resolved to 0/1 by electron parity.
+
+    Args:
+        path: input file.
+        charge: charge for frames that carry none.
+        spin: 2S for frames that carry none.
+
+    Returns:
+        One `Structure` per frame, in file order.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        ValueError: if a frame's charge/spin metadata is invalid.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"input geometry file {path!r} does not exist")
+    name = os.path.basename(path)
+    # frames: (numbers [n], positions [n, 3], metadata dict) per frame.
+    if path.endswith((".db", ".json")):
+        import ase.db  # pylint: disable=import-outside-toplevel
+
+        frames = [(row.numbers, row.positions, _row_info(row))
+                  for row in ase.db.connect(path).select()]
+    else:
+        import ase.io  # pylint: disable=import-outside-toplevel
+
+        frames = [(a.numbers, a.positions, a.info) for a in ase.io.read(path, index=":")]
+    structures = []
+    for i, (numbers, positions, info) in enumerate(frames):
+        where = f"{name}:{i}"
+        q, s = _charge_spin(info, charge, spin, where)
+        z = to_atomic_numbers(numbers)
+        if s is None:
+            s = int(z.sum() - q) % 2
+        structures.append(Structure(elements=z, coords=np.asarray(positions, np.float64),
+                                    charge=q, spin=int(s), source=where))
+    return structures
+
+
+def build_mole(structure: Structure, basis: str, ecp: str = "", verbose: int = 0):
+    """Builds the PySCF Mole of a structure (coordinates in Angstrom, spherical AOs).
+
+    Args:
+        structure: the geometry, charge and spin.
+        basis: PySCF basis name.
+        ecp: PySCF ECP name ("" for none).
+        verbose: PySCF verbosity.
+
+    Returns:
+        A built `pyscf.gto.Mole`.
+    """
+    from pyscf import gto  # pylint: disable=import-outside-toplevel
+
+    atoms = [[int(z), tuple(float(c) for c in xyz)]
+             for z, xyz in zip(structure.elements, structure.coords)]
+    # Name the ECP only for elements that have one (PySCF warns for every other element).
+    ecps = {ase.data.chemical_symbols[z]: ecp for z in set(structure.elements.tolist())
+            if ecp and ecp_core_electrons(z, basis, ecp) > 0}
+    return gto.M(atom=atoms, unit="Angstrom", basis=basis, ecp=ecps or None,
+                 charge=structure.charge, spin=structure.spin, cart=False, verbose=verbose)
