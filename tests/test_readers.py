@@ -1,0 +1,306 @@
+"""Tests of the dataset readers: each test writes a small file in a dataset's own layout,
+convention and units from PySCF matrices, and reads it back through open_dataset."""
+
+import json
+import multiprocessing
+import os
+import pickle
+import sqlite3
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from helm_jax import basis as basis_lib  # pylint: disable=wrong-import-position
+from helm_jax import conventions  # pylint: disable=wrong-import-position
+from helm_jax.data import h5format, readers, readers_sql  # pylint: disable=wrong-import-position
+from data_prep import verify  # pylint: disable=wrong-import-position
+from molecules import ETHANOL, HYDROGEN_IODIDE, METHYL_IODIDE, WATER, pyscf_mol  # pylint: disable=wrong-import-position
+
+BOHR = readers.BOHR_ANGSTROM
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _labels(molecule, basis, ecp=None, seed=0):
+    """PySCF data of a molecule: Z [n], coords [n, 3] A, S, pseudo-Fock H, energy, forces."""
+    symbols, coords = molecule
+    ecps = {x: ecp for x in symbols if ecp and basis_lib.atomic_number(x) > 36}
+    mol = pyscf_mol(symbols, coords, basis, ecps)
+    s = mol.intor("int1e_ovlp")
+    h = s + mol.intor("int1e_kin") + mol.intor("int1e_nuc")  # pseudo-Fock [N, N]
+    h = (h + h.T) / 2  # exactly symmetric, as the packed upper triangles store it
+    rng = np.random.default_rng(seed)
+    z = np.array([basis_lib.atomic_number(x) for x in symbols], np.int32)
+    return dict(z=z, coords=np.asarray(coords, float), s=s, h=h, energy=-rng.random() * 100,
+                forces=rng.normal(size=(len(z), 3)))
+
+
+def _foreign(m, lab, basis, ecp, convention):
+    return conventions.from_pyscf(m, lab["z"], basis, ecp, convention)
+
+
+def _check(rec, lab, tol=1e-12, with_overlap=True):
+    np.testing.assert_array_equal(rec.elements, lab["z"])
+    np.testing.assert_allclose(rec.coords, lab["coords"], atol=tol, rtol=0)
+    np.testing.assert_allclose(rec.fock, lab["h"], atol=tol, rtol=tol)
+    if with_overlap:
+        np.testing.assert_allclose(rec.overlap, lab["s"], atol=tol, rtol=0)
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+def _write_omol(path, labs, spin_attr=1):
+    with h5py.File(path, "w") as f:
+        for name, lab in labs.items():
+            g = f.create_group(name)
+            g.create_dataset("elements", data=lab["z"])
+            g.create_dataset("coords", data=lab["coords"])
+            packed = h5format.pack_upper(_foreign(lab["h"], lab, "def2-tzvpd", "def2-tzvpd",
+                                                  "omol_csh"))
+            g.create_dataset("fock", data=packed)
+            g.attrs.update(charge=0, spin=spin_attr)
+
+
+def _write_schnorb(path, labs, convention="orca", mean=-150.0):
+    import ase  # pylint: disable=import-outside-toplevel
+    import ase.db  # pylint: disable=import-outside-toplevel
+
+    db = ase.db.connect(path)
+    for lab in labs:
+        data = {"hamiltonian": _foreign(lab["h"], lab, "def2-svp", None, convention),
+                "overlap": _foreign(lab["s"], lab, "def2-svp", None, convention),
+                "energy": np.array([lab["energy"] - mean]), "forces": lab["forces"]}
+        db.write(ase.Atoms(numbers=lab["z"], positions=lab["coords"]), data=data)
+    db.metadata = {"mean_energy": mean}
+
+
+def _write_nabladft(path, labs, coord_factor=1 / BOHR, shells=None):
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE data (id INTEGER NOT NULL PRIMARY KEY, Z BLOB, R BLOB, E FLOAT, "
+                 "F BLOB, H BLOB, S BLOB, C BLOB)")
+    conn.execute("CREATE TABLE basisset (Z INTEGER NOT NULL PRIMARY KEY, orbitals BLOB)")
+    f32 = lambda a: np.ascontiguousarray(a, np.float32).tobytes()  # noqa: E731
+    for i, lab in enumerate(labs):
+        conn.execute("INSERT INTO data VALUES (?,?,?,?,?,?,?,?)", (
+            10 + i, lab["z"].astype(np.int32).tobytes(), f32(lab["coords"] * coord_factor),
+            lab["energy"], f32(lab["forces"] * BOHR),
+            f32(_foreign(lab["h"], lab, "def2-svp", None, "psi4")),
+            f32(_foreign(lab["s"], lab, "def2-svp", None, "psi4")),
+            f32(_foreign(lab["h"] - lab["s"], lab, "def2-svp", None, "psi4"))))
+    for z in {int(x) for lab in labs for x in lab["z"]}:
+        ls = (shells or {}).get(z) or conventions.foreign_shell_order(z, "def2-svp", None, "psi4")
+        conn.execute("INSERT INTO basisset VALUES (?,?)", (z, np.array(ls, np.int32).tobytes()))
+    conn.commit()
+    conn.close()
+
+
+def _write_qh9(path, entries):
+    import lmdb  # pylint: disable=import-outside-toplevel
+
+    env = lmdb.open(path, map_size=1 << 26)
+    with env.begin(write=True) as txn:
+        for i, (z, pos, ham) in entries.items():
+            value = {"id": i, "num_nodes": len(z), "atoms": np.asarray(z, np.int32).tobytes(),
+                     "pos": np.asarray(pos, np.float64).tobytes(),
+                     "Ham": np.asarray(ham, np.float64).tobytes()}
+            txn.put(i.to_bytes(length=4, byteorder="big"), pickle.dumps(value))
+    env.close()
+
+
+def _write_project(path, labs, converged):
+    with h5py.File(path, "w") as f:
+        h5format.write_file_attrs(f, {"method": "pbe", "basis": "def2-svp", "ecp": "",
+                                      "grid_level": 3, "density_fit": False, "conv_tol": 1e-9})
+        for i, (lab, ok) in enumerate(zip(labs, converged)):
+            h5format.write_structure(
+                f, h5format.group_key(i), elements=lab["z"], coords=lab["coords"],
+                fock=lab["h"], overlap=lab["s"], energy=lab["energy"], forces=lab["forces"],
+                charge=0, spin=0, n_electrons=int(lab["z"].sum()), converged=ok, scf_cycles=9,
+                source=f"x.xyz:{i}")
+
+
+@pytest.fixture(name="svp", scope="module")
+def fixture_svp():
+    return [_labels(WATER, "def2-svp", seed=0), _labels(ETHANOL, "def2-svp", seed=1)]
+
+
+def _read_first(ds):
+    return ds[0].fock
+
+
+# ----------------------------------------------------------------------------- per dataset
+
+
+def test_omol_csh_round_trip_lazy_and_picklable(tmp_path):
+    labs = {name: _labels(mol, "def2-tzvpd", "def2-tzvpd", seed=k) for k, (name, mol) in
+            enumerate((("hi", HYDROGEN_IODIDE), ("ch3i", METHYL_IODIDE)))}
+    path = str(tmp_path / "omol_csh_1k_test_common.h5")
+    _write_omol(path, labs)
+    with open(path + h5format.SIDECAR_SUFFIX, "w") as fh:
+        json.dump(["ch3i", "hi"], fh)  # the reference code's list: its order defines indices
+    ds = readers.open_dataset(path)
+    assert isinstance(ds, readers.OmolCshReader) and ds.keys == ["ch3i", "hi"]
+    assert (ds.basis, ds.ecp, ds.convention) == ("def2-tzvpd", "def2-tzvpd", "omol_csh")
+    for i, name in enumerate(ds.keys):
+        rec = ds[i]
+        _check(rec, labs[name], with_overlap=False)
+        assert rec.overlap is None and rec.energy is None and rec.spin == 0 and rec.key == name
+    assert {k: v.tolist() for k, v in ds.published_splits().items()} == {"test_common": [0, 1]}
+    clone = pickle.loads(pickle.dumps(ds))
+    np.testing.assert_array_equal(clone[-1].fock, labs["hi"]["h"])
+    with multiprocessing.get_context("fork").Pool(1) as pool:  # reopens in the worker
+        np.testing.assert_array_equal(pool.apply(_read_first, (ds,)), labs["ch3i"]["h"])
+    assert verify.main(["--data", path, "--n", "1"]) == 2  # no overlap stored
+
+
+def test_schnorb_round_trip_units_and_energy(tmp_path, svp):
+    path = str(tmp_path / "schnorb_hamiltonian_mix.db")
+    _write_schnorb(path, svp)
+    ds = readers.open_dataset(path)
+    assert isinstance(ds, readers_sql.SchNOrbReader) and len(ds) == 2 and ds.keys == ["1", "2"]
+    for rec, lab in zip((ds[0], ds[1]), svp):
+        _check(rec, lab)
+        assert rec.energy == pytest.approx(lab["energy"], abs=1e-12)
+        np.testing.assert_allclose(rec.forces, lab["forces"], atol=1e-12)
+    bohr = readers.open_dataset(path, force_unit="hartree/bohr", absolute_energy=False)
+    np.testing.assert_allclose(bohr[1].forces, svp[1]["forces"] / BOHR, atol=1e-12)
+    assert bohr[1].energy == pytest.approx(svp[1]["energy"] + 150.0, abs=1e-12)
+    with pytest.raises(ValueError, match="do not fit the 2 converged records"):
+        ds.published_splits()
+    with pytest.raises(ValueError, match="force_unit 'ev/a' is not one of"):
+        readers.open_dataset(path, force_unit="ev/a")
+
+
+def test_schnetpack_base64_arrays():
+    import base64  # pylint: disable=import-outside-toplevel
+
+    m = np.arange(6.0).reshape(2, 3)
+    data = {"h": base64.b64encode(m.astype(np.float32).tobytes()).decode(),
+            "_shape_h": [2, 3], "_dtype_h": "float32"}
+    np.testing.assert_array_equal(readers_sql._data_array(data, "h"), m)  # pylint: disable=protected-access
+
+
+def test_nabladft_round_trip_and_split_file(tmp_path, svp):
+    path = str(tmp_path / "train_2k.db")
+    _write_nabladft(path, svp)
+    ds = readers.open_dataset(path)
+    assert isinstance(ds, readers_sql.NablaDFTReader) and ds.keys == ["10", "11"]
+    for rec, lab in zip((ds[0], ds[1]), svp):
+        _check(rec, lab, tol=2e-6)
+        assert rec.energy == pytest.approx(lab["energy"], abs=1e-12)
+        np.testing.assert_allclose(rec.forces, lab["forces"], atol=1e-6)
+        np.testing.assert_allclose(rec.extras["core_hamiltonian"], lab["h"] - lab["s"],
+                                   atol=2e-6, rtol=1e-6)
+    assert list(ds.published_splits()) == ["train_2k"]
+    split = str(tmp_path / "split.npz")
+    np.savez(split, train_idx=[11], test_idx=[10])
+    got = readers.open_dataset(path, split_file=split).published_splits()
+    assert {k: v.tolist() for k, v in got.items()} == {"train": [1], "test": [0]}
+    np.savez(split, train_idx=[12])
+    with pytest.raises(ValueError, match=r"names ids \[12\] not in"):
+        readers.open_dataset(path, split_file=split).published_splits()
+    assert verify.main(["--data", path, "--n", "2"]) == 0
+
+
+def test_qh9_round_trip(tmp_path, svp):
+    path = str(tmp_path / "QH9Stable.lmdb")
+    _write_qh9(path, {i: (lab["z"], lab["coords"], lab["h"]) for i, lab in enumerate(svp)})
+    ds = readers.open_dataset(path)
+    assert isinstance(ds, readers.QH9Reader) and ds.keys == ["0", "1"] and ds.basis == "def2-svp"
+    for rec, lab in zip((ds[0], ds[1]), svp):
+        _check(rec, lab, with_overlap=False)
+    parts = ds.published_splits("size_ood")
+    assert parts["train"].tolist() == [0, 1] and parts["test"].size == 0
+    assert sorted(np.concatenate(list(ds.published_splits().values())).tolist()) == [0, 1]
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(ds))[1].fock, svp[1]["h"])
+
+
+def test_project_h5_overlap_splits_and_verify_cli(tmp_path, svp):
+    path = str(tmp_path / "labels.h5")
+    labs = svp + [_labels(WATER, "def2-svp", seed=k) for k in (2, 3, 4)]
+    _write_project(path, labs, converged=[True, True, False, True, True])
+    ds = readers.open_dataset(path)
+    assert isinstance(ds, readers.ProjectH5Reader) and ds.basis == "def2-svp" and ds.ecp is None
+    _check(ds[1], svp[1])
+    np.testing.assert_allclose(ds[1].forces, svp[1]["forces"], atol=1e-12)
+    parts = ds.splits(seed=3, sizes=(2, 1, None))
+    assert [len(v) for v in parts.values()] == [2, 1, 1]
+    assert sorted(np.concatenate(list(parts.values())).tolist()) == [0, 1, 3, 4]
+    again = ds.splits(seed=3, sizes={"train": 2, "val": 1, "test": None})
+    assert all(np.array_equal(parts[k], again[k]) for k in parts)
+    with pytest.raises(ValueError, match="at most one size may be None"):
+        ds.splits(0, (None, None))
+    with pytest.raises(NotImplementedError, match="defines no split"):
+        ds.published_splits()
+    out = subprocess.run([sys.executable, "data_prep/verify.py", f"--data={path}", "--n=2"],
+                         cwd=REPO, capture_output=True, text=True, check=False)
+    assert out.returncode == 0 and "OK: worst" in out.stdout, out.stdout + out.stderr
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_verify_names_wrong_convention_and_units(tmp_path, svp, capsys):
+    wrong = str(tmp_path / "pyscf_order.db")
+    _write_schnorb(wrong, svp[1:], convention="pyscf")
+    assert verify.main(["--data", wrong, "--n", "1"]) == 1
+    assert "in the 'pyscf' AO order" in capsys.readouterr().out
+    angstrom = str(tmp_path / "angstrom.db")
+    _write_nabladft(angstrom, svp[:1], coord_factor=1.0)
+    assert verify.main(["--data", angstrom, "--kind", "nabladft"]) == 1
+    assert "taken as Angstrom read as bohr: wrong units" in capsys.readouterr().out
+
+
+def test_detection_and_file_errors(tmp_path, svp):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        readers.open_dataset(str(tmp_path / "missing.db"))
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"hello world, not a dataset")
+    with pytest.raises(ValueError, match="unknown layout"):
+        readers.open_dataset(str(junk))
+    other = str(tmp_path / "other.db")
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    with pytest.raises(ValueError, match=r"SQLite tables \['t'\] match neither"):
+        readers.open_dataset(other)
+    with pytest.raises(ValueError, match="unknown dataset kind 'xyz'"):
+        readers.open_dataset(other, kind="xyz")
+    with pytest.raises(ValueError, match="no format='helm_jax.h5/v1' attr"):
+        omol = str(tmp_path / "omol.h5")
+        _write_omol(omol, {"hi": _labels(HYDROGEN_IODIDE, "def2-tzvpd", "def2-tzvpd")})
+        readers.open_dataset(omol, kind="h5")
+    with pytest.raises(IndexError, match="index 5 out of range for 1 records"):
+        readers.open_dataset(omol)[5]  # pylint: disable=expression-not-assigned
+
+
+def test_record_errors(tmp_path, svp):
+    db = str(tmp_path / "eth.db")
+    _write_schnorb(db, svp[1:])
+    with pytest.raises(ValueError, match=r"\[1\]: fock has shape \[72, 72\] but C2H6O has 21 "
+                                         r"AOs in sto-3g: the file is in another basis"):
+        readers.open_dataset(db, basis="sto-3g")[0]  # pylint: disable=expression-not-assigned
+    water = svp[0]
+    bad_pos = water["coords"].copy()
+    bad_pos[1, 2] = np.nan
+    close = water["coords"].copy()
+    close[2] = close[1] + [0.0, 0.0, 0.01]
+    qh9 = str(tmp_path / "bad.lmdb")
+    _write_qh9(qh9, {0: (water["z"], bad_pos, water["h"]), 1: (water["z"], close, water["h"]),
+                     2: (water["z"], water["coords"], water["h"].ravel()[:-1])})
+    ds = readers.open_dataset(qh9)
+    with pytest.raises(ValueError, match=r"bad.lmdb \[0\]: non-finite coordinate .* atom 1, "
+                                         "axis z"):
+        ds[0]  # pylint: disable=pointless-statement
+    with pytest.raises(ValueError, match=r"\[1\]: atoms 1 and 2 are 0.0100 A apart"):
+        ds[1]  # pylint: disable=pointless-statement
+    with pytest.raises(ValueError, match="Ham has 575 entries, not a square"):
+        ds[2]  # pylint: disable=pointless-statement
+    nabla = str(tmp_path / "shells.db")
+    _write_nabladft(nabla, svp[:1], shells={1: [0, 1, 0]})
+    with pytest.raises(ValueError, match=r"Z=1 shells l=\[0, 1, 0\], but def2-svp in Psi4 order"):
+        readers.open_dataset(nabla)[0]  # pylint: disable=expression-not-assigned
