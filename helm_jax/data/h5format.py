@@ -23,7 +23,6 @@ files (it was being written when the writer died); in foreign files it is comple
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -31,6 +30,8 @@ from typing import Callable
 
 import h5py
 import numpy as np
+
+from helm_jax.data.records import Record
 
 FORMAT = "helm_jax.h5/v1"
 UNITS = {"coords": "angstrom", "fock": "hartree", "overlap": "hartree",
@@ -163,33 +164,8 @@ def _corrupt_message(path: str, err: Exception) -> str:
             f"{path}.parts/ when present) or delete it and relabel; otherwise copy it again.")
 
 
-@dataclasses.dataclass(frozen=True)
-class H5Record:
-    """One structure as read from a file. Matrices are full and symmetric, PySCF order.
-
-    Attributes:
-        elements: int32 [n] atomic numbers.
-        coords: float64 [n, 3] Angstrom.
-        fock: float64 [N, N] Eh.
-        overlap: float64 [N, N] or None (OMol_CSH files have none).
-        energy: total energy (Eh) or None.
-        forces: float64 [n, 3] Eh/Angstrom or None.
-        charge: total charge.
-        spin: the file's `spin` attr (2S in the project's files).
-        converged: SCF convergence flag (True where the file does not say).
-        key: group name.
-    """
-
-    elements: np.ndarray
-    coords: np.ndarray
-    fock: np.ndarray
-    overlap: np.ndarray | None
-    energy: float | None
-    forces: np.ndarray | None
-    charge: int
-    spin: int
-    converged: bool
-    key: str
+#: Records read from HDF5 files are the project's single record type.
+H5Record = Record
 
 
 class H5Dataset:
