@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as `python data_prep/check_rmd17.py`
 
 import numpy as np  # pylint: disable=wrong-import-position
 
-from data_prep import label  # pylint: disable=wrong-import-position
+from helm_jax.data import labelling  # pylint: disable=wrong-import-position
 from helm_jax.data import geometry  # pylint: disable=wrong-import-position
 
 HARTREE_EV = 27.211386245988
@@ -29,7 +29,7 @@ ENERGY_TARGET_MEV = 15.0  # |E_pyscf - E_orca| per frame
 FORCE_TARGET_MEV_A = 3.0  # force MAE
 DEFAULT_XYZ = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
                            "shared", "data", "rmd17", "ethanol_train_01.xyz")
-RMD17_LEVEL = label.LevelOfTheory(method="pbe", basis="def2-svp", grid_level=5, conv_tol=1e-11)
+RMD17_LEVEL = labelling.LevelOfTheory(method="pbe", basis="def2-svp", grid_level=5, conv_tol=1e-11)
 
 
 def read_reference(path: str, frames: int) -> list[tuple[float, np.ndarray]]:
@@ -40,7 +40,7 @@ def read_reference(path: str, frames: int) -> list[tuple[float, np.ndarray]]:
             for a in ase.io.read(path, index=f":{frames}")]
 
 
-def compare(path: str, frames: int, level: label.LevelOfTheory = RMD17_LEVEL,
+def compare(path: str, frames: int, level: labelling.LevelOfTheory = RMD17_LEVEL,
             verbose: bool = True) -> dict[str, np.ndarray]:
     """Labels the first `frames` frames of `path` and compares with the file's labels.
 
@@ -58,7 +58,7 @@ def compare(path: str, frames: int, level: label.LevelOfTheory = RMD17_LEVEL,
     de, fmae = [], []
     for s, (e_ref, f_ref) in zip(structures, refs):
         t0 = time.time()
-        lab = label.label_structure(s, level, max_cycle=200, forces=True)
+        lab = labelling.label_structure(s, level, max_cycle=200, forces=True)
         if not lab.converged:
             raise RuntimeError(f"{s.source}: SCF did not converge")
         de.append((lab.energy * HARTREE_EV - e_ref) * 1e3)
@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from pyscf import lib  # pylint: disable=import-outside-toplevel
 
-    lib.num_threads(label.threads_per_worker(1, a.threads))
-    level = label.LevelOfTheory(method=RMD17_LEVEL.method, basis=RMD17_LEVEL.basis,
+    lib.num_threads(labelling.threads_per_worker(1, a.threads))
+    level = labelling.LevelOfTheory(method=RMD17_LEVEL.method, basis=RMD17_LEVEL.basis,
                                 grid_level=a.grid_level, conv_tol=a.conv_tol)
     t0 = time.time()
     r = compare(a.xyz, a.frames, level)

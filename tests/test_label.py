@@ -16,14 +16,15 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from data_prep import check_rmd17, label  # pylint: disable=wrong-import-position
+from data_prep import check_rmd17  # pylint: disable=wrong-import-position
+from helm_jax.data import labelling  # pylint: disable=wrong-import-position
 from helm_jax.data import geometry, h5format  # pylint: disable=wrong-import-position
 
 DATA = os.path.join(ROOT, "tests", "data")
 WATER = os.path.join(DATA, "water_frames.xyz")  # 8 distorted water molecules
 ETHANOL = os.path.join(DATA, "ethanol_train_01_first3.xyz")  # rMD17 frames 0-2
-HF_STO3G = label.LevelOfTheory(method="HF", basis="sto-3g", conv_tol=1e-10)
-PBE_SVP = label.LevelOfTheory(method="pbe", basis="def2-svp", grid_level=1, conv_tol=1e-9)
+HF_STO3G = labelling.LevelOfTheory(method="HF", basis="sto-3g", conv_tol=1e-10)
+PBE_SVP = labelling.LevelOfTheory(method="pbe", basis="def2-svp", grid_level=1, conv_tol=1e-9)
 WATER_O_H_H = [[0.0, 0.0, 0.117], [0.0, 0.757, -0.469], [0.0, -0.757, -0.469]]
 
 
@@ -111,7 +112,7 @@ def test_label_structure_matches_pyscf():
     from pyscf import gto, scf  # pylint: disable=import-outside-toplevel
 
     s = geometry.read_structures(WATER)[0]
-    lab = label.label_structure(s, HF_STO3G, forces=True)
+    lab = labelling.label_structure(s, HF_STO3G, forces=True)
     mol = gto.M(atom=[[int(z), tuple(x)] for z, x in zip(s.elements, s.coords)], basis="sto-3g")
     mf = scf.RHF(mol).set(conv_tol=1e-10)
     mf.kernel()
@@ -127,7 +128,7 @@ def test_label_structure_matches_pyscf():
 
 def test_label_file_writes_format_and_checks_theory(tmp_path):
     out = str(tmp_path / "w.h5")
-    summary = label.label_file(WATER, out, HF_STO3G, limit=3, progress=False)
+    summary = labelling.label_file(WATER, out, HF_STO3G, limit=3, progress=False)
     assert summary["labelled"] == 3 and summary["in_file"] == 3
     assert not os.path.exists(out + ".parts")
     with h5format.H5Dataset(out) as ds:
@@ -147,17 +148,17 @@ def test_label_file_writes_format_and_checks_theory(tmp_path):
         g = f["0000002"].attrs
         assert g["source"] == "water_frames.xyz:2" and g["complete"] and g["n_electrons"] == 10
     with pytest.raises(ValueError, match=r"different settings .*basis='sto-3g' there, 'def2-svp' here"):
-        label.label_file(WATER, out, PBE_SVP, limit=4, progress=False)
+        labelling.label_file(WATER, out, PBE_SVP, limit=4, progress=False)
     with pytest.raises(ValueError, match="forces=False there, True here"):
-        label.label_file(WATER, out, HF_STO3G, limit=4, forces=True, progress=False)
-    more = label.label_file(WATER, out, HF_STO3G, start=2, limit=3, progress=False)
+        labelling.label_file(WATER, out, HF_STO3G, limit=4, forces=True, progress=False)
+    more = labelling.label_file(WATER, out, HF_STO3G, start=2, limit=3, progress=False)
     assert (more["skipped"], more["labelled"], more["in_file"]) == (1, 2, 5)
 
 
 def test_unconverged_recorded_and_excluded(tmp_path):
     out = str(tmp_path / "u.h5")
-    label.label_file(WATER, out, HF_STO3G, limit=2, progress=False)
-    summary = label.label_file(WATER, out, HF_STO3G, start=2, limit=1, max_cycle=1,
+    labelling.label_file(WATER, out, HF_STO3G, limit=2, progress=False)
+    summary = labelling.label_file(WATER, out, HF_STO3G, start=2, limit=1, max_cycle=1,
                                progress=False)
     assert summary["unconverged_new"] == 1 and summary["unconverged_in_file"] == 1
     with h5format.H5Dataset(out) as ds:
@@ -170,18 +171,18 @@ def test_rejects_open_shell_invalid_and_corrupt(tmp_path):
     path.write_text("3\nmultiplicity=3\nO 0 0 0.117\nH 0 0.757 -0.469\nH 0 -0.757 -0.469\n"
                     "3\n\nO 0 0 0.117\nH 0 0.757 -0.469\nH 0 0.757 -0.469\n")
     with pytest.raises(ValueError, match="(?s)2 invalid structure.*open-shell.*bad.xyz:1: atoms 1 and 2"):
-        label.label_file(str(path), str(tmp_path / "o.h5"), HF_STO3G, progress=False)
+        labelling.label_file(str(path), str(tmp_path / "o.h5"), HF_STO3G, progress=False)
     with pytest.raises(ValueError, match="open-shell structure"):
-        label.label_structure(geometry.read_structures(str(path))[0], HF_STO3G)
+        labelling.label_structure(geometry.read_structures(str(path))[0], HF_STO3G)
     corrupt = tmp_path / "c.h5"
     corrupt.write_bytes(b"garbage" * 50)
     with pytest.raises(ValueError, match="not a readable HDF5 file.*Move .* away"):
-        label.label_file(WATER, str(corrupt), HF_STO3G, progress=False)
+        labelling.label_file(WATER, str(corrupt), HF_STO3G, progress=False)
 
 
 def test_spawn_pool_equals_in_process(tmp_path):
-    label.label_file(WATER, str(tmp_path / "a.h5"), HF_STO3G, limit=3, progress=False)
-    label.label_file(WATER, str(tmp_path / "b.h5"), HF_STO3G, limit=3, workers=2, threads=1,
+    labelling.label_file(WATER, str(tmp_path / "a.h5"), HF_STO3G, limit=3, progress=False)
+    labelling.label_file(WATER, str(tmp_path / "b.h5"), HF_STO3G, limit=3, workers=2, threads=1,
                      progress=False)
     _assert_same_files(str(tmp_path / "a.h5"), str(tmp_path / "b.h5"))
 
@@ -195,13 +196,13 @@ def test_kill_9_and_resume_equals_uninterrupted(tmp_path):
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     parts = out + ".parts"
     deadline = time.time() + 60
-    while len(label._finished_parts(parts)) < 2 and proc.poll() is None:  # pylint: disable=protected-access
+    while len(labelling._finished_parts(parts)) < 2 and proc.poll() is None:  # pylint: disable=protected-access
         assert time.time() < deadline, "labeller produced no parts"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "labelling finished before it could be killed"
-    n_done = len(label._finished_parts(parts))  # pylint: disable=protected-access
+    n_done = len(labelling._finished_parts(parts))  # pylint: disable=protected-access
     assert 2 <= n_done < 8 and not os.path.exists(out)
     with open(os.path.join(parts, ".0000007.h5.tmp.1"), "wb") as fh:  # a half-written part
         fh.write(b"\x89HDF partial")
@@ -216,13 +217,13 @@ def test_kill_9_and_resume_equals_uninterrupted(tmp_path):
     assert summary["in_file"] == 8 and summary["unconverged_in_file"] == 0
     assert not os.path.exists(parts) and not os.path.exists(stale_out)
     reference = str(tmp_path / "reference.h5")
-    label.label_file(WATER, reference, PBE_SVP, forces=True, progress=False)
+    labelling.label_file(WATER, reference, PBE_SVP, forces=True, progress=False)
     _assert_same_files(out, reference)
 
 
 def test_rmd17_frame_agrees_with_orca():
     # Grid level 3 (not 5): the level-5 version takes ~21 s on one loaded core.
-    level = label.LevelOfTheory(method="pbe", basis="def2-svp", grid_level=3, conv_tol=1e-9)
+    level = labelling.LevelOfTheory(method="pbe", basis="def2-svp", grid_level=3, conv_tol=1e-9)
     r = check_rmd17.compare(ETHANOL, 1, level, verbose=False)
     assert abs(r["energy_diff_mev"][0]) < 15.0
     assert r["force_mae_mev_a"][0] < 3.0

@@ -1,0 +1,370 @@
+"""Labels geometries with PySCF (restricted KS-DFT or HF) into the helm_jax HDF5 format.
+
+Library of the labelling command ``data_prep/label.py``:
+
+    python data_prep/label.py --input=frames.xyz --out=labels.h5 --xc=pbe --basis=def2-svp \
+        --grid_level=5 --conv_tol=1e-11 --forces --workers=2
+
+Per structure it stores the Fock matrix F = h_core + V_eff[D] of the converged density D
+(`mf.get_fock(dm=mf.make_rdm1())`: no DIIS, damping or level shift), the AO overlap
+(`mol.intor('int1e_ovlp')`), `mf.e_tot` and optionally forces (-gradient, Eh/Angstrom).
+Unconverged SCFs are stored with converged=False (and no forces) and counted in the summary.
+Open-shell structures (spin != 0) are rejected: the format holds one restricted Fock matrix.
+
+Crash safety: every finished structure is written as its own one-group HDF5 file
+`<out>.parts/<index:07d>.h5` (temp file, fsync, os.replace), so a kill at any moment
+leaves only whole parts. When the requested range is done, `<out>` is rebuilt from the
+old `<out>` plus the parts into a temp file that atomically replaces it, after which the
+parts are deleted. Rerunning the same command skips every structure found in `<out>` or
+in the parts and labels only the rest. The level of theory (and --forces, input file
+name) is recorded in `<out>` and `<out>.parts/run.json`; a command that disagrees fails.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import glob
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import time
+
+import h5py
+import numpy as np
+import tqdm
+
+from helm_jax.data import geometry, h5format
+
+BOHR_ANGSTROM = 0.52917721092  # PySCF's lib.param.BOHR
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_PART_RE = re.compile(r"^(\d{7})\.h5$")
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelOfTheory:
+    """What a file's labels mean; stored as file attrs and checked on resume.
+
+    Attributes:
+        method: PySCF xc name (e.g. "pbe", "b3lyp") or "HF".
+        basis: PySCF basis name.
+        ecp: PySCF ECP name, "" for none.
+        grid_level: PySCF DFT grid level (recorded for HF too).
+        density_fit: whether the SCF used density fitting.
+        conv_tol: SCF energy convergence threshold (Eh).
+    """
+
+    method: str = "pbe"
+    basis: str = "def2-svp"
+    ecp: str = ""
+    grid_level: int = 3
+    density_fit: bool = False
+    conv_tol: float = 1e-9
+
+    def __post_init__(self):
+        method = "HF" if self.method.upper() == "HF" else self.method.lower()
+        object.__setattr__(self, "method", method)
+        object.__setattr__(self, "basis", self.basis.lower())
+        object.__setattr__(self, "ecp", self.ecp.lower())
+
+
+@dataclasses.dataclass(frozen=True)
+class Label:
+    """PySCF results for one structure.
+
+    Attributes:
+        fock: [N, N] Fock matrix of the final density (Eh, PySCF AO order).
+        overlap: [N, N] AO overlap.
+        energy: total energy (Eh).
+        forces: [n, 3] Eh/Angstrom, or None (not asked for, or SCF unconverged).
+        converged: SCF convergence flag.
+        scf_cycles: SCF iterations.
+        n_electrons: electrons in the calculation (ECP cores excluded).
+    """
+
+    fock: np.ndarray
+    overlap: np.ndarray
+    energy: float
+    forces: np.ndarray | None
+    converged: bool
+    scf_cycles: int
+    n_electrons: int
+
+
+def label_structure(structure: geometry.Structure, level: LevelOfTheory, max_cycle: int = 100,
+                    forces: bool = False) -> Label:
+    """Runs one restricted SCF (RKS or RHF) and returns its labels.
+
+    Args:
+        structure: the geometry (closed shell).
+        level: level of theory.
+        max_cycle: SCF iteration limit.
+        forces: also compute analytic forces (only when the SCF converged).
+
+    Returns:
+        The `Label`.
+
+    Raises:
+        ValueError: for invalid geometries and open-shell structures.
+    """
+    from pyscf import dft, scf  # pylint: disable=import-outside-toplevel
+
+    _, n_electrons, spin = geometry.validate_structure(
+        structure.elements, structure.coords, structure.charge, structure.spin,
+        basis=level.basis, ecp=level.ecp)
+    if spin != 0:
+        raise ValueError(f"{structure.source}: open-shell structure (spin 2S={spin}) is not "
+                         "supported; the format stores one restricted Fock matrix. Label "
+                         "closed-shell states only (check --charge/--spin or the xyz header).")
+    mol = geometry.build_mole(structure, level.basis, level.ecp)
+    if level.method == "HF":
+        mf = scf.RHF(mol)
+    else:
+        mf = dft.RKS(mol)
+        mf.xc = level.method
+        mf.grids.level = level.grid_level
+    if level.density_fit:
+        mf = mf.density_fit()
+    mf.conv_tol = level.conv_tol
+    mf.max_cycle = max_cycle
+    mf.kernel()
+    dm = mf.make_rdm1()  # [N, N] final density
+    fock = mf.get_fock(dm=dm)  # [N, N] h_core + V_eff[dm], no DIIS / level shift
+    grad = mf.nuc_grad_method().kernel() if forces and mf.converged else None  # [n, 3] Eh/bohr
+    return Label(fock=np.asarray(fock), overlap=mol.intor("int1e_ovlp"), energy=float(mf.e_tot),
+                 forces=None if grad is None else -np.asarray(grad) / BOHR_ANGSTROM,
+                 converged=bool(mf.converged), scf_cycles=int(mf.cycles),
+                 n_electrons=n_electrons)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(final: str, write) -> None:
+    """Calls write(tmp_path), fsyncs, then atomically renames the result to `final`."""
+    tmp = os.path.join(os.path.dirname(final) or ".",
+                       f".{os.path.basename(final)}.tmp.{os.getpid()}")
+    write(tmp)
+    _fsync_path(tmp)
+    os.replace(tmp, final)
+    _fsync_path(os.path.dirname(final) or ".")
+
+
+def _label_task(index: int, structure: geometry.Structure, level: LevelOfTheory,
+                max_cycle: int, forces: bool, parts_dir: str) -> tuple[int, bool]:
+    """Labels one structure and writes its part file; returns (index, converged)."""
+    label = label_structure(structure, level, max_cycle, forces)
+    key = h5format.group_key(index)
+
+    def write(tmp):
+        with h5py.File(tmp, "w") as f:
+            h5format.write_structure(
+                f, key, elements=structure.elements, coords=structure.coords, fock=label.fock,
+                overlap=label.overlap, energy=label.energy, forces=label.forces,
+                charge=structure.charge, spin=structure.spin, n_electrons=label.n_electrons,
+                converged=label.converged, scf_cycles=label.scf_cycles, source=structure.source)
+
+    _atomic_write(os.path.join(parts_dir, key + ".h5"), write)
+    return index, label.converged
+
+
+def _run_tasks(args: list[tuple], workers: int, threads: int):
+    """Runs `_label_task(*a)` for every a, in this process or a spawn pool; yields converged."""
+    _worker_init(threads)
+    if workers <= 1:
+        for a in args:
+            yield _label_task(*a)[1]
+        return
+    with _thread_env(threads):  # spawned children read these at start-up
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init, initargs=(threads,))
+        futures = [pool.submit(_label_task, *a) for a in args]
+    try:
+        for fut in concurrent.futures.as_completed(futures):
+            yield fut.result()[1]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _worker_init(threads: int) -> None:
+    from pyscf import lib  # pylint: disable=import-outside-toplevel
+
+    lib.num_threads(threads)
+
+
+def threads_per_worker(workers: int, threads: int | None = None) -> int:
+    """Threads for each worker so that workers * threads <= cores (and <= $OMP_NUM_THREADS)."""
+    if threads:
+        return threads
+    per = max(1, len(os.sched_getaffinity(0)) // workers)
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return min(per, int(env)) if env.isdigit() and int(env) > 0 else per
+
+
+@contextlib.contextmanager
+def _thread_env(threads: int):
+    """Sets the BLAS/OpenMP thread variables that spawned workers inherit."""
+    old = {k: os.environ.get(k) for k in THREAD_VARS}
+    os.environ.update({k: str(threads) for k in THREAD_VARS})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _finished_parts(parts_dir: str) -> dict[str, str]:
+    """Group key -> path of every finished part file."""
+    if not os.path.isdir(parts_dir):
+        return {}
+    found = (_PART_RE.match(name) for name in os.listdir(parts_dir))
+    return {m.group(1): os.path.join(parts_dir, m.group(0)) for m in found if m}
+
+
+def _check_same_theory(found: dict, wanted: dict, where: str) -> None:
+    """Raises ValueError if `found` (attrs of `where`) disagrees with `wanted`."""
+    found = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in found.items()}
+    diffs = [f"{k}={found.get(k)!r} there, {v!r} here" for k, v in wanted.items()
+             if found.get(k) != v]
+    if diffs:
+        raise ValueError(f"{where} was labelled with different settings ({'; '.join(diffs)}). "
+                         "One file holds one level of theory: rerun with the same flags or "
+                         "choose another --out.")
+
+
+def assemble(out: str, parts_dir: str, run_attrs: dict) -> None:
+    """Atomically rebuilds `out` from the old `out` plus the parts, then deletes the parts.
+
+    Only one labeller may work on a given `out` at a time.
+    """
+    parts = _finished_parts(parts_dir)
+    out_dir, out_name = os.path.split(os.path.abspath(out))
+    for stale in glob.glob(os.path.join(out_dir, f".{glob.escape(out_name)}.tmp.*")):
+        os.remove(stale)  # left by an assembly that was killed
+
+    def write(tmp):
+        with h5py.File(tmp, "w") as dst:
+            h5format.write_file_attrs(dst, run_attrs)
+            if os.path.exists(out):
+                with h5format.open_h5(out) as src:
+                    for key in src:
+                        if key not in parts:
+                            src.copy(src[key], dst, name=key)
+            for key, path in sorted(parts.items()):
+                try:
+                    with h5py.File(path, "r") as src:
+                        src.copy(src[key], dst, name=key)
+                except (OSError, KeyError) as err:
+                    os.remove(path)
+                    raise RuntimeError(f"part {path} was unreadable ({err}) and was removed; "
+                                       "rerun the same command to relabel it") from err
+
+    if parts:
+        _atomic_write(os.path.abspath(out), write)
+    if os.path.exists(out):
+        shutil.rmtree(parts_dir, ignore_errors=True)
+
+
+def label_file(input_path: str, out: str, level: LevelOfTheory, *, charge: int = 0,
+               spin: int | None = None, max_cycle: int = 100, forces: bool = False,
+               workers: int = 1, threads: int | None = None, start: int = 0,
+               limit: int | None = None, progress: bool = True) -> dict:
+    """Labels structures [start, start + limit) of `input_path` into `out`, resumably.
+
+    Args:
+        input_path: xyz / extended-xyz / ASE db file.
+        out: output HDF5 file; finished structures already in it (or in its parts
+            directory) are skipped.
+        level: level of theory; must match the one recorded in an existing `out`.
+        charge: default charge for frames without one.
+        spin: default 2S for frames without one (None: by electron parity).
+        max_cycle: SCF iteration limit.
+        forces: also store forces.
+        workers: worker processes (1 = label in this process).
+        threads: threads per worker (default: cores // workers).
+        start: first structure index.
+        limit: number of structures from `start` (None: all).
+        progress: show a tqdm progress bar with ETA.
+
+    Returns:
+        Summary dict: requested, skipped, labelled, unconverged_new, in_file,
+        unconverged_in_file, seconds.
+    """
+    t0 = time.time()
+    structures = geometry.read_structures(input_path, charge, spin)
+    stop = len(structures) if limit is None else min(len(structures), start + limit)
+    run_attrs = {**dataclasses.asdict(level), "forces": bool(forces),
+                 "input_file": os.path.basename(input_path)}
+    parts_dir = out + ".parts"
+    done = set()
+    if os.path.exists(out):
+        try:
+            f = h5format.open_h5(out)
+        except ValueError as err:
+            raise ValueError(f"{err} Move {out} away to relabel its structures.") from err
+        with f:
+            _check_same_theory(dict(f.attrs), {"format": h5format.FORMAT, **run_attrs}, out)
+            done.update(f.keys())
+    os.makedirs(parts_dir, exist_ok=True)
+    run_json = os.path.join(parts_dir, "run.json")
+    if os.path.exists(run_json):
+        with open(run_json) as fh:
+            _check_same_theory(json.load(fh), run_attrs, parts_dir)
+    else:
+        _atomic_write(run_json, lambda tmp: _write_json(tmp, run_attrs))
+    done.update(_finished_parts(parts_dir))
+    todo = [i for i in range(start, stop) if h5format.group_key(i) not in done]
+    _validate_all([structures[i] for i in todo], level)
+
+    per_worker = threads_per_worker(workers, threads)
+    unconverged = 0
+    args = [(i, structures[i], level, max_cycle, forces, parts_dir) for i in todo]
+    with tqdm.tqdm(total=len(todo), unit="mol", disable=not progress, file=sys.stderr) as bar:
+        for converged in _run_tasks(args, workers, per_worker):
+            unconverged += not converged
+            bar.update(1)
+            bar.set_postfix(unconverged=unconverged)
+    assemble(out, parts_dir, run_attrs)
+    summary = {"requested": stop - start, "skipped": stop - start - len(todo),
+               "labelled": len(todo), "unconverged_new": unconverged}
+    if os.path.exists(out):
+        data = h5format.H5Dataset(out)
+        summary.update(in_file=len(data), unconverged_in_file=len(data) - len(
+            data.converged_indices()))
+        data.close()
+    summary["seconds"] = round(time.time() - t0, 2)
+    return summary
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w") as fh:
+        json.dump(obj, fh)
+
+
+def _validate_all(structures: list[geometry.Structure], level: LevelOfTheory) -> None:
+    """Validates every structure before any SCF; raises one ValueError listing failures."""
+    errors = []
+    for s in structures:
+        try:
+            _, _, spin = geometry.validate_structure(s.elements, s.coords, s.charge, s.spin,
+                                                     basis=level.basis, ecp=level.ecp)
+            if spin != 0:
+                raise ValueError(f"open-shell (spin 2S={spin}) is not supported")
+        except ValueError as err:
+            errors.append(f"  {s.source}: {err}")
+    if errors:
+        raise ValueError(f"{len(errors)} invalid structure(s), nothing labelled:\n"
+                         + "\n".join(errors[:20]) + "\nFix the input or --charge/--spin.")
