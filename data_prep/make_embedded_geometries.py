@@ -1,0 +1,586 @@
+"""Generate the geometries of helm_jax's embedded default dataset.
+
+The embedded dataset is a small, element-diverse set of closed-shell molecules
+(3-10 atoms) that ships inside the package as one extended-xyz file
+(``helm_jax/data/embedded/molecules.extxyz``).  It only holds geometries; the
+PBE/def2-TZVPD Kohn-Sham labels (Fock and overlap matrices) are computed from it
+by the labelling pipeline.
+
+Every molecule gets ``n_conformers`` frames (at least 3):
+
+* conformer 0: the reference geometry, built from experimental (or, where no
+  gas-phase experiment exists, typical computed) bond lengths and angles;
+* conformers 1 .. n-2: the reference with seeded random Cartesian displacements
+  whose per-atom RMS amplitude is drawn uniformly from 0.03-0.08 Angstrom;
+* conformer n-1: a displaced geometry (same recipe) that is additionally
+  rotated by a uniformly random rotation about its centroid, which exercises
+  rotational equivariance.
+
+Each frame's ``info`` holds ``name``, ``conformer``, ``charge``, ``spin``
+(2S, as in PySCF), ``kind`` (``reference``/``displaced``/``rotated``) and
+``disp_rms`` (the RMS displacement in Angstrom from the reference, before any
+rotation).
+
+Usage::
+
+    python data_prep/make_embedded_geometries.py \
+        --out helm_jax/data/embedded/molecules.extxyz
+    OMP_NUM_THREADS=1 python data_prep/make_embedded_geometries.py --time
+
+``--time`` runs one PBE/def2-TZVPD (density-fitted, default grids) single point
+per molecule on the reference geometry, checks convergence and the HOMO-LUMO
+gap, and prints the wall time (SCF plus Fock and overlap) per molecule and the
+estimated labelling time of the whole set.  It needs PySCF; plain generation
+only needs NumPy and ASE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from ase import Atoms
+from ase.build import molecule as g2_molecule
+from ase.data import atomic_numbers
+from ase.io import write
+
+DEFAULT_SEED = 20240611
+DISP_RMS_RANGE = (0.03, 0.08)  # per-atom RMS displacement, Angstrom
+MIN_DISTANCE = 0.55  # sanity bound on interatomic distances, Angstrom
+# OMol_CSH element set: Z 1-20, 31-56, 72-83.
+OMOL_CSH_Z = set(range(1, 21)) | set(range(31, 57)) | set(range(72, 84))
+
+
+# --------------------------------------------------------------------------
+# Reference-geometry builders
+# --------------------------------------------------------------------------
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def linear(symbols: list[str], bonds: list[float]) -> Atoms:
+    """Builds a linear chain along z.
+
+    Args:
+        symbols: Element symbols in chain order (e.g. ``["H", "Be", "H"]``).
+        bonds: Consecutive bond lengths in Angstrom, ``len(symbols) - 1``.
+
+    Returns:
+        The molecule, centred on its geometric centre.
+    """
+    z = np.concatenate([[0.0], np.cumsum(bonds)])
+    pos = np.zeros((len(symbols), 3))
+    pos[:, 2] = z - z.mean()
+    return Atoms(symbols, positions=pos)
+
+
+def bent(center: str, ligand: str, r: float, angle_deg: float) -> Atoms:
+    """Builds a symmetric bent AX2 molecule (C2v) in the xz plane.
+
+    Args:
+        center: Central atom symbol.
+        ligand: Ligand symbol.
+        r: A-X bond length in Angstrom.
+        angle_deg: X-A-X angle in degrees.
+
+    Returns:
+        The molecule with the central atom at the origin.
+    """
+    h = np.deg2rad(angle_deg) / 2.0
+    pos = [[0.0, 0.0, 0.0], [r * np.sin(h), 0.0, r * np.cos(h)],
+           [-r * np.sin(h), 0.0, r * np.cos(h)]]
+    return Atoms([center, ligand, ligand], positions=pos)
+
+
+def pyramidal(center: str, ligand: str, r: float, angle_deg: float) -> Atoms:
+    """Builds a symmetric AX3 molecule (C3v, or D3h when the angle is 120).
+
+    Args:
+        center: Central atom symbol.
+        ligand: Ligand symbol.
+        r: A-X bond length in Angstrom.
+        angle_deg: X-A-X angle in degrees (120 gives a planar D3h molecule).
+
+    Returns:
+        The molecule with the central atom at the origin, C3 axis along z.
+    """
+    theta = np.deg2rad(angle_deg)
+    # Angle beta between each bond and the C3 axis: cos(theta) =
+    # cos^2(beta) + sin^2(beta) cos(120 deg) => sin^2(beta) = 2/3 (1-cos theta).
+    sin_b = np.sqrt(2.0 / 3.0 * (1.0 - np.cos(theta)))
+    sin_b = min(sin_b, 1.0)
+    cos_b = np.sqrt(1.0 - sin_b**2)
+    pos = [[0.0, 0.0, 0.0]]
+    for k in range(3):
+        phi = 2.0 * np.pi * k / 3.0
+        pos.append([r * sin_b * np.cos(phi), r * sin_b * np.sin(phi), -r * cos_b])
+    return Atoms([center] + [ligand] * 3, positions=pos)
+
+
+def planar_ax3(center: str, ligand: str, r: float) -> Atoms:
+    """Builds a trigonal-planar AX3 molecule (D3h).
+
+    Args:
+        center: Central atom symbol.
+        ligand: Ligand symbol.
+        r: A-X bond length in Angstrom.
+
+    Returns:
+        The molecule with the central atom at the origin.
+    """
+    return pyramidal(center, ligand, r, 120.0)
+
+
+def tetrahedral(center: str, ligand: str, r: float) -> Atoms:
+    """Builds a tetrahedral AX4 molecule (Td).
+
+    Args:
+        center: Central atom symbol.
+        ligand: Ligand symbol.
+        r: A-X bond length in Angstrom.
+
+    Returns:
+        The molecule with the central atom at the origin.
+    """
+    dirs = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], float)
+    pos = np.vstack([[0.0, 0.0, 0.0], r * dirs / np.sqrt(3.0)])
+    return Atoms([center] + [ligand] * 4, positions=pos)
+
+
+def methyl_halide(halogen: str, r_cx: float, r_ch: float,
+                  angle_hcx_deg: float) -> Atoms:
+    """Builds a CH3X molecule (C3v).
+
+    Args:
+        halogen: Halogen symbol X.
+        r_cx: C-X bond length in Angstrom.
+        r_ch: C-H bond length in Angstrom.
+        angle_hcx_deg: H-C-X angle in degrees.
+
+    Returns:
+        The molecule with C at the origin and X along +z.
+    """
+    a = np.deg2rad(angle_hcx_deg)
+    pos = [[0.0, 0.0, 0.0], [0.0, 0.0, r_cx]]
+    for k in range(3):
+        phi = 2.0 * np.pi * k / 3.0
+        pos.append([r_ch * np.sin(a) * np.cos(phi),
+                    r_ch * np.sin(a) * np.sin(phi), r_ch * np.cos(a)])
+    return Atoms(["C", halogen, "H", "H", "H"], positions=pos)
+
+
+def hydroxide(metal: str, r_mo: float, r_oh: float = 0.96) -> Atoms:
+    """Builds a linear alkali hydroxide M-O-H.
+
+    Args:
+        metal: Alkali-metal symbol.
+        r_mo: M-O bond length in Angstrom.
+        r_oh: O-H bond length in Angstrom.
+
+    Returns:
+        The linear molecule.
+    """
+    return linear([metal, "O", "H"], [r_mo, r_oh])
+
+
+# --------------------------------------------------------------------------
+# Molecule table
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MoleculeSpec:
+    """One molecule of the embedded set.
+
+    Attributes:
+        name: Unique identifier written to ``info['name']``.
+        build: Zero-argument callable returning the reference ``Atoms``.
+        n_conformers: Number of frames to generate (>= 3).
+        source: Short provenance note for the reference geometry.
+        charge: Total charge.
+        spin: 2S (number of unpaired electrons); always 0 here.
+    """
+
+    name: str
+    build: Callable[[], Atoms]
+    n_conformers: int
+    source: str
+    charge: int = 0
+    spin: int = 0
+
+
+def _g2(name: str) -> Callable[[], Atoms]:
+    return lambda: g2_molecule(name)
+
+
+# Bond lengths in Angstrom, angles in degrees.  "exp" = experimental gas-phase
+# structure (standard literature values of the kind tabulated in the CRC
+# Handbook / NIST CCCBDB, entered by hand); "calc" = typical computed value where
+# the molecule is not well characterised in the gas phase; "G2" = ASE's G2
+# collection (MP2/6-31G* geometries).
+# n_conformers was chosen from measured labelling times (see README.md):
+# cheap molecules get more conformers, the expensive ones 3.
+MOLECULES: list[MoleculeSpec] = [
+    MoleculeSpec("water", _g2("H2O"), 6, "G2"),
+    MoleculeSpec("ammonia", _g2("NH3"), 6, "G2"),
+    MoleculeSpec("methane", _g2("CH4"), 6, "G2"),
+    MoleculeSpec("lithium_hydroxide", lambda: hydroxide("Li", 1.582), 5,
+                 "exp Li-O 1.582; O-H 0.96 (typical)"),
+    MoleculeSpec("beryllium_hydride", lambda: linear(["H", "Be", "H"],
+                                                     [1.334, 1.334]), 6,
+                 "exp Be-H 1.334"),
+    MoleculeSpec("borane", lambda: planar_ax3("B", "H", 1.190), 6,
+                 "exp B-H 1.190"),
+    MoleculeSpec("carbon_dioxide", _g2("CO2"), 5, "G2"),
+    MoleculeSpec("formaldehyde", _g2("H2CO"), 5, "G2"),
+    MoleculeSpec("methanol", _g2("CH3OH"), 4, "G2"),
+    MoleculeSpec("ethanol", _g2("CH3CH2OH"), 3, "G2"),
+    MoleculeSpec("acetonitrile", _g2("CH3CN"), 3, "G2"),
+    MoleculeSpec("tetrafluoromethane", _g2("CF4"), 3, "G2"),
+    MoleculeSpec("sodium_hydroxide", lambda: hydroxide("Na", 1.950), 4,
+                 "exp Na-O 1.950; O-H 0.96 (typical)"),
+    MoleculeSpec("magnesium_hydride", lambda: linear(["H", "Mg", "H"],
+                                                     [1.703, 1.703]), 5,
+                 "exp Mg-H 1.703"),
+    MoleculeSpec("alane", lambda: planar_ax3("Al", "H", 1.586), 5,
+                 "calc Al-H 1.586"),
+    MoleculeSpec("silane", _g2("SiH4"), 5, "G2"),
+    MoleculeSpec("phosphine", _g2("PH3"), 5, "G2"),
+    MoleculeSpec("hydrogen_sulfide", _g2("SH2"), 5, "G2"),
+    MoleculeSpec("chloromethane", _g2("CH3Cl"), 4, "G2"),
+    MoleculeSpec("potassium_hydroxide", lambda: hydroxide("K", 2.212), 4,
+                 "exp K-O 2.212; O-H 0.96 (typical)"),
+    MoleculeSpec("calcium_hydride", lambda: linear(["H", "Ca", "H"],
+                                                   [2.045, 2.045]), 4,
+                 "calc Ca-H 2.045, linear"),
+    MoleculeSpec("gallane", lambda: planar_ax3("Ga", "H", 1.560), 4,
+                 "calc Ga-H 1.560"),
+    MoleculeSpec("germane", lambda: tetrahedral("Ge", "H", 1.525), 4,
+                 "exp Ge-H 1.525"),
+    MoleculeSpec("arsine", lambda: pyramidal("As", "H", 1.511, 92.1), 4,
+                 "exp As-H 1.511, H-As-H 92.1"),
+    MoleculeSpec("hydrogen_selenide", lambda: bent("Se", "H", 1.460, 90.6), 4,
+                 "exp Se-H 1.460, H-Se-H 90.6"),
+    MoleculeSpec("bromomethane", lambda: methyl_halide("Br", 1.934, 1.082,
+                                                       107.7), 3,
+                 "exp C-Br 1.934, C-H 1.082, H-C-Br 107.7"),
+    MoleculeSpec("krypton_difluoride", lambda: linear(["F", "Kr", "F"],
+                                                      [1.889, 1.889]), 3,
+                 "exp Kr-F 1.889"),
+    MoleculeSpec("rubidium_hydroxide", lambda: hydroxide("Rb", 2.301), 4,
+                 "exp Rb-O 2.301; O-H 0.96 (typical)"),
+    MoleculeSpec("strontium_hydride", lambda: bent("Sr", "H", 2.160, 140.0), 4,
+                 "calc Sr-H 2.160, H-Sr-H 140"),
+    MoleculeSpec("indigane", lambda: planar_ax3("In", "H", 1.720), 4,
+                 "calc In-H 1.720"),
+    MoleculeSpec("stannane", lambda: tetrahedral("Sn", "H", 1.711), 4,
+                 "exp Sn-H 1.711"),
+    MoleculeSpec("stibine", lambda: pyramidal("Sb", "H", 1.707, 91.6), 4,
+                 "exp Sb-H 1.707, H-Sb-H 91.6"),
+    MoleculeSpec("hydrogen_telluride", lambda: bent("Te", "H", 1.658, 90.3), 4,
+                 "exp Te-H 1.658, H-Te-H 90.3"),
+    MoleculeSpec("iodomethane", lambda: methyl_halide("I", 2.132, 1.084,
+                                                      107.2), 3,
+                 "exp C-I 2.132, C-H 1.084, H-C-I 107.2"),
+    MoleculeSpec("xenon_difluoride", lambda: linear(["F", "Xe", "F"],
+                                                    [1.977, 1.977]), 3,
+                 "exp Xe-F 1.977"),
+    MoleculeSpec("caesium_hydroxide", lambda: hydroxide("Cs", 2.391), 4,
+                 "exp Cs-O 2.391; O-H 0.96 (typical)"),
+    MoleculeSpec("barium_hydride", lambda: bent("Ba", "H", 2.230, 120.0), 4,
+                 "calc Ba-H 2.230, H-Ba-H 120"),
+    MoleculeSpec("hafnium_hydride", lambda: tetrahedral("Hf", "H", 1.830), 3,
+                 "calc Hf-H 1.830"),
+    MoleculeSpec("mercury_hydride", lambda: linear(["H", "Hg", "H"],
+                                                   [1.633, 1.633]), 4,
+                 "exp Hg-H 1.633"),
+    MoleculeSpec("thallane", lambda: planar_ax3("Tl", "H", 1.730), 4,
+                 "calc Tl-H 1.730"),
+    MoleculeSpec("plumbane", lambda: tetrahedral("Pb", "H", 1.750), 4,
+                 "calc Pb-H 1.750"),
+    MoleculeSpec("bismuthine", lambda: pyramidal("Bi", "H", 1.778, 90.5), 4,
+                 "exp Bi-H 1.778, H-Bi-H 90.5"),
+]
+
+
+# --------------------------------------------------------------------------
+# Conformer generation
+# --------------------------------------------------------------------------
+
+
+def _rng_for(name: str, seed: int) -> np.random.Generator:
+    """Returns a generator that depends only on the seed and molecule name."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """Draws a uniformly random proper rotation matrix (via a unit quaternion)."""
+    q = rng.normal(size=4)
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def _displace(pos: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """Adds a random displacement with per-atom RMS drawn from DISP_RMS_RANGE."""
+    target = rng.uniform(*DISP_RMS_RANGE)
+    d = rng.normal(size=pos.shape)
+    d *= target / np.sqrt(np.mean(np.sum(d**2, axis=1)))
+    return pos + d, float(target)
+
+
+def _check(atoms: Atoms, spec: MoleculeSpec) -> None:
+    """Validates element set, size, electron parity and interatomic distances."""
+    zs = atoms.get_atomic_numbers()
+    if not 3 <= len(atoms) <= 20:
+        raise ValueError(f"{spec.name}: {len(atoms)} atoms, expected 3-20")
+    if not set(zs.tolist()) <= OMOL_CSH_Z:
+        raise ValueError(f"{spec.name}: element outside the OMol_CSH set")
+    # ECP cores (def2: 28, 46, 60 electrons) are even, so parity of the full
+    # electron count decides whether a closed shell is possible.
+    if (int(zs.sum()) - spec.charge - spec.spin) % 2:
+        raise ValueError(f"{spec.name}: odd electron count")
+    dist = atoms.get_all_distances()
+    dist[np.diag_indices_from(dist)] = np.inf
+    if dist.min() < MIN_DISTANCE:
+        raise ValueError(f"{spec.name}: atoms closer than {MIN_DISTANCE} A")
+
+
+def make_conformers(spec: MoleculeSpec, seed: int = DEFAULT_SEED) -> list[Atoms]:
+    """Generates all frames of one molecule.
+
+    Args:
+        spec: The molecule.
+        seed: Global seed; each molecule's stream is derived from it and the
+            molecule name, so adding molecules does not change the others.
+
+    Returns:
+        ``spec.n_conformers`` frames: reference, displaced ones, and a final
+        displaced-and-rotated one, each with its ``info`` filled in.
+    """
+    if spec.n_conformers < 3:
+        raise ValueError(f"{spec.name}: need at least 3 conformers")
+    ref = spec.build()
+    ref.positions -= ref.positions.mean(axis=0)
+    ref.info.clear()
+    rng = _rng_for(spec.name, seed)
+    frames = []
+    for k in range(spec.n_conformers):
+        at = Atoms(ref.get_chemical_symbols(), positions=ref.positions.copy())
+        kind, rms = "reference", 0.0
+        if k > 0:
+            at.positions, rms = _displace(ref.positions, rng)
+            kind = "displaced"
+            if k == spec.n_conformers - 1:
+                rot = _random_rotation(rng)
+                center = at.positions.mean(axis=0)
+                at.positions = (at.positions - center) @ rot.T + center
+                kind = "rotated"
+        at.positions = np.round(at.positions, 6)
+        at.info.update(name=spec.name, conformer=k, charge=spec.charge,
+                       spin=spec.spin, kind=kind, disp_rms=round(rms, 4))
+        _check(at, spec)
+        frames.append(at)
+    return frames
+
+
+def make_all(seed: int = DEFAULT_SEED,
+             molecules: list[MoleculeSpec] | None = None) -> list[Atoms]:
+    """Generates the frames of every molecule, molecule by molecule.
+
+    Args:
+        seed: Global seed.
+        molecules: Molecule table; defaults to ``MOLECULES``.
+
+    Returns:
+        The list of frames.
+    """
+    molecules = MOLECULES if molecules is None else molecules
+    names = [m.name for m in molecules]
+    if len(set(names)) != len(names):
+        raise ValueError("duplicate molecule names")
+    frames = []
+    for spec in molecules:
+        frames.extend(make_conformers(spec, seed))
+    return frames
+
+
+def summary(frames: list[Atoms]) -> dict:
+    """Counts molecules, frames, atoms and elements of a frame list.
+
+    Args:
+        frames: Frames as produced by ``make_all``.
+
+    Returns:
+        A JSON-serialisable dict of counts and the element list.
+    """
+    zs = sorted({int(z) for f in frames for z in f.get_atomic_numbers()})
+    from ase.data import chemical_symbols
+    return {
+        "n_molecules": len({f.info["name"] for f in frames}),
+        "n_frames": len(frames),
+        "n_atoms": int(sum(len(f) for f in frames)),
+        "n_elements": len(zs),
+        "elements": [chemical_symbols[z] for z in zs],
+        "elements_beyond_Kr": [chemical_symbols[z] for z in zs if z > 36],
+    }
+
+
+# --------------------------------------------------------------------------
+# Timing / verification with PySCF
+# --------------------------------------------------------------------------
+
+
+def single_point(atoms: Atoms, charge: int = 0, spin: int = 0,
+                 xc: str = "PBE", basis: str = "def2-tzvpd") -> dict:
+    """Runs one labelling-style single point and times it.
+
+    Builds the molecule with ``basis`` and the matching ECPs (applied to
+    Z > 36, exactly what ``ecp='def2-tzvpd'`` selects), runs density-fitted RKS
+    with default grids, and evaluates the Fock and overlap matrices.
+
+    Args:
+        atoms: Geometry in Angstrom.
+        charge: Total charge.
+        spin: 2S.
+        xc: Exchange-correlation functional.
+        basis: Orbital basis (and ECP) name.
+
+    Returns:
+        Dict with wall time in seconds, convergence flag, energy, HOMO-LUMO
+        gap (Hartree), number of AOs and electrons.
+    """
+    from pyscf import dft, gto
+
+    symbols = atoms.get_chemical_symbols()
+    ecp = {s: basis for s in set(symbols) if atomic_numbers[s] > 36}
+    t0 = time.perf_counter()
+    mol = gto.M(atom=[(s, tuple(p)) for s, p in zip(symbols, atoms.positions)],
+                unit="Angstrom", basis=basis, ecp=ecp or None, charge=charge,
+                spin=spin, verbose=0)
+    mf = dft.RKS(mol, xc=xc).density_fit()
+    energy = mf.kernel()
+    fock = mf.get_fock()
+    ovlp = mf.get_ovlp()
+    wall = time.perf_counter() - t0
+    nocc = mol.nelectron // 2
+    e = np.sort(mf.mo_energy)
+    return {
+        "time_s": round(wall, 2),
+        "converged": bool(mf.converged),
+        "energy": float(energy),
+        "gap": float(e[nocc] - e[nocc - 1]),
+        "nao": int(mol.nao),
+        "nelectron": int(mol.nelectron),
+        "fock_shape": list(fock.shape),
+        "ovlp_shape": list(ovlp.shape),
+    }
+
+
+def time_all(molecules: list[MoleculeSpec], threads: int, workers: int,
+             only: list[str] | None = None, all_frames: bool = False,
+             seed: int = DEFAULT_SEED) -> list[dict]:
+    """Times and verifies single points, molecule by molecule.
+
+    Args:
+        molecules: Molecule table.
+        threads: OpenMP threads for PySCF (set OMP_NUM_THREADS too).
+        workers: Number of parallel labelling workers assumed for the estimate.
+        only: Optional subset of molecule names.
+        all_frames: If True, label every generated frame (a full dry run of
+            the labelling cost); otherwise only the reference geometry, whose
+            time is multiplied by ``n_conformers`` for the estimate.
+        seed: Global seed for the frames when ``all_frames`` is set.
+
+    Returns:
+        One result dict per molecule (also printed as a table).
+    """
+    from pyscf import lib
+
+    lib.num_threads(threads)
+    # Warm-up so that library loading is not charged to the first molecule.
+    single_point(g2_molecule("H2O"), basis="sto-3g")
+    results = []
+    for spec in molecules:
+        if only and spec.name not in only:
+            continue
+        frames = make_conformers(spec, seed) if all_frames else [spec.build()]
+        runs = [single_point(f, spec.charge, spec.spin) for f in frames]
+        times = [r["time_s"] for r in runs]
+        res = dict(runs[0])
+        res.update(name=spec.name, formula=frames[0].get_chemical_formula(),
+                   n_conformers=spec.n_conformers,
+                   converged=all(r["converged"] for r in runs),
+                   gap=min(r["gap"] for r in runs),
+                   time_s=round(float(np.mean(times)), 2),
+                   frame_times_s=times,
+                   cost_s=round(sum(times) if all_frames
+                                else times[0] * spec.n_conformers, 2))
+        results.append(res)
+        ok = res["converged"] and res["gap"] > 0.02
+        print(f"{spec.name:22s} {res['formula']:8s} nao={res['nao']:4d} "
+              f"t={res['time_s']:6.2f}s conv={res['converged']} "
+              f"gap={res['gap']:.3f} nconf={spec.n_conformers} "
+              f"cost={res['cost_s']:6.1f}s {'OK' if ok else 'FAIL'}",
+              flush=True)
+    total = sum(r["cost_s"] for r in results)
+    print(f"sum of single-thread labelling times = {total:.1f} s; "
+          f"estimated wall on {workers} workers = {total / workers:.1f} s")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point.
+
+    Args:
+        argv: Arguments (defaults to ``sys.argv[1:]``).
+
+    Returns:
+        Process exit status.
+    """
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="helm_jax/data/embedded/molecules.extxyz",
+                   help="output extended-xyz path")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--time", action="store_true",
+                   help="time/verify PBE/def2-TZVPD single points instead of "
+                        "writing geometries")
+    p.add_argument("--only", nargs="*", help="molecule names for --time")
+    p.add_argument("--all-frames", action="store_true",
+                   help="with --time, label every frame, not only references")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--json", help="write --time results to this JSON file")
+    args = p.parse_args(argv)
+
+    if args.time:
+        results = time_all(MOLECULES, args.threads, args.workers, args.only,
+                           args.all_frames, args.seed)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(results, fh, indent=1)
+        bad = [r["name"] for r in results
+               if not (r["converged"] and r["gap"] > 0.02)]
+        if bad:
+            print("FAILED:", bad)
+        return 1 if bad else 0
+
+    frames = make_all(args.seed)
+    write(args.out, frames, format="extxyz")
+    print(json.dumps(summary(frames)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
