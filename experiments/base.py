@@ -1,0 +1,57 @@
+"""The shared base of every experiment config; experiment files override a few fields.
+
+Every field used anywhere in helm_jax is listed here with its meaning, so
+``--config.<field>=...`` overrides (checked by ``lock_config=True``) are discoverable.
+"""
+
+import ml_collections
+
+from helm_jax.model import backbone, helm
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns the base configuration (a Hamiltonian run on the embedded dataset)."""
+    c = ml_collections.ConfigDict()
+    c.name = "base"
+    c.seed = 0
+    c.num_devices = ml_collections.FieldReference(None, field_type=int)  # None: all devices
+
+    c.data = ml_collections.ConfigDict()
+    c.data.path = "embedded"  # a dataset file (see helm_jax/data/readers.py) or "embedded"
+    c.data.kind = ml_collections.FieldReference(None, field_type=str)  # None: detect
+    c.data.elements = ml_collections.FieldReference(None, field_type=list)  # None: scan
+    c.data.embedded_limit = ml_collections.FieldReference(None, field_type=int)
+    c.data.split_seed = 0
+    c.data.split = ml_collections.ConfigDict(dict(train=0.8, val=0.1, test=None))
+    c.data.batch = ml_collections.ConfigDict(dict(
+        molecules_per_batch=ml_collections.FieldReference(4, field_type=int),
+        edges_per_batch=ml_collections.FieldReference(None, field_type=int),
+        num_buckets=3))
+    c.data.cache_graphs = True
+    c.data.prefetch = 2
+
+    c.model = backbone.default_model_config()
+    c.heads = helm.default_heads_config()
+
+    c.losses = ml_collections.ConfigDict(dict(hamiltonian=1.0, energy=0.0, forces=0.0))
+
+    c.optim = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=1e-3, weight_decay=1e-4, schedule="plateau",
+        warmup_steps=0, final_lr_fraction=0.01, plateau_factor=0.5, plateau_patience=10,
+        plateau_rtol=1e-4, clip_norm=10.0, ema_decay=0.0, backbone_lr_scale=1.0))
+
+    c.train = ml_collections.ConfigDict(dict(
+        num_steps=1000, log_every=10, eval_every=200, checkpoint_every=200,
+        keep_checkpoints=2,
+        max_eval_molecules=ml_collections.FieldReference(None, field_type=int)))
+
+    # direct | frozen | finetune (energy transfer); "none" for Hamiltonian pretraining.
+    c.transfer = ml_collections.ConfigDict(dict(protocol="none", init_from=""))
+    return c
+
+
+def tiny_model(c: ml_collections.ConfigDict, l_max: int) -> None:
+    """Shrinks the model for quick CPU runs and tests (in place)."""
+    c.model.update(channels=16, num_layers=2, l_max=l_max, m_max=min(l_max, 2), num_rbf=16,
+                   edge_channels_hidden=16, ffn_channels=16)
+    c.heads.update(hidden=32, energy_hidden=32)

@@ -1,0 +1,140 @@
+"""Checkpoints that carry everything needed to rebuild the model (orbax CheckpointManager).
+
+A workdir holds two managers:
+
+* ``checkpoints/latest``: periodic saves (and one on SIGTERM); the run resumes from here.
+* ``checkpoints/best``: the checkpoint with the lowest validation loss.
+
+Each checkpoint has three items: ``params`` (model parameters), ``train_state`` (optimiser
+state, EMA parameters, step) and ``meta`` (JSON: the config, the basis template, the
+per-element statistics, the data-iterator position and the learning-rate plateau state).
+``load_model(path)`` rebuilds a model from a checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import ml_collections
+import orbax.checkpoint as ocp
+
+from helm_jax import basis as basis_lib
+from helm_jax.data.statistics import Statistics
+
+
+class Checkpointer:
+    """Latest and best checkpoints of one workdir.
+
+    Args:
+      workdir: the run's directory.
+      keep: number of latest checkpoints kept.
+    """
+
+    def __init__(self, workdir: str, keep: int = 2):
+        root = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.latest = ocp.CheckpointManager(
+            os.path.join(root, "latest"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 enable_async_checkpointing=False))
+        self.best = ocp.CheckpointManager(
+            os.path.join(root, "best"),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=1, create=True, best_fn=lambda m: m["val_loss"], best_mode="min",
+                enable_async_checkpointing=False))
+
+    @staticmethod
+    def _args(params, train_state, meta):
+        return ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                  train_state=ocp.args.StandardSave(train_state),
+                                  meta=ocp.args.JsonSave(meta))
+
+    def save(self, step: int, params, train_state, meta: dict) -> None:
+        """Saves the latest checkpoint at ``step`` (blocking; a no-op if it exists)."""
+        if self.latest.latest_step() == step:
+            return
+        self.latest.save(step, args=self._args(params, train_state, meta), force=True)
+        self.latest.wait_until_finished()
+
+    def save_best(self, step: int, params, train_state, meta: dict, val_loss: float) -> None:
+        """Offers a checkpoint to the best manager (kept if its val_loss is the lowest)."""
+        self.best.save(step, args=self._args(params, train_state, meta),
+                       metrics={"val_loss": float(val_loss)}, force=True)
+        self.best.wait_until_finished()
+
+    def latest_step(self) -> int | None:
+        """Step of the newest latest checkpoint, or None."""
+        return self.latest.latest_step()
+
+    def restore(self, abstract_params, abstract_train_state, step: int | None = None):
+        """Restores ``(params, train_state, meta)`` of the latest (or given) step."""
+        step = self.latest.latest_step() if step is None else step
+        out = self.latest.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_params),
+            train_state=ocp.args.StandardRestore(abstract_train_state),
+            meta=ocp.args.JsonRestore()))
+        return out["params"], out["train_state"], out["meta"]
+
+    def close(self) -> None:
+        """Releases the managers."""
+        self.latest.close()
+        self.best.close()
+
+
+def make_meta(config: ml_collections.ConfigDict, template: basis_lib.Template,
+              stats: Statistics, **extra: Any) -> dict:
+    """The JSON item of a checkpoint."""
+    return {"config": json.loads(config.to_json_best_effort()),
+            "template": template.to_dict(), "statistics": stats.to_dict(), **extra}
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model rebuilt from a checkpoint alone."""
+
+    config: ml_collections.ConfigDict
+    template: basis_lib.Template
+    stats: Statistics
+    params: Any
+    step: int
+    meta: dict
+
+
+def find_checkpoint_dir(path: str) -> tuple[str, int]:
+    """Accepts a workdir, a ``checkpoints/{latest,best}`` manager dir or a step dir."""
+    path = os.path.abspath(path)
+    for sub in ("checkpoints/best", "checkpoints/latest", "best", "latest", ""):
+        d = os.path.join(path, sub) if sub else path
+        if os.path.isdir(d):
+            steps = [int(s) for s in os.listdir(d) if s.isdigit()]
+            if steps:
+                return d, max(steps)
+    parent, name = os.path.split(path)
+    if name.isdigit() and os.path.isdir(path):
+        return parent, int(name)
+    raise FileNotFoundError(f"No checkpoint found under {path!r}: pass a workdir of "
+                            "experiments/run.py or one of its checkpoints/{best,latest} dirs.")
+
+
+def load_model(path: str, which: str = "best") -> LoadedModel:
+    """Loads params and metadata from a checkpoint (no optimiser state needed).
+
+    Args:
+      path: workdir, manager directory or step directory.
+      which: prefer ``"best"`` or ``"latest"`` when ``path`` is a workdir.
+    """
+    if os.path.isdir(os.path.join(path, "checkpoints", which)):
+        path = os.path.join(path, "checkpoints", which)
+    directory, step = find_checkpoint_dir(path)
+    mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        read_only=True, enable_async_checkpointing=False))
+    out = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(),
+                                                     meta=ocp.args.JsonRestore()))
+    mngr.close()
+    meta = out["meta"]
+    config = ml_collections.ConfigDict(meta["config"])
+    return LoadedModel(config=config, template=basis_lib.Template.from_dict(meta["template"]),
+                       stats=Statistics.from_dict(meta["statistics"]), params=out["params"],
+                       step=step, meta=meta)

@@ -1,0 +1,58 @@
+"""Model outputs of a padded batch -> one full symmetric H per molecule (PySCF AO order).
+
+Node outputs are de-standardised (per-element l = 0 references), reduced node irreps are
+expanded, irreps become blocks, and blocks are assembled into the molecule's full matrix
+with ``(H + H^T) / 2`` (both directed edges of a pair are predicted). Atom pairs beyond the
+graph cutoff assemble to 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from helm_jax import blocks
+from helm_jax.data import statistics as stats_lib
+
+
+def split_batch(batch) -> list[tuple[slice, slice]]:
+    """``(node slice, edge slice)`` of every real molecule of one padded batch (host)."""
+    n_node = np.asarray(batch.n_node)
+    n_edge = np.asarray(batch.n_edge)
+    species = np.asarray(batch.nodes["species"])
+    out, n0, e0 = [], 0, 0
+    for g in range(len(n_node)):
+        ns, es = slice(n0, n0 + n_node[g]), slice(e0, e0 + n_edge[g])
+        n0, e0 = n0 + n_node[g], e0 + n_edge[g]
+        if n_node[g] and species[ns].min() > 0:  # the padding graph has species 0
+            out.append((ns, es))
+    return out
+
+
+def node_irreps_to_physical(node_h: np.ndarray, species: np.ndarray, node_layout,
+                            stats: stats_lib.Statistics | None) -> np.ndarray:
+    """Standardised model node outputs -> physical node irreps (same layout)."""
+    if stats is None:
+        return node_h
+    return stats_lib.destandardize_nodes(node_h, species, stats.node_mean, stats.node_std,
+                                         node_layout.muls[0])
+
+
+def batch_to_full(out: dict, batch, node_layout: blocks.IrrepsLayout,
+                  edge_layout: blocks.IrrepsLayout, stats: stats_lib.Statistics | None
+                  ) -> list[np.ndarray]:
+    """Full predicted H ``[n_ao, n_ao]`` of each real molecule of a single-device batch."""
+    node_h = np.asarray(out["node_h"], np.float64)
+    edge_h = np.asarray(out["edge_h"], np.float64)
+    species = np.asarray(batch.nodes["species"])
+    senders, receivers = np.asarray(batch.senders), np.asarray(batch.receivers)
+    template = node_layout.template
+    mats = []
+    for ns, es in split_batch(batch):
+        z = species[ns]
+        nodes = node_layout.irreps_to_blocks(
+            node_irreps_to_physical(node_h[ns], z, node_layout, stats))
+        edges = edge_layout.irreps_to_blocks(edge_h[es])
+        mats.append(blocks.blocks_to_full(nodes, edges, z, template,
+                                          senders[es] - ns.start, receivers[es] - ns.start,
+                                          symmetrize=True))
+    return mats

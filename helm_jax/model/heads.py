@@ -1,0 +1,107 @@
+"""The Hamiltonian head: backbone features -> block irreps of the basis template.
+
+Per node (diagonal blocks) and per directed edge (off-diagonal blocks), DESIGN.md section 1:
+from the l = 0 features an MLP computes output scalars ``s'`` and gates ``g`` per (l, channel);
+every l > 0 irrep is scaled by ``sigmoid(g)`` (the "sigmoid-gated learnable scalars" that
+let the head tell apart several identical shells of a large basis); then a per-l linear map
+produces the number of output irreps of that l required by the template
+(:class:`helm_jax.blocks.IrrepsLayout`). The output is the layout's flat irreps vector; the
+l = 0 node components are in standardised units (see ``helm_jax.data.statistics``).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from helm_jax import blocks
+from helm_jax.nn import layers
+
+
+class IrrepsHead(nn.Module):
+    """Features ``[R, (l_max+1)^2, C]`` -> irreps ``[R, layout.dim]`` of one block layout.
+
+    Attributes:
+      muls: output multiplicity per l (``layout.muls``); l beyond the features' l_max must
+        have multiplicity 0.
+      hidden: width of the scalar MLP.
+      dtype, param_dtype: compute and parameter dtypes.
+      matmul_dtype: optional reduced-precision matmul inputs (e.g. bfloat16).
+    """
+
+    muls: tuple[int, ...]
+    hidden: int = 128
+    dtype: layers.Dtype = "float32"
+    param_dtype: layers.Dtype = "float32"
+    matmul_dtype: layers.Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        """Maps features to irreps.
+
+        Args:
+          x: ``[R, (l_max+1)^2, C]`` node or edge features (e3nn layout).
+          mask: ``[R]`` bool, real rows.
+
+        Returns:
+          ``[R, sum_l mul_l (2l+1)]``, zero on padded rows.
+        """
+        rows, k, c = x.shape
+        l_max = int(round(np.sqrt(k))) - 1
+        assert (l_max + 1) ** 2 == k, x.shape
+        top = max(l for l, m in enumerate(self.muls) if m)
+        if top > l_max:
+            raise ValueError(
+                f"The basis template needs irreps up to l={top} but the backbone has "
+                f"l_max={l_max}: set config.model.l_max >= {top} (and m_max <= l_max).")
+        dtype = jnp.dtype(self.dtype)
+        kw = dict(dtype=dtype, param_dtype=jnp.dtype(self.param_dtype),
+                  matmul_dtype=self.matmul_dtype)
+        s = x[:, 0, :].astype(dtype)  # [R, C]
+        hidden = nn.silu(layers.Dense(self.hidden, name="scalar_mlp_0", **kw)(s))
+        out = layers.Dense(c + top * c, name="scalar_mlp_1", **kw)(hidden)
+        scalars, gates = out[:, :c], out[:, c:].reshape(rows, top, c)  # [R, C], [R, top, C]
+        parts = []
+        for l, mul in enumerate(self.muls):
+            if l == 0:
+                parts.append(layers.Dense(mul, name="linear_l0", **kw)(scalars)[:, :, None])
+                continue
+            if mul == 0:
+                parts.append(jnp.zeros((rows, 0, 2 * l + 1), dtype))
+                continue
+            xl = x[:, l * l:(l + 1) ** 2, :].astype(dtype)  # [R, 2l+1, C]
+            xl = xl * jax.nn.sigmoid(gates[:, l - 1, None, :])
+            w = self.param(f"linear_l{l}", nn.initializers.lecun_normal(),
+                           (c, mul), jnp.dtype(self.param_dtype))
+            y = layers.matmul(xl, w, dtype, self.matmul_dtype)  # [R, 2l+1, mul]
+            parts.append(jnp.swapaxes(y, 1, 2))  # [R, mul, 2l+1]
+        flat = jnp.concatenate([p.reshape(rows, -1) for p in parts], axis=-1)
+        return jnp.where(mask[:, None], flat, jnp.zeros((), flat.dtype))
+
+
+class HamiltonianHead(nn.Module):
+    """Node (reduced or full layout) and edge irreps heads with separate parameters."""
+
+    node_muls: tuple[int, ...]
+    edge_muls: tuple[int, ...]
+    hidden: int = 128
+    dtype: layers.Dtype = "float32"
+    param_dtype: layers.Dtype = "float32"
+    matmul_dtype: layers.Dtype | None = None
+
+    @nn.compact
+    def __call__(self, nodes, edges, node_mask, edge_mask):
+        """Returns ``(node_irreps [N, D_node], edge_irreps [E, D_edge])``."""
+        kw = dict(hidden=self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
+                  matmul_dtype=self.matmul_dtype)
+        return (IrrepsHead(self.node_muls, name="node", **kw)(nodes, node_mask),
+                IrrepsHead(self.edge_muls, name="edge", **kw)(edges, edge_mask))
+
+
+def layouts_for(template, reduced_nodes: bool) -> tuple[blocks.IrrepsLayout,
+                                                        blocks.IrrepsLayout]:
+    """``(node_layout, edge_layout)`` of a template."""
+    return (blocks.irreps_layout(template, reduced=reduced_nodes),
+            blocks.irreps_layout(template, reduced=False))

@@ -1,0 +1,131 @@
+"""The HELM model: backbone + Hamiltonian head + energy head, built from a ConfigDict.
+
+Parameters live under three top-level names, which the transfer protocols rely on:
+``backbone``, ``hamiltonian_head`` and ``energy_head``.
+
+Usage::
+
+    model = build_model(config, template)
+    inputs = batch_inputs(graph)                         # one padded jraph batch
+    params = model.init(rng, **inputs)["params"]
+    out = model.apply({"params": params}, **inputs)      # node_h, edge_h, energy
+    energy, forces = energy_and_forces(model, params, inputs)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jraph
+import ml_collections
+
+from helm_jax import basis as basis_lib
+from helm_jax.model import backbone as backbone_lib
+from helm_jax.model import energy as energy_lib
+from helm_jax.model import heads
+
+
+class HELM(nn.Module):
+    """Backbone with a Hamiltonian head and an energy head.
+
+    Attributes:
+      backbone: the equivariant backbone.
+      node_muls: irreps multiplicities of node labels (reduced or full layout).
+      edge_muls: irreps multiplicities of edge labels.
+      head_hidden: width of the Hamiltonian head's scalar MLP.
+      energy_hidden: width of the energy MLP.
+      energy_scale: the energy head's output unit (Eh), e.g. the std of referenced energies.
+    """
+
+    backbone: backbone_lib.HELMBackbone
+    node_muls: tuple[int, ...]
+    edge_muls: tuple[int, ...]
+    head_hidden: int = 128
+    energy_hidden: int = 128
+    energy_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, species, positions, senders, receivers, node_graph, num_graphs: int,
+                 hamiltonian: bool = True, energy: bool = True) -> dict[str, jax.Array]:
+        """Runs the network.
+
+        Args:
+          species: ``[N]`` atomic numbers (0 = padding).
+          positions: ``[N, 3]`` Angstrom.
+          senders, receivers: ``[E]`` directed edges (padding: self-loops on padding nodes).
+          node_graph: ``[N]`` graph index of each node.
+          num_graphs: number of graphs G (static).
+          hamiltonian: compute the edge stream and the Hamiltonian head.
+          energy: compute the energy head (energy-only calls skip every edge update).
+
+        Returns:
+          dict with ``node_h [N, D_node]``, ``edge_h [E, D_edge]`` (if ``hamiltonian``) and
+          ``energy [G]`` (Eh, relative to the per-element reference; if ``energy``).
+        """
+        node_mask = species > 0
+        edge_mask = node_mask[senders] & (senders != receivers)
+        nodes, edges = self.backbone(species, positions, senders, receivers, node_mask,
+                                     edge_mask, compute_edges=hamiltonian)
+        out = {}
+        if hamiltonian:
+            out["node_h"], out["edge_h"] = heads.HamiltonianHead(
+                self.node_muls, self.edge_muls, hidden=self.head_hidden,
+                dtype=self.backbone.dtype, param_dtype=self.backbone.param_dtype,
+                matmul_dtype=self.backbone.matmul_dtype, name="hamiltonian_head")(
+                    nodes, edges, node_mask, edge_mask)
+        if energy:
+            e = energy_lib.EnergyHead(self.energy_hidden, dtype=self.backbone.dtype,
+                                      param_dtype=self.backbone.param_dtype,
+                                      name="energy_head")(nodes, node_mask, node_graph,
+                                                          num_graphs)
+            out["energy"] = e * self.energy_scale
+        return out
+
+
+def build_model(config: ml_collections.ConfigDict, template: basis_lib.Template,
+                energy_scale: float = 1.0) -> HELM:
+    """Builds :class:`HELM` from ``config.model`` / ``config.heads`` and a basis template.
+
+    Args:
+      config: the run config (``model``: backbone fields; ``heads``: ``hidden``,
+        ``energy_hidden``, ``reduced_nodes``).
+      template: the dataset's basis template (sets the output irreps).
+      energy_scale: energy unit of the energy head (from the statistics).
+    """
+    node_layout, edge_layout = heads.layouts_for(template, config.heads.reduced_nodes)
+    return HELM(backbone=backbone_lib.HELMBackbone.from_config(config.model),
+                node_muls=tuple(node_layout.muls), edge_muls=tuple(edge_layout.muls),
+                head_hidden=config.heads.hidden, energy_hidden=config.heads.energy_hidden,
+                energy_scale=float(energy_scale))
+
+
+def default_heads_config() -> ml_collections.ConfigDict:
+    """Head settings (``config.heads``)."""
+    return ml_collections.ConfigDict(dict(hidden=128, energy_hidden=128, reduced_nodes=True))
+
+
+def batch_inputs(graph: jraph.GraphsTuple) -> dict[str, Any]:
+    """Model keyword inputs from one padded batch (no leading device axis)."""
+    n = graph.nodes["species"].shape[0]
+    g = graph.n_node.shape[0]
+    node_graph = jnp.repeat(jnp.arange(g), graph.n_node, total_repeat_length=n)
+    return dict(species=graph.nodes["species"], positions=graph.nodes["positions"],
+                senders=graph.senders, receivers=graph.receivers, node_graph=node_graph,
+                num_graphs=g)
+
+
+def energy_and_forces(model: HELM, params, inputs: dict[str, Any], **kw):
+    """Energies ``[G]`` and forces ``[N, 3]`` (= -dE/dR) from the energy-only path."""
+    def apply(p, positions, **rest):
+        return model.apply({"params": p}, positions=positions, hamiltonian=False, **rest,
+                           **kw)["energy"]
+    rest = {k: v for k, v in inputs.items() if k != "positions"}
+    return energy_lib.energy_and_forces(params, apply, inputs["positions"], **rest)
+
+
+def count_params(params) -> int:
+    """Number of scalar parameters."""
+    return int(sum(x.size for x in jax.tree.leaves(params)))

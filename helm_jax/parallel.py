@@ -1,0 +1,73 @@
+"""Data parallelism with ``jax.shard_map`` over a 1-D ``data`` mesh (pmap semantics).
+
+Since JAX 0.8 ``jax.pmap`` is ``jax.jit(jax.shard_map(...))`` and in maintenance mode, so the
+step is written once for one device's batch and mapped with :func:`data_parallel`: every
+array of the batch has a leading device axis ``[n_devices, ...]`` sharded over ``data``;
+parameters and optimiser state are replicated. Inside the mapped function, collectives
+(``jax.lax.psum(x, AXIS)``) add masked sums over devices. The same code runs on one CPU,
+several GPUs, a TPU slice, and several hosts (call :func:`initialize_distributed` first).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+AXIS = "data"
+
+
+def initialize_distributed() -> None:
+    """Starts multi-host JAX when launched that way (before any device is used).
+
+    Detected from the usual cluster environment (``JAX_COORDINATOR_ADDRESS``, SLURM, Cloud
+    TPU); a single-process run does nothing.
+    """
+    multi = any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS",
+                                          "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))
+    if multi and not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+
+
+def make_mesh(n_devices: int | None = None) -> jax.sharding.Mesh:
+    """A 1-D mesh over the first ``n_devices`` devices (default: all) with axis ``data``."""
+    devices = jax.devices()
+    n = len(devices) if n_devices is None else n_devices
+    if n > len(devices):
+        raise ValueError(f"Asked for {n} devices but JAX sees {len(devices)}: {devices}. On "
+                         "CPU, fake devices with XLA_FLAGS=--xla_force_host_platform_device_"
+                         "count=N before JAX starts.")
+    return jax.sharding.Mesh(devices[:n], (AXIS,))
+
+
+def shard(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Places arrays with a leading device axis on the mesh (one slice per device)."""
+    return jax.device_put(tree, NamedSharding(mesh, P(AXIS)))
+
+
+def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Places arrays on every device of the mesh."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def data_parallel(fn: Callable, mesh: jax.sharding.Mesh, n_replicated: int = 1,
+                  donate: tuple[int, ...] = ()) -> Callable:
+    """``jit(shard_map(fn))``: the first ``n_replicated`` arguments are replicated, the rest
+    are device-stacked batches; every output is replicated (reduce it inside ``fn``).
+
+    ``fn`` sees one device's slice of each batch argument with the leading axis of size 1
+    removed.
+    """
+    def per_device(*args):
+        reps, batches = args[:n_replicated], args[n_replicated:]
+        batches = jax.tree.map(lambda x: x[0], batches)
+        return fn(*reps, *batches)
+
+    def wrapped(*args):
+        in_specs = tuple([P()] * n_replicated + [P(AXIS)] * (len(args) - n_replicated))
+        mapped = jax.shard_map(per_device, mesh=mesh, in_specs=in_specs, out_specs=P())
+        return mapped(*args)
+
+    return jax.jit(wrapped, donate_argnums=donate)

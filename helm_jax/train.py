@@ -1,0 +1,333 @@
+"""``train_and_evaluate(config, workdir)``: Hamiltonian pretraining and energy transfer runs.
+
+The training step is written once for one device's padded batch and mapped over a 1-D
+``data`` mesh with ``jax.shard_map`` (``helm_jax.parallel``): masked loss sums are added
+over devices before dividing, and gradients of the replicated parameters come out summed.
+Resume precedence (big_vision): a checkpoint in the workdir > ``config.transfer.init_from``
+(backbone only) > scratch. A run killed at any moment and restarted from its workdir
+continues at its last checkpoint with the same data order and reproduces the same losses.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from helm_jax import checkpoint as ckpt_lib
+from helm_jax import losses as losses_lib
+from helm_jax import metrics as metrics_lib
+from helm_jax import parallel
+from helm_jax.data import datasets, pipeline
+from helm_jax.model import assemble, helm
+from helm_jax.train_utils import (MetricsLogger, Plateau, build_optimizer, ema_update,
+                                  set_lr_scale)
+
+
+def forward(model: helm.HELM, params, batch, need: set[str]) -> dict[str, jax.Array]:
+    """Model outputs for one device's batch; forces (``-dE/dR``) when ``need`` has them."""
+    inputs = helm.batch_inputs(batch)
+    ham = "hamiltonian" in need
+    if "forces" not in need:
+        return model.apply({"params": params}, **inputs, hamiltonian=ham,
+                           energy="energy" in need)
+
+    def energy_sum(pos):
+        out = model.apply({"params": params}, **{**inputs, "positions": pos},
+                          hamiltonian=ham, energy=True)
+        return jnp.sum(out["energy"]), out
+
+    (_, out), grad = jax.value_and_grad(energy_sum, has_aux=True)(inputs["positions"])
+    return {**out, "forces": -grad}
+
+
+def _psum(tree):
+    return jax.lax.psum(tree, parallel.AXIS)
+
+
+def make_train_step(model, tx, ctx, weights: dict[str, float], need: set[str],
+                    frozen_backbone: bool, ema_decay: float):
+    """Per-device train step ``(params, opt_state, ema, batch) -> (..., metrics)``."""
+    loss_fns = {name: losses_lib.resolve(name) for name in weights}
+
+    def step(params, opt_state, ema, batch):
+        def loss_fn(p):
+            if frozen_backbone:
+                p = {**p, "backbone": jax.lax.stop_gradient(p["backbone"])}
+            out = forward(model, p, batch, need)
+            partials = {name: fn(out, batch, ctx) for name, fn in loss_fns.items()}
+            loss, values = losses_lib.total_loss(partials, weights, reduce=_psum)
+            if "hamiltonian" in need:
+                mae = losses_lib.hamiltonian_mae(out, batch, ctx)
+                values["h_mae"] = mae.combine(_psum(mae.sums))
+            return loss, values
+
+        (loss, values), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        if ema is not None:
+            ema = ema_update(ema, params, ema_decay)
+        return params, opt_state, ema, {"loss": loss, "grad_norm": optax.global_norm(grads),
+                                        **values}
+
+    return step
+
+
+class Evaluator:
+    """Evaluation of a split: losses, and the field's metrics on full matrices."""
+
+    def __init__(self, model, data: datasets.Data, config, ctx, weights, need, dtype):
+        self.model, self.data, self.ctx = model, data, ctx
+        self.weights, self.need = weights, need | {"energy"}
+        self.loss_fns = {name: losses_lib.resolve(name) for name in weights}
+        self.batch_cfg = datasets.batch_config(config.data)
+        self.dtype = dtype
+        self.max_molecules = config.train.get("max_eval_molecules")
+
+        self._combines = {}
+
+        def apply(params, batch):
+            out = forward(model, params, batch, self.need)
+            sums = {}
+            for name, fn in self.loss_fns.items():
+                partial = fn(out, batch, ctx)
+                self._combines[name] = partial.combine  # closes over nothing traced
+                sums[name] = partial.sums
+            return out, sums
+        self._apply = jax.jit(apply)
+
+    def __call__(self, params, split: str) -> dict[str, float]:
+        """Metrics of ``split`` (H MAE in Eh, energies in Eh, forces in Eh/A; see keys)."""
+        idx = self.data.splits[split]
+        if self.max_molecules:
+            idx = idx[: int(self.max_molecules)]
+        if len(idx) == 0:
+            return {}
+        it = pipeline.BatchIterator(self.data.graphs, idx, self.batch_cfg, n_devices=1,
+                                    shuffle=False, stats=self.data.stats, dtype=self.dtype,
+                                    prefetch=0)
+        totals: dict[str, dict[str, float]] = {}
+        rows, node_layout, edge_layout = [], self.ctx.node_layout, self.ctx.edge_layout
+        reader, template = self.data.reader, self.data.template
+        for bucket, per_dev in it.plan(0):
+            batch = jax.tree.map(lambda x: x[0], it.make_batch(bucket, per_dev))
+            out, sums = self._apply(params, batch)
+            for name, s in sums.items():
+                acc = totals.setdefault(name, {})
+                for k, v in s.items():
+                    acc[k] = acc.get(k, 0.0) + float(v)
+            out = jax.device_get(out)
+            fulls = (assemble.batch_to_full(out, batch, node_layout, edge_layout,
+                                            self.data.stats)
+                     if "hamiltonian" in self.need else [None] * len(per_dev[0]))
+            n0 = 0
+            for k, i in enumerate(per_dev[0]):
+                rec = reader[i]
+                row = {}
+                if fulls[k] is not None and rec.fock is not None:
+                    row.update(metrics_lib.hamiltonian_errors(
+                        fulls[k], rec.fock, rec.elements, template.basis, template.ecp or None))
+                if rec.energy is not None:
+                    row["energy_ae"] = abs(float(out["energy"][k])
+                                           - float(batch.globals["energy"][k]))
+                n = len(rec.elements)
+                if "forces" in out and rec.forces is not None:
+                    row["forces_ae"] = float(np.abs(out["forces"][n0:n0 + n]
+                                                    - rec.forces).mean())
+                n0 += n
+                rows.append(row)
+        result = metrics_lib.mean_of(rows, sorted({k for r in rows for k in r}))
+        val_loss = 0.0
+        for name, acc in totals.items():
+            value = float(self._combines[name]({k: jnp.asarray(v) for k, v in acc.items()}))
+            result[f"loss_{name}"] = value
+            val_loss += self.weights[name] * value
+        result["loss"] = val_loss
+        return result
+
+
+def _precision(config) -> np.dtype:
+    dtype = np.dtype(config.model.dtype)
+    if dtype == np.float64 and not jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", True)
+    return dtype
+
+
+def _init_params(model, batch, seed: int):
+    inputs = helm.batch_inputs(jax.tree.map(lambda x: x[0], batch))
+    return model.init(jax.random.PRNGKey(seed), **inputs)["params"]
+
+
+def _transfer_backbone(params, config):
+    """Loads the backbone of ``config.transfer.init_from`` into ``params``."""
+    loaded = ckpt_lib.load_model(config.transfer.init_from)
+    mine, theirs = config.model.to_dict(), loaded.config.model.to_dict()
+    diff = {k: (mine.get(k), theirs.get(k)) for k in set(mine) | set(theirs)
+            if mine.get(k) != theirs.get(k) and k not in ("remat", "matmul_dtype")}
+    if diff:
+        raise ValueError(f"config.model differs from the pretrained checkpoint "
+                         f"{config.transfer.init_from}: {diff} (mine, theirs).")
+    backbone = jax.tree.map(lambda a, b: np.asarray(b, a.dtype), params["backbone"],
+                            loaded.params["backbone"])
+    return {**params, "backbone": backbone}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains a HELM model as ``config`` says, checkpointing and logging into ``workdir``.
+
+    Args:
+      config: run configuration (see ``experiments/base.py`` for every field).
+      workdir: directory for checkpoints, statistics, logs and plots; a checkpoint there is
+        resumed automatically.
+
+    Returns:
+      ``{"step", "val", "test", "seconds"}`` with the final metrics (H MAE in Eh, energy and
+      force errors in Eh and Eh/A).
+    """
+    t_start = time.time()
+    dtype = _precision(config)
+    parallel.initialize_distributed()
+    mesh = parallel.make_mesh(config.get("num_devices"))
+    data = datasets.load_data(config, workdir)
+    weights = {k: float(v) for k, v in config.losses.items() if float(v)}
+    need = losses_lib.needs(weights)
+    protocol = config.transfer.protocol
+    model = helm.build_model(config, data.template, energy_scale=data.stats.energy_std)
+    ctx = losses_lib.LossContext.create(data.spec.node_layout, data.spec.edge_layout,
+                                        data.stats)
+    train_it = pipeline.BatchIterator(
+        data.graphs, data.splits["train"], datasets.batch_config(config.data),
+        n_devices=mesh.size, seed=int(config.seed), stats=data.stats, dtype=dtype,
+        prefetch=int(config.data.get("prefetch", 2)))
+    num_steps = int(config.train.num_steps)
+    first = train_it.make_batch(*train_it.plan(0)[0])
+    params = _init_params(model, first, int(config.seed))
+    tx = build_optimizer(config.optim, num_steps, protocol, params)
+    ema_decay = float(config.optim.get("ema_decay", 0.0))
+    plateau = Plateau(config.optim.get("plateau_factor", 0.5),
+                      config.optim.get("plateau_patience", 10),
+                      config.optim.get("plateau_rtol", 1e-4))
+    ckpt = ckpt_lib.Checkpointer(workdir, keep=int(config.train.get("keep_checkpoints", 2)))
+    step = 0
+    if ckpt.latest_step() is not None:
+        abstract = jax.eval_shape(lambda p: (p, {"opt_state": tx.init(p), "ema": p,
+                                                 "step": 0}), params)
+        params, train_state, meta = ckpt.restore(*abstract)
+        train_state = dict(train_state)
+        step = int(train_state["step"])
+        train_it.set_state(meta["iterator"])
+        plateau.load(meta["plateau"])
+        print(f"Resumed from {workdir} at step {step}.", flush=True)
+    else:
+        if protocol in ("frozen", "finetune"):
+            params = _transfer_backbone(params, config)
+        train_state = {"opt_state": tx.init(params), "ema": params, "step": 0}
+    if ema_decay <= 0:
+        train_state["ema"] = None
+
+    step_fn = make_train_step(model, tx, ctx, weights, need, protocol == "frozen", ema_decay)
+    p_step = parallel.data_parallel(step_fn, mesh, n_replicated=3)
+    params = parallel.replicate(params, mesh)
+    opt_state = parallel.replicate(train_state["opt_state"], mesh)
+    ema = parallel.replicate(train_state["ema"], mesh) if ema_decay > 0 else None
+    evaluator = Evaluator(model, data, config, ctx, weights, need, dtype)
+    logger = MetricsLogger(workdir, num_steps, start_step=step)
+
+    def eval_params():
+        return ema if ema is not None else params
+
+    def save(best_val: float | None = None):
+        host = jax.device_get
+        state = {"opt_state": host(opt_state), "ema": host(ema) if ema is not None else host(
+            params), "step": step}
+        meta = ckpt_lib.make_meta(config, data.template, data.stats,
+                                  iterator=train_it.get_state(), plateau=plateau.state(),
+                                  step=step)
+        ckpt.save(step, host(params), state, meta)
+        if best_val is not None:
+            ckpt.save_best(step, host(eval_params()), state, meta, best_val)
+
+    stop = {"sigterm": False}
+    previous = signal.getsignal(signal.SIGTERM)
+    in_main = _is_main_thread()
+    if in_main:
+        signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
+    try:
+        stream = iter(train_it)
+        while step < num_steps and not stop["sigterm"]:
+            batch = next(stream)
+            logger.count(int(np.sum(batch.globals["h_mask"] | batch.globals["energy_mask"])))
+            params, opt_state, ema, values = p_step(params, opt_state, ema,
+                                                   parallel.shard(batch, mesh))
+            step += 1
+            values = {k: float(v) for k, v in jax.device_get(values).items()}
+            if not (np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"])):
+                raise FloatingPointError(
+                    f"Non-finite loss or gradient at step {step} (loss={values['loss']}, "
+                    f"grad_norm={values['grad_norm']}): lower config.optim.learning_rate, set "
+                    "config.optim.clip_norm, or check the data with data_prep/verify.py. The "
+                    f"last good checkpoint is in {workdir}/checkpoints/latest.")
+            log_every = int(config.train.log_every)
+            if step % log_every == 0 or step == num_steps:
+                logger.write(step, "train", values)
+                logger.progress(step, values)
+            if step % int(config.train.eval_every) == 0 or step == num_steps:
+                val = evaluator(eval_params(), "val")
+                if val:
+                    logger.write(step, "val", val)
+                    scale = plateau.update(val["loss"])
+                    if config.optim.schedule == "plateau":
+                        opt_state = parallel.replicate(
+                            set_lr_scale(jax.device_get(opt_state), scale), mesh)
+                    save(best_val=val["loss"])
+                logger.plot()
+            elif step % int(config.train.checkpoint_every) == 0:
+                save()
+        if stop["sigterm"]:
+            save()
+            print(f"SIGTERM: saved step {step} to {workdir}; rerun the same command to resume.",
+                  flush=True)
+            return {"step": step, "interrupted": True}
+        save()
+        result = {"step": step, "val": evaluator(eval_params(), "val"),
+                  "test": evaluator(eval_params(), "test"),
+                  "seconds": time.time() - t_start}
+        if result["test"]:
+            logger.write(step, "test", result["test"])
+        logger.plot()
+        _print_summary(result)
+        return result
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+        logger.close()
+        ckpt.close()
+
+
+def _is_main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _print_summary(result: dict) -> None:
+    rows = []
+    for split in ("val", "test"):
+        m = result.get(split) or {}
+        cells = [split]
+        if "h_mae" in m:
+            cells += [f"H MAE {m['h_mae'] * 1e6:.2f} uEh",
+                      f"diag {m['h_mae_diag'] * 1e6:.2f}", f"off-diag {m['h_mae_offdiag'] * 1e6:.2f}"]
+        if "energy_ae" in m:
+            cells.append(f"E MAE {m['energy_ae'] * metrics_lib.HARTREE_EV * 1e3:.2f} meV")
+        if "forces_ae" in m:
+            cells.append(f"F MAE {m['forces_ae'] * metrics_lib.HARTREE_EV * 1e3:.2f} meV/A")
+        rows.append(" | ".join(cells))
+    print("\n".join(rows), flush=True)
