@@ -29,104 +29,104 @@ from helm_jax.nn import so3
 
 
 def _order_indices(l_max: int, m: int) -> tuple[np.ndarray, np.ndarray]:
-  """Indices of ``(l, +m)`` and ``(l, -m)`` for ``l = m..l_max``."""
-  ls = np.arange(m, l_max + 1)
-  return ls * ls + ls + m, ls * ls + ls - m
+    """Indices of ``(l, +m)`` and ``(l, -m)`` for ``l = m..l_max``."""
+    ls = np.arange(m, l_max + 1)
+    return ls * ls + ls + m, ls * ls + ls - m
 
 
 def _assembly_index(l_max: int, m_max: int) -> np.ndarray:
-  """Gather index from the stacked per-m outputs back to the coefficient layout.
+    """Gather index from the stacked per-m outputs back to the coefficient layout.
 
-  The stacked outputs are ``[y_0 (l=0..l_max), y_{+1}, y_{-1}, ..., y_{-m_max}, zero]``;
-  coefficients with ``|m| > m_max`` point at the trailing zero row.
-  """
-  index = np.zeros(so3.num_coefficients(l_max), dtype=np.int32)
-  offset = 0
-  for m in range(m_max + 1):
-    plus, minus = _order_indices(l_max, m)
-    index[plus] = offset + np.arange(len(plus))
-    offset += len(plus)
-    if m > 0:
-      index[minus] = offset + np.arange(len(minus))
-      offset += len(minus)
-  orders = so3.order_index(l_max)
-  index[np.abs(orders) > m_max] = offset
-  return index
+    The stacked outputs are ``[y_0 (l=0..l_max), y_{+1}, y_{-1}, ..., y_{-m_max}, zero]``;
+    coefficients with ``|m| > m_max`` point at the trailing zero row.
+    """
+    index = np.zeros(so3.num_coefficients(l_max), dtype=np.int32)
+    offset = 0
+    for m in range(m_max + 1):
+        plus, minus = _order_indices(l_max, m)
+        index[plus] = offset + np.arange(len(plus))
+        offset += len(plus)
+        if m > 0:
+            index[minus] = offset + np.arange(len(minus))
+            offset += len(minus)
+    orders = so3.order_index(l_max)
+    index[np.abs(orders) > m_max] = offset
+    return index
 
 
 class SO2Convolution(nn.Module):
-  """SO(2)-equivariant linear map of edge-frame features.
+    """SO(2)-equivariant linear map of edge-frame features.
 
-  Attributes:
-    l_max: largest degree of input and output.
-    m_max: largest |m| kept (``0 <= m_max <= l_max``).
-    features: output channels.
-    num_gates: extra invariant m = 0 outputs (gate scalars).
-    radial_hidden: if set, scale the inputs by ``RadialMLP(edge_scalars)`` with this hidden
-      width.
-  """
-  l_max: int
-  m_max: int
-  features: int
-  num_gates: int = 0
-  radial_hidden: Optional[int] = None
-  dtype: layers.Dtype = jnp.float32
-  param_dtype: layers.Dtype = jnp.float32
-  matmul_dtype: Optional[layers.Dtype] = None
-
-  @nn.compact
-  def __call__(
-      self,
-      x: jax.Array,  # [E, K, C_in] in the edge frame
-      edge_scalars: Optional[jax.Array] = None,  # [E, D]
-  ) -> tuple[jax.Array, jax.Array]:
-    """Apply the convolution.
-
-    Args:
-      x: edge-frame features.
-      edge_scalars: invariant edge scalars; required iff ``radial_hidden`` is set.
-
-    Returns:
-      ``(y, gates)``: edge-frame features ``[E, K, features]`` (zero where |m| > m_max) and
-      gate scalars ``[E, num_gates]``.
+    Attributes:
+      l_max: largest degree of input and output.
+      m_max: largest |m| kept (``0 <= m_max <= l_max``).
+      features: output channels.
+      num_gates: extra invariant m = 0 outputs (gate scalars).
+      radial_hidden: if set, scale the inputs by ``RadialMLP(edge_scalars)`` with this hidden
+        width.
     """
-    l_max, m_max = self.l_max, self.m_max
-    assert 0 <= m_max <= l_max, (m_max, l_max)
-    assert x.ndim == 3 and x.shape[1] == so3.num_coefficients(l_max), (x.shape, l_max)
-    assert (edge_scalars is not None) == (self.radial_hidden is not None)
-    num_edges, _, channels = x.shape
-    x = x.astype(self.dtype)
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, matmul_dtype=self.matmul_dtype)
+    l_max: int
+    m_max: int
+    features: int
+    num_gates: int = 0
+    radial_hidden: Optional[int] = None
+    dtype: layers.Dtype = jnp.float32
+    param_dtype: layers.Dtype = jnp.float32
+    matmul_dtype: Optional[layers.Dtype] = None
 
-    # Per m: inputs [E, 2, (l_max+1-m) C] holding (+m, -m); m = 0 has a single row.
-    inputs = []
-    for m in range(m_max + 1):
-      plus, minus = _order_indices(l_max, m)
-      rows = [plus] if m == 0 else [plus, minus]
-      inputs.append(jnp.stack([x[:, r].reshape(num_edges, -1) for r in rows], axis=1))
-    if self.radial_hidden is not None:
-      sizes = [(l_max + 1 - m) * channels for m in range(m_max + 1)]
-      radial = layers.RadialMLP(self.radial_hidden, sum(sizes), name='radial', **kw)(
-          edge_scalars.astype(self.dtype))
-      splits = np.cumsum(sizes)[:-1]
-      inputs = [xm * wm[:, None, :]
-                for xm, wm in zip(inputs, jnp.split(radial, splits, axis=-1))]
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,  # [E, K, C_in] in the edge frame
+        edge_scalars: Optional[jax.Array] = None,  # [E, D]
+    ) -> tuple[jax.Array, jax.Array]:
+        """Apply the convolution.
 
-    width0 = (l_max + 1) * self.features
-    y0 = layers.Dense(width0 + self.num_gates, name='m0', **kw)(inputs[0][:, 0])
-    gates = y0[:, width0:]
-    outputs = [y0[:, :width0].reshape(num_edges, l_max + 1, self.features)]
-    for m in range(1, m_max + 1):
-      width = (l_max + 1 - m) * self.features
-      # One kernel [W_r | W_i] applied to both rows; 1/sqrt(2): y sums two products.
-      ym = layers.Dense(2 * width, use_bias=False, init_scale=0.5, name=f'm{m}', **kw)(
-          inputs[m])  # [E, 2, 2 width]
-      real, imag = ym[..., :width], ym[..., width:]
-      y_plus = real[:, 0] - imag[:, 1]
-      y_minus = real[:, 1] + imag[:, 0]
-      outputs += [y.reshape(num_edges, l_max + 1 - m, self.features)
-                  for y in (y_plus, y_minus)]
-    if m_max < l_max:
-      outputs.append(jnp.zeros((num_edges, 1, self.features), self.dtype))
-    stacked = jnp.concatenate(outputs, axis=1)
-    return jnp.take(stacked, _assembly_index(l_max, m_max), axis=1), gates
+        Args:
+          x: edge-frame features.
+          edge_scalars: invariant edge scalars; required iff ``radial_hidden`` is set.
+
+        Returns:
+          ``(y, gates)``: edge-frame features ``[E, K, features]`` (zero where |m| > m_max) and
+          gate scalars ``[E, num_gates]``.
+        """
+        l_max, m_max = self.l_max, self.m_max
+        assert 0 <= m_max <= l_max, (m_max, l_max)
+        assert x.ndim == 3 and x.shape[1] == so3.num_coefficients(l_max), (x.shape, l_max)
+        assert (edge_scalars is not None) == (self.radial_hidden is not None)
+        num_edges, _, channels = x.shape
+        x = x.astype(self.dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, matmul_dtype=self.matmul_dtype)
+
+        # Per m: inputs [E, 2, (l_max+1-m) C] holding (+m, -m); m = 0 has a single row.
+        inputs = []
+        for m in range(m_max + 1):
+            plus, minus = _order_indices(l_max, m)
+            rows = [plus] if m == 0 else [plus, minus]
+            inputs.append(jnp.stack([x[:, r].reshape(num_edges, -1) for r in rows], axis=1))
+        if self.radial_hidden is not None:
+            sizes = [(l_max + 1 - m) * channels for m in range(m_max + 1)]
+            radial = layers.RadialMLP(self.radial_hidden, sum(sizes), name='radial', **kw)(
+                edge_scalars.astype(self.dtype))
+            splits = np.cumsum(sizes)[:-1]
+            inputs = [xm * wm[:, None, :]
+                      for xm, wm in zip(inputs, jnp.split(radial, splits, axis=-1))]
+
+        width0 = (l_max + 1) * self.features
+        y0 = layers.Dense(width0 + self.num_gates, name='m0', **kw)(inputs[0][:, 0])
+        gates = y0[:, width0:]
+        outputs = [y0[:, :width0].reshape(num_edges, l_max + 1, self.features)]
+        for m in range(1, m_max + 1):
+            width = (l_max + 1 - m) * self.features
+            # One kernel [W_r | W_i] applied to both rows; 1/sqrt(2): y sums two products.
+            ym = layers.Dense(2 * width, use_bias=False, init_scale=0.5, name=f'm{m}', **kw)(
+                inputs[m])  # [E, 2, 2 width]
+            real, imag = ym[..., :width], ym[..., width:]
+            y_plus = real[:, 0] - imag[:, 1]
+            y_minus = real[:, 1] + imag[:, 0]
+            outputs += [y.reshape(num_edges, l_max + 1 - m, self.features)
+                        for y in (y_plus, y_minus)]
+        if m_max < l_max:
+            outputs.append(jnp.zeros((num_edges, 1, self.features), self.dtype))
+        stacked = jnp.concatenate(outputs, axis=1)
+        return jnp.take(stacked, _assembly_index(l_max, m_max), axis=1), gates
