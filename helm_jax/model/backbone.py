@@ -1,0 +1,243 @@
+"""HELM backbone: eSEN-style equivariant message passing with SO(2) convolutions.
+
+Per graph (DESIGN.md section 1), with directed edges ``s -> r`` (vector
+``pos[r] - pos[s]``), edge frames ``D_e`` (``so3.edge_wigner``), invariant edge scalars
+``x_e = [emb_src(Z_s) | RBF(d_e) | emb_dst(Z_r)]`` and the envelope ``u(d_e)``:
+
+    h_r^0 = emb(Z_r) [l=0] + 1/a sum_{e -> r} u_e D_e^T [MLP(x_e) on m = 0]
+    per layer:
+      h_r <- h_r + 1/a sum_{e -> r} u_e D_e^T SO2_b(Gate(SO2_a(D_e [N(h)_s | N(h)_r], x_e)))
+      h   <- h + FFN(N(h))
+      e_e <- e_e + N(D_e^T SO2_d(Gate(SO2_c(D_e [h_s | h_r], x_e))))     (compute_edges)
+      e   <- e + FFN(N(e))
+    outputs N(h), N(e)
+
+with ``a = avg_degree``. Node updates never read edge embeddings, so
+``compute_edges=False`` (energy-only path) skips all edge work. Padded nodes and edges
+are masked to zero after every update, and padded edge vectors are replaced before any
+norm (``so3.edge_frames``), so they change nothing and receive zero gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from helm_jax.nn import layers
+from helm_jax.nn import so2
+from helm_jax.nn import so3
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    """The backbone settings used for OMol_CSH (``config.model``); fields of HELMBackbone."""
+    return ml_collections.ConfigDict(dict(
+        channels=128,  # C: channels per (l, m) coefficient
+        num_layers=3,
+        l_max=6,
+        m_max=6,
+        num_rbf=128,  # Gaussians on [0, cutoff]
+        cutoff=12.0,  # Angstrom; graph cutoff and radial envelope
+        num_elements=100,  # embedding table size (species index = atomic number)
+        edge_channels_hidden=128,  # element embeddings in x_edge and radial-MLP width
+        ffn_channels=128,  # hidden channels of the feed-forward blocks
+        avg_degree=5.0,  # edge sums are divided by this
+        dtype='float32',  # compute dtype ('float64' needs jax_enable_x64)
+        param_dtype='float32',
+        matmul_dtype=None,  # e.g. 'bfloat16': matmul inputs in bf16, results cast to dtype
+        remat=False,  # rematerialise each layer in the backward pass
+    ))
+
+
+class _EdgeMessage(nn.Module):
+    """``D^T SO2_b(Gate(SO2_a(D x, x_edge)))`` for global-frame pair features x."""
+    l_max: int
+    m_max: int
+    channels: int
+    radial_hidden: int
+    dtype: layers.Dtype
+    param_dtype: layers.Dtype
+    matmul_dtype: Optional[layers.Dtype]
+
+    @nn.compact
+    def __call__(self, x, wigner, edge_scalars):  # [E, K, 2C] -> [E, K, C]
+        kw = dict(l_max=self.l_max, m_max=self.m_max, features=self.channels, dtype=self.dtype,
+                  param_dtype=self.param_dtype, matmul_dtype=self.matmul_dtype)
+        x = so3.rotate(wigner, x)
+        x, gates = so2.SO2Convolution(num_gates=self.l_max * self.channels,
+                                      radial_hidden=self.radial_hidden, name='so2_a',
+                                      **kw)(x, edge_scalars)
+        x = layers.gate(x, gates)
+        x, _ = so2.SO2Convolution(name='so2_b', **kw)(x)
+        return so3.rotate_inverse(wigner, x)
+
+
+class HELMLayer(nn.Module):
+    """One node update and, if ``compute_edges``, one edge update (see module docstring)."""
+    l_max: int
+    m_max: int
+    channels: int
+    edge_channels_hidden: int
+    ffn_channels: int
+    avg_degree: float
+    compute_edges: bool
+    dtype: layers.Dtype
+    param_dtype: layers.Dtype
+    matmul_dtype: Optional[layers.Dtype]
+
+    @nn.compact
+    def __call__(
+        self,
+        h: jax.Array,  # [N, K, C]
+        e: Optional[jax.Array],  # [E, K, C] or None
+        wigner: so3.WignerBlocks,  # l: [E, 2l+1, 2l+1]
+        edge_scalars: jax.Array,  # [E, D]
+        edge_weight: jax.Array,  # [E] envelope, 0 on padded edges
+        senders: jax.Array,  # [E]
+        receivers: jax.Array,  # [E]
+        node_mask: jax.Array,  # [N]
+        edge_mask: jax.Array,  # [E]
+    ) -> tuple[jax.Array, Optional[jax.Array]]:
+        num_nodes = h.shape[0]
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        mkw = dict(l_max=self.l_max, m_max=self.m_max, channels=self.channels,
+                   radial_hidden=self.edge_channels_hidden, matmul_dtype=self.matmul_dtype, **kw)
+        fkw = dict(l_max=self.l_max, hidden=self.ffn_channels, features=self.channels,
+                   matmul_dtype=self.matmul_dtype, **kw)
+        node_keep = node_mask[:, None, None].astype(self.dtype)
+        edge_keep = edge_mask[:, None, None].astype(self.dtype)
+
+        hn = layers.EquivariantRMSNorm(self.l_max, name='node_norm_message', **kw)(h)
+        pair = jnp.concatenate([hn[senders], hn[receivers]], axis=-1)  # [E, K, 2C]
+        message = _EdgeMessage(name='node_message', **mkw)(pair, wigner, edge_scalars)
+        message = message * edge_weight[:, None, None]
+        h = h + jax.ops.segment_sum(message, receivers, num_segments=num_nodes) / self.avg_degree
+        h = h + layers.FeedForward(name='node_ffn', **fkw)(
+            layers.EquivariantRMSNorm(self.l_max, name='node_norm_ffn', **kw)(h))
+        h = h * node_keep
+
+        if not self.compute_edges:
+            return h, None
+        pair = jnp.concatenate([h[senders], h[receivers]], axis=-1)  # [E, K, 2C]
+        message = _EdgeMessage(name='edge_message', **mkw)(pair, wigner, edge_scalars)
+        e = e + layers.EquivariantRMSNorm(self.l_max, name='edge_norm_message', **kw)(message)
+        e = e + layers.FeedForward(name='edge_ffn', **fkw)(
+            layers.EquivariantRMSNorm(self.l_max, name='edge_norm_ffn', **kw)(e))
+        return h, e * edge_keep
+
+
+class HELMBackbone(nn.Module):
+    """Equivariant node (and directed-edge) features of molecular graphs.
+
+    Build from a config with ``HELMBackbone.from_config(config.model)``; the attributes are
+    the fields of :func:`default_model_config`. Initialise with ``compute_edges=True`` so
+    that the edge-update parameters exist (the energy-only path ignores them).
+    """
+    channels: int = 128
+    num_layers: int = 3
+    l_max: int = 6
+    m_max: int = 6
+    num_rbf: int = 128
+    cutoff: float = 12.0
+    num_elements: int = 100
+    edge_channels_hidden: int = 128
+    ffn_channels: int = 128
+    avg_degree: float = 5.0
+    dtype: layers.Dtype = 'float32'
+    param_dtype: layers.Dtype = 'float32'
+    matmul_dtype: Optional[layers.Dtype] = None
+    remat: bool = False
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> 'HELMBackbone':
+        """Backbone from ``config.model``; unknown fields raise a TypeError."""
+        names = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
+        unknown = set(config.keys()) - names
+        if unknown:
+            raise TypeError(f'unknown model config fields: {sorted(unknown)}')
+        return cls(**config.to_dict())
+
+    @nn.compact
+    def __call__(
+        self,
+        species: jax.Array,  # [N] int
+        positions: jax.Array,  # [N, 3]
+        senders: jax.Array,  # [E] int
+        receivers: jax.Array,  # [E] int
+        node_mask: jax.Array,  # [N] bool
+        edge_mask: jax.Array,  # [E] bool
+        compute_edges: bool = True,
+    ) -> tuple[jax.Array, Optional[jax.Array]]:
+        """Compute node and (if ``compute_edges``) edge features.
+
+        Args:
+          species: element index per node, ``0 <= species < num_elements``.
+          positions: Cartesian positions (units of ``cutoff``).
+          senders: source node of each directed edge.
+          receivers: target node of each directed edge.
+          node_mask: True for real nodes.
+          edge_mask: True for real edges.
+          compute_edges: also compute edge features (False: energy-only path).
+
+        Returns:
+          ``(nodes, edges)``: node features ``[N, (l_max+1)^2, C]`` and edge features
+          ``[E, (l_max+1)^2, C]`` (None if not ``compute_edges``), in the global frame and
+          the e3nn layout of ``so3.py``; zero on padded rows.
+        """
+        num_nodes, num_edges = species.shape[0], senders.shape[0]
+        assert positions.shape == (num_nodes, 3), positions.shape
+        assert receivers.shape == (num_edges,), receivers.shape
+        assert node_mask.shape == (num_nodes,) and edge_mask.shape == (num_edges,)
+        assert 0 <= self.m_max <= self.l_max, (self.m_max, self.l_max)
+        dtype = jnp.dtype(self.dtype)
+        param_dtype = jnp.dtype(self.param_dtype)
+        matmul_dtype = None if self.matmul_dtype is None else jnp.dtype(self.matmul_dtype)
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        size = so3.num_coefficients(self.l_max)
+
+        positions = positions.astype(dtype)
+        vectors = positions[receivers] - positions[senders]  # [E, 3]
+        wigner, lengths = so3.edge_wigner(vectors, edge_mask, self.l_max)
+        edge_weight = jnp.where(edge_mask, layers.polynomial_envelope(lengths, self.cutoff), 0.0)
+        rbf = layers.GaussianRadialBasis(self.num_rbf, self.cutoff, dtype=dtype)(lengths)
+        edge_scalars = jnp.concatenate([
+            layers.ElementEmbedding(self.num_elements, self.edge_channels_hidden,
+                                    name='source_embedding', **kw)(species[senders]),
+            rbf,
+            layers.ElementEmbedding(self.num_elements, self.edge_channels_hidden,
+                                    name='target_embedding', **kw)(species[receivers]),
+        ], axis=-1)  # [E, 2 edge_channels_hidden + num_rbf]
+
+        # Node initialisation: element embedding on l = 0 plus the edge-degree embedding.
+        h0 = layers.ElementEmbedding(self.num_elements, self.channels, name='node_embedding',
+                                     **kw)(species)
+        degree = layers.RadialMLP(self.edge_channels_hidden, (self.l_max + 1) * self.channels,
+                                  matmul_dtype=matmul_dtype, name='degree_embedding',
+                                  **kw)(edge_scalars)
+        degree = so3.polar_coefficients_to_global(
+            wigner, degree.reshape(num_edges, self.l_max + 1, self.channels))
+        degree = degree * edge_weight[:, None, None]
+        h = jax.ops.segment_sum(degree, receivers, num_segments=num_nodes) / self.avg_degree
+        h = h.at[:, 0, :].add(h0) * node_mask[:, None, None].astype(dtype)
+        e = jnp.zeros((num_edges, size, self.channels), dtype) if compute_edges else None
+
+        layer_cls = nn.remat(HELMLayer) if self.remat else HELMLayer
+        for i in range(self.num_layers):
+            h, e = layer_cls(
+                l_max=self.l_max, m_max=self.m_max, channels=self.channels,
+                edge_channels_hidden=self.edge_channels_hidden, ffn_channels=self.ffn_channels,
+                avg_degree=self.avg_degree, compute_edges=compute_edges,
+                matmul_dtype=matmul_dtype, name=f'layer_{i}', **kw)(
+                    h, e, wigner, edge_scalars, edge_weight, senders, receivers, node_mask,
+                    edge_mask)
+
+        nodes = layers.EquivariantRMSNorm(self.l_max, name='node_norm_out', **kw)(h)
+        nodes = nodes * node_mask[:, None, None].astype(dtype)
+        if not compute_edges:
+            return nodes, None
+        edges = layers.EquivariantRMSNorm(self.l_max, name='edge_norm_out', **kw)(e)
+        return nodes, edges * edge_mask[:, None, None].astype(dtype)
