@@ -48,7 +48,8 @@ def default_model_config() -> ml_collections.ConfigDict:
         avg_degree=5.0,  # edge sums are divided by this
         dtype='float32',  # compute dtype ('float64' needs jax_enable_x64)
         param_dtype='float32',
-        matmul_dtype=None,  # e.g. 'bfloat16': matmul inputs in bf16, results cast to dtype
+        # e.g. 'bfloat16': matmul inputs in bf16, results cast to dtype; None: dtype.
+        matmul_dtype=ml_collections.FieldReference(None, field_type=str),
         remat=False,  # rematerialise each layer in the backward pass
     ))
 
