@@ -95,8 +95,8 @@ def test_validation_errors():
         geometry.validate_structure([8, 1, 1], ok, charge=1, spin=0)
     with pytest.raises(ValueError, match=r"shape \[n_atoms, 3\] = \[3, 3\] .* got \[2, 3\]"):
         geometry.validate_structure([8, 1, 1], ok[:2])
-    with pytest.raises(ValueError, match="PySCF cannot build Fm"):
-        geometry.validate_structure([100, 1, 1], ok, basis="def2-svp")
+    with pytest.raises(ValueError, match="does not cover element Fm"):
+        geometry.validate_structure([100, 1, 1], ok, basis="def2-svp", ecp="def2-svp")
 
 
 def test_ecp_electron_count():

@@ -16,12 +16,13 @@ electron count. Spin follows PySCF: `spin = 2S = n_alpha - n_beta`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Sequence
 
 import ase.data
 import numpy as np
+
+from helm_jax import basis as basis_lib
 
 MIN_DISTANCE = 0.1  # Angstrom; closer atoms are treated as a broken geometry.
 MAX_Z = 118
@@ -72,37 +73,13 @@ def to_atomic_numbers(elements: Sequence[int | str] | np.ndarray) -> np.ndarray:
     return np.asarray(numbers, dtype=np.int32)
 
 
-@functools.lru_cache(maxsize=None)
 def ecp_core_electrons(z: int, basis: str, ecp: str = "") -> int:
     """Number of core electrons an ECP removes from element `z` (0 without an ECP).
-
-    Builds a one-atom PySCF Mole, which also checks that `basis` covers the element.
-
-    Args:
-        z: atomic number.
-        basis: PySCF basis name, e.g. "def2-svp".
-        ecp: PySCF ECP name ("" for none).
-
-    Returns:
-        Core electrons replaced by the ECP.
 
     Raises:
         ValueError: if PySCF has no `basis` (or `ecp`) data for the element.
     """
-    from pyscf import gto  # pylint: disable=import-outside-toplevel
-
-    symbol = ase.data.chemical_symbols[z]
-    try:
-        mol = gto.M(atom=[[symbol, (0.0, 0.0, 0.0)]], basis=basis, ecp=ecp or None,
-                    spin=z % 2, verbose=0)
-    except (RuntimeError, KeyError, ValueError, OSError) as err:
-        raise ValueError(
-            f"PySCF cannot build {symbol} (Z={z}) with basis={basis!r} ecp={ecp!r}: {err}. "
-            "Choose a basis/ECP that covers this element.") from err
-    if mol.nao_nr() == 0:
-        raise ValueError(f"basis {basis!r} has no functions for {symbol} (Z={z}); "
-                         "choose a basis that covers this element.")
-    return z - mol.nelectron
+    return basis_lib.element_basis(int(z), basis, ecp or None).ecp_electrons
 
 
 def validate_structure(elements, coords, charge: int = 0, spin: int | None = None,
