@@ -7,7 +7,7 @@ Intentionally thin: the logic lives in ``helm_jax.train`` so notebooks can call
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,6 +22,7 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:
         from helm_jax import train
     except ImportError:

@@ -241,6 +241,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     evaluator = Evaluator(model, data, config, ctx, weights, need, dtype)
     logger = MetricsLogger(workdir, num_steps, start_step=step)
 
+    if step == 0:
+        initial = evaluator(params, "test")
+        if initial:
+            logger.write(0, "test", initial)
+
     def eval_params():
         return ema if ema is not None else params
 
@@ -300,6 +305,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         result = {"step": step, "val": evaluator(eval_params(), "val"),
                   "test": evaluator(eval_params(), "test"),
                   "seconds": time.time() - t_start}
+        result["test_step0"] = next((r for r in logger.history
+                                     if r["split"] == "test" and r["step"] == 0), None)
         if result["test"]:
             logger.write(step, "test", result["test"])
         logger.plot()
@@ -330,4 +337,8 @@ def _print_summary(result: dict) -> None:
         if "forces_ae" in m:
             cells.append(f"F MAE {m['forces_ae'] * metrics_lib.HARTREE_EV * 1e3:.2f} meV/A")
         rows.append(" | ".join(cells))
+    first, last = result.get("test_step0") or {}, result.get("test") or {}
+    if "h_mae" in first and "h_mae" in last:
+        rows.append(f"test H MAE at step 0: {first['h_mae'] * 1e6:.2f} uEh "
+                    f"({first['h_mae'] / last['h_mae']:.1f}x the final value)")
     print("\n".join(rows), flush=True)

@@ -186,7 +186,8 @@ class MetricsLogger:
         axes[0].set(xlabel="step", ylabel="loss")
         axes[1].set(xlabel="step", ylabel="H MAE (uEh)")
         for ax in axes:
-            ax.legend()
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend()
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)

@@ -1,0 +1,228 @@
+"""The full HELM model (backbone + Hamiltonian head + energy head) on real molecules.
+
+The decisive check: the assembled predicted H (PySCF AO order) of a rotated molecule equals
+``D H D^T`` with D from ``helm_jax.sph`` (the same algebra PySCF obeys, tests/test_rotation.py).
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from helm_jax import basis, blocks, sph
+from helm_jax.data import batching, graphs
+from helm_jax.data.records import Record
+from helm_jax.model import assemble, backbone, helm
+import molecules
+
+SVP = basis.make_template("HCNO", "def2-svp")
+
+
+def _config(l_max, channels=8, layers=1, dtype="float32"):
+    c = ml_collections.ConfigDict()
+    c.model = backbone.default_model_config()
+    c.model.update(channels=channels, num_layers=layers, l_max=l_max, m_max=min(l_max, 3),
+                   num_rbf=8, edge_channels_hidden=8, ffn_channels=8, cutoff=6.0, dtype=dtype,
+                   param_dtype=dtype)
+    c.heads = helm.default_heads_config()
+    c.heads.update(hidden=16, energy_hidden=16)
+    return c
+
+
+def _batch(symbols, coords, template, cutoff=6.0, extra_nodes=1, extra_edges=0, dtype=np.float32):
+    z = np.array([basis.atomic_number(s) for s in symbols])
+    g = graphs.build_graph(Record(elements=z, coords=coords), graphs.GraphSpec(template, cutoff),
+                           with_labels=False)
+    budget = batching.Budget(g.n_node + extra_nodes, g.n_edge + extra_edges, 2)
+    return g, batching.pad_batch([g], budget, None, None, dtype)
+
+
+def _full_h(model, params, symbols, coords, template, **kw):
+    g, b = _batch(symbols, coords, template, **kw)
+    out = model.apply({"params": params}, **helm.batch_inputs(b))
+    layouts = (blocks.irreps_layout(template, True), blocks.irreps_layout(template))
+    return assemble.batch_to_full(jax.device_get(out), b, *layouts, None)[0], out, g
+
+
+def _d(symbols, template, rot):
+    ls = []
+    for s in symbols:
+        ls += template.element(s).shell_l
+    return sph.molecule_ao_wigner(ls, rot)
+
+
+@pytest.fixture(scope="module")
+def svp_model():
+    model = helm.build_model(_config(4), SVP)
+    _, b = _batch(*molecules.ETHANOL, SVP)
+    params = model.init(jax.random.PRNGKey(0), **helm.batch_inputs(b))["params"]
+    return model, params
+
+
+@pytest.mark.parametrize("rotation", ["random", "bond_on_y", "bond_on_z"])
+def test_assembled_h_is_equivariant_float32(svp_model, rotation):
+    model, params = svp_model
+    symbols, coords = molecules.ETHANOL
+    rot = {"random": molecules.random_rotation(5),
+           "bond_on_y": molecules.rotation_onto(coords[1] - coords[0], np.array([0, 1.0, 0])),
+           "bond_on_z": molecules.rotation_onto(coords[2] - coords[0], np.array([0, 0, 1.0]))
+           }[rotation]
+    h0, out0, _ = _full_h(model, params, symbols, coords, SVP)
+    h1, out1, _ = _full_h(model, params, symbols, coords @ rot.T, SVP)
+    d = _d(symbols, SVP, rot)
+    rel = np.abs(h1 - d @ h0 @ d.T).max() / np.abs(h0).max()
+    assert rel < 1e-5, rel
+    np.testing.assert_allclose(out1["energy"], out0["energy"], rtol=1e-5)
+
+
+def test_assembled_h_is_equivariant_float64_lmax6_tzvpd():
+    template = basis.make_template(basis.OMOL_CSH_ELEMENTS, "def2-tzvpd", "def2-tzvpd")
+    symbols, coords = molecules.METHYL_IODIDE
+    with jax.enable_x64(True):
+        model = helm.build_model(_config(6, channels=4, dtype="float64"), template)
+        _, b = _batch(symbols, coords, template, dtype=np.float64)
+        params = model.init(jax.random.PRNGKey(1), **helm.batch_inputs(b))["params"]
+        rot = molecules.random_rotation(9)
+        h0, _, _ = _full_h(model, params, symbols, coords, template, dtype=np.float64)
+        h1, _, _ = _full_h(model, params, symbols, coords @ rot.T, template, dtype=np.float64)
+    d = _d(symbols, template, rot)
+    assert np.abs(h0).max() > 1e-3
+    assert np.abs(h1 - d @ h0 @ d.T).max() / np.abs(h0).max() < 1e-10
+
+
+def test_forces_rotate_and_are_finite(svp_model):
+    model, params = svp_model
+    symbols, coords = molecules.ETHANOL
+    rot = molecules.random_rotation(3)
+    res = []
+    for c in (coords, coords @ rot.T):
+        _, b = _batch(symbols, c, SVP)
+        inputs = helm.batch_inputs(b)
+        g_count = inputs.pop("num_graphs")
+        e, f = jax.jit(lambda p, i: helm.energy_and_forces(model, p, {**i, "num_graphs": g_count}))(
+            params, inputs)
+        res.append((np.asarray(e), np.asarray(f)))
+    assert np.all(np.isfinite(res[0][1]))
+    np.testing.assert_allclose(res[1][1][:9], res[0][1][:9] @ rot.T, atol=1e-5)
+    assert np.all(res[0][1][9:] == 0)  # padding node
+
+
+def test_permutation_and_translation(svp_model):
+    model, params = svp_model
+    symbols, coords = molecules.ETHANOL
+    h0, _, _ = _full_h(model, params, symbols, coords, SVP)
+    h_t, _, _ = _full_h(model, params, symbols, coords + np.array([3.0, -2.0, 1.0]), SVP)
+    np.testing.assert_allclose(h_t, h0, atol=1e-5 * np.abs(h0).max())
+    perm = np.array([2, 0, 1, 5, 3, 4, 8, 6, 7])
+    h_p, _, _ = _full_h(model, params, [symbols[i] for i in perm], coords[perm], SVP)
+    sl = basis.molecule_ao_slices([basis.atomic_number(s) for s in symbols], "def2-svp")
+    idx = np.concatenate([np.arange(sl[i].start, sl[i].stop) for i in perm])
+    np.testing.assert_allclose(h_p, h0[np.ix_(idx, idx)], atol=1e-5 * np.abs(h0).max())
+
+
+def test_padding_and_packing_invariance(svp_model):
+    model, params = svp_model
+    sym_e, xyz_e = molecules.ETHANOL
+    sym_w, xyz_w = molecules.WATER
+    spec = graphs.GraphSpec(SVP, 6.0)
+    ge = graphs.build_graph(Record(elements=np.array([basis.atomic_number(s) for s in sym_e]),
+                                   coords=xyz_e), spec, with_labels=False)
+    gw = graphs.build_graph(Record(elements=np.array([8, 1, 1]), coords=xyz_w), spec,
+                            with_labels=False)
+    outs = []
+    for gs, budget in [([ge], batching.Budget(10, 72, 2)),
+                       ([ge], batching.Budget(17, 100, 4)),
+                       ([gw, ge], batching.Budget(20, 90, 3))]:
+        b = batching.pad_batch(gs, budget, None, None)
+        inputs = helm.batch_inputs(b)
+        g_count = inputs.pop("num_graphs")
+        out = jax.device_get(jax.jit(lambda p, i: model.apply({"params": p}, **i,
+                                                               num_graphs=g_count))(params,
+                                                                                    inputs))
+        off_n = 3 if len(gs) == 2 else 0
+        off_e = 6 if len(gs) == 2 else 0
+        outs.append((out["node_h"][off_n:off_n + 9], out["edge_h"][off_e:off_e + 72],
+                     out["energy"][len(gs) - 1]))
+        assert np.all(out["node_h"][sum(g.n_node for g in gs):] == 0)  # padded rows
+        assert np.all(out["edge_h"][sum(g.n_edge for g in gs):] == 0)
+    for other in outs[1:]:
+        for a, c in zip(outs[0], other):
+            np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
+
+
+def test_determinism_and_energy_only_path(svp_model):
+    model, params = svp_model
+    _, b = _batch(*molecules.ETHANOL, SVP)
+    inputs = helm.batch_inputs(b)
+    f = jax.jit(lambda p: model.apply({"params": p}, **inputs))
+    a, c = jax.device_get(f(params)), jax.device_get(f(params))
+    for k in a:
+        np.testing.assert_array_equal(a[k], c[k])
+    e_only = model.apply({"params": params}, **inputs, hamiltonian=False)
+    assert set(e_only) == {"energy"}
+    np.testing.assert_allclose(e_only["energy"], a["energy"], rtol=1e-6)
+
+
+def test_padded_rows_get_zero_gradient(svp_model):
+    model, params = svp_model
+    _, b = _batch(*molecules.ETHANOL, SVP, extra_nodes=3, extra_edges=6)
+    inputs = helm.batch_inputs(b)
+
+    def total(pos):
+        out = model.apply({"params": params}, **{**inputs, "positions": pos})
+        return jnp.sum(out["node_h"] ** 2) + jnp.sum(out["edge_h"] ** 2) + out["energy"].sum()
+    g = np.asarray(jax.jit(jax.grad(total))(inputs["positions"]))
+    assert np.all(np.isfinite(g)) and np.all(g[9:] == 0) and np.abs(g[:9]).max() > 0
+
+
+def test_tiny_model_overfits_one_hamiltonian():
+    from pyscf import scf
+    symbols, coords = molecules.WATER
+    mol = molecules.pyscf_mol(symbols, coords, "def2-svp")
+    mf = scf.RHF(mol).run(conv_tol=1e-10)
+    z = np.array([8, 1, 1])
+    template = basis.make_template([1, 8], "def2-svp")
+    spec = graphs.GraphSpec(template, 6.0)
+    g = graphs.build_graph(Record(elements=z, coords=coords, fock=mf.get_fock()), spec)
+    b = batching.pad_batch([g], batching.Budget(4, 6, 2), spec.node_layout.dim,
+                           spec.edge_layout.dim)
+    model = helm.build_model(_config(4, channels=16), template)
+    inputs = helm.batch_inputs(b)
+    params = model.init(jax.random.PRNGKey(0), **inputs)["params"]
+    node_t, edge_t = jnp.asarray(b.nodes["h"][:3]), jnp.asarray(b.edges["h"])
+    table = graphs.slot_mask_table(template)
+    mn = graphs.label_masks(z, z, spec.node_layout, table)
+    me = graphs.label_masks(z[g.senders], z[g.receivers], spec.edge_layout, table)
+
+    def loss(p):
+        out = model.apply({"params": p}, **inputs)
+        se = (jnp.sum(jnp.where(mn, out["node_h"][:3] - node_t, 0) ** 2)
+              + jnp.sum(jnp.where(me, out["edge_h"] - edge_t, 0) ** 2))
+        mse = se / (mn.sum() + me.sum())
+        return jnp.sqrt(mse) + mse
+
+    def mae(p):
+        h = _full_from(model, p, b, spec)
+        return np.abs(h - mf.get_fock()).mean()
+
+    tx = optax.adam(optax.exponential_decay(1e-2, 100, 0.5))
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(p, o):
+        grads = jax.grad(loss)(p)
+        u, o = tx.update(grads, o, p)
+        return optax.apply_updates(p, u), o
+
+    start = mae(params)
+    for _ in range(400):
+        params, opt = step(params, opt)
+    end = mae(params)
+    assert end < start / 100, (start, end)
+
+
+def _full_from(model, params, b, spec):
+    out = jax.device_get(model.apply({"params": params}, **helm.batch_inputs(b)))
+    return assemble.batch_to_full(out, b, spec.node_layout, spec.edge_layout, None)[0]

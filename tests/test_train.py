@@ -1,0 +1,189 @@
+"""Training: losses by hand, data-parallel equivalence, resume, transfer protocols."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helm_jax import basis, losses, train
+from helm_jax.data import batching, graphs
+from helm_jax.data.records import Record
+import trainlib
+
+
+@pytest.fixture(scope="module")
+def water(tmp_path_factory):
+    return trainlib.label_water(str(tmp_path_factory.mktemp("data") / "water_hf.h5"))
+
+
+def test_losses_match_hand_computed_values():
+    t = basis.make_template([1, 8], "def2-svp")
+    spec = graphs.GraphSpec(t, 5.0)
+    rng = np.random.default_rng(0)
+    coords = np.array([[0, 0, 0.1], [0, 0.75, -0.47], [0, -0.75, -0.47]])
+    z = np.array([8, 1, 1])
+    fock = rng.normal(size=(24, 24))
+    g = graphs.build_graph(Record(elements=z, coords=coords, fock=fock + fock.T, energy=-2.0,
+                                  forces=rng.normal(size=(3, 3))), spec)
+    b = batching.pad_batch([g], batching.Budget(5, 8, 3), spec.node_layout.dim,
+                           spec.edge_layout.dim, np.float64)
+    with jax.enable_x64(True):
+        out = {"node_h": jnp.asarray(rng.normal(size=b.nodes["h"].shape)),
+               "edge_h": jnp.asarray(rng.normal(size=b.edges["h"].shape)),
+               "energy": jnp.asarray([-1.5, 7.0, 9.0]),
+               "forces": jnp.asarray(rng.normal(size=(5, 3)))}
+        mean = rng.normal(size=(119, spec.node_layout.muls[0]))
+        std = rng.uniform(0.5, 2, size=(119, spec.node_layout.muls[0]))
+        stats = type("S", (), {"node_mean": mean, "node_std": std})
+        ctx = losses.LossContext.create(spec.node_layout, spec.edge_layout, stats)
+        h = losses.hamiltonian(jax.tree.map(jnp.asarray, out), b, ctx)
+        e = losses.energy(out, b, ctx)
+        f = losses.forces(out, b, ctx)
+        values = {k: float(p.combine(p.sums)) for k, p in
+                  {"h": h, "e": e, "f": f}.items()}
+    # By hand: loop over real atoms / edges and their valid components only.
+    sq = []
+    mul0 = spec.node_layout.muls[0]
+    for i in range(3):
+        valid = graphs.label_masks(z[i:i + 1], z[i:i + 1], spec.node_layout,
+                                   graphs.slot_mask_table(t))[0]
+        for k in np.nonzero(valid)[0]:
+            y = b.nodes["h"][i, k]
+            if k < mul0:
+                y = (y - mean[z[i], k]) / std[z[i], k]
+            sq.append((out["node_h"][i, k] - y) ** 2)
+    for e_i in range(g.n_edge):
+        s, r = g.senders[e_i], g.receivers[e_i]
+        valid = graphs.label_masks(z[s:s + 1], z[r:r + 1], spec.edge_layout,
+                                   graphs.slot_mask_table(t))[0]
+        sq += list((out["edge_h"][e_i][valid] - b.edges["h"][e_i][valid]) ** 2)
+    mse = np.mean(sq)
+    assert values["h"] == pytest.approx(np.sqrt(mse) + mse, rel=1e-10)
+    assert values["e"] == pytest.approx((-1.5 + 2.0) ** 2, rel=1e-12)
+    fe = np.asarray(out["forces"])[:3] - g.forces
+    assert values["f"] == pytest.approx(np.mean(fe ** 2), rel=1e-10)
+
+
+DEVICE_SCRIPT = r"""
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+sys.path.insert(0, {tests!r})
+import jax, numpy as np
+import trainlib
+from helm_jax import losses, parallel
+from helm_jax.data import datasets, pipeline
+from helm_jax.model import helm
+from helm_jax.train import make_train_step
+from helm_jax.train_utils import build_optimizer
+c = trainlib.tiny_config({data!r})
+data = datasets.load_data(c)
+model = helm.build_model(c, data.template)
+ctx = losses.LossContext.create(data.spec.node_layout, data.spec.edge_layout, data.stats)
+n_dev = {n_dev}
+mols = [0, 1, 2, 3]
+budget = pipeline.BatchIterator(data.graphs, mols, datasets.batch_config(c.data)).budgets[0]
+big = __import__("helm_jax.data.batching", fromlist=["x"]).Budget(
+    budget.n_node * 2, budget.n_edge * 2, budget.n_graph * 2)
+gs = [data.graphs[i] for i in mols]
+from helm_jax.data import batching
+parts = [gs[:2], gs[2:]] if n_dev == 2 else [gs]
+batch = batching.stack_device_batches([batching.pad_batch(p, big, data.spec.node_layout.dim,
+                                       data.spec.edge_layout.dim) for p in parts])
+mesh = parallel.make_mesh(n_dev)
+params = model.init(jax.random.PRNGKey(0), **helm.batch_inputs(jax.tree.map(lambda x: x[0], batch)))["params"]
+tx = build_optimizer(c.optim, 10, "none", params)
+step = parallel.data_parallel(make_train_step(model, tx, ctx, {{"hamiltonian": 1.0}},
+                                              {{"hamiltonian"}}, False, 0.0), mesh, 3)
+p, o, _, m = step(parallel.replicate(params, mesh), parallel.replicate(tx.init(params), mesh),
+                  None, parallel.shard(batch, mesh))
+np.savez({out!r}, loss=np.asarray(m["loss"]),
+         **{{str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(p))}})
+"""
+
+
+def test_two_devices_equal_one_device(water, tmp_path):
+    results = []
+    for n_dev in (1, 2):
+        out = str(tmp_path / f"p{n_dev}.npz")
+        script = DEVICE_SCRIPT.format(tests=os.path.dirname(__file__), data=water,
+                                      n_dev=n_dev, out=out)
+        subprocess.run([sys.executable, "-c", script], check=True, cwd=trainlib.ROOT,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        results.append(np.load(out))
+    one, two = results
+    assert float(one["loss"]) == pytest.approx(float(two["loss"]), rel=1e-6)
+    diffs = [np.abs(one[k] - two[k]).max() for k in one.files if k != "loss"]
+    assert max(diffs) < 1e-6
+
+
+def _metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if '"train"' in line]
+
+
+def test_resume_reproduces_the_straight_run(water, tmp_path):
+    straight, resumed = str(tmp_path / "a"), str(tmp_path / "b")
+    train.train_and_evaluate(trainlib.tiny_config(water, steps=6), straight)
+    train.train_and_evaluate(trainlib.tiny_config(water, steps=3), resumed)
+    train.train_and_evaluate(trainlib.tiny_config(water, steps=6), resumed)
+    a, b = _metrics(straight), _metrics(resumed)
+    assert [r["step"] for r in b] == list(range(1, 7))
+    np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-6)
+    assert trainlib.max_diff(trainlib.final_params(straight),
+                             trainlib.final_params(resumed)) < 1e-6
+
+
+def test_sigterm_saves_and_the_run_resumes(water, tmp_path):
+    workdir = str(tmp_path / "w")
+    script = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import trainlib;"
+              f"from helm_jax import train; c = trainlib.tiny_config({water!r}, steps=100000);"
+              f"train.train_and_evaluate(c, {workdir!r})")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=trainlib.ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    path = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 240
+    while time.time() < deadline and not (os.path.exists(path) and len(_metrics(workdir)) >= 3):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert "SIGTERM: saved step" in output
+    saved = trainlib.final_params(workdir)
+    step = max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints", "latest")))
+    assert step >= 3
+    result = train.train_and_evaluate(trainlib.tiny_config(water, steps=step + 2), workdir)
+    assert result["step"] == step + 2
+    assert trainlib.max_diff(saved, trainlib.final_params(workdir)) > 0
+
+
+def test_transfer_frozen_keeps_backbone_and_finetune_changes_it(water, tmp_path):
+    pre = str(tmp_path / "pre")
+    train.train_and_evaluate(trainlib.tiny_config(water, steps=3), pre)
+    backbone = trainlib.final_params(pre)["backbone"]
+    for protocol in ("frozen", "finetune"):
+        c = trainlib.tiny_config(water, steps=3)
+        c.losses.update(hamiltonian=0.0, energy=1.0, forces=0.1)
+        c.transfer.update(protocol=protocol, init_from=pre)
+        c.optim.backbone_lr_scale = 0.1
+        wd = str(tmp_path / protocol)
+        train.train_and_evaluate(c, wd)
+        after = trainlib.final_params(wd)
+        diff = trainlib.max_diff(backbone, after["backbone"])
+        if protocol == "frozen":
+            assert diff == 0.0  # bit-identical
+        else:
+            assert diff > 0.0
+
+
+def test_non_finite_loss_stops_with_a_clear_message(water, tmp_path):
+    c = trainlib.tiny_config(water, steps=3)
+    c.optim.update(learning_rate=1e30, clip_norm=0.0)
+    with pytest.raises(FloatingPointError, match="Non-finite loss or gradient"):
+        train.train_and_evaluate(c, str(tmp_path / "nan"))
