@@ -268,8 +268,8 @@ def test_detection_and_file_errors(tmp_path, svp):
         conn.execute("CREATE TABLE t (x)")
     with pytest.raises(ValueError, match=r"SQLite tables \['t'\] match neither"):
         readers.open_dataset(other)
-    with pytest.raises(ValueError, match="unknown dataset kind 'xyz'"):
-        readers.open_dataset(other, kind="xyz")
+    with pytest.raises(ValueError, match="unknown dataset kind 'gaussian'"):
+        readers.open_dataset(other, kind="gaussian")
     with pytest.raises(ValueError, match="no format='helm_jax.h5/v1' attr"):
         omol = str(tmp_path / "omol.h5")
         _write_omol(omol, {"hi": _labels(HYDROGEN_IODIDE, "def2-tzvpd", "def2-tzvpd")})
@@ -304,3 +304,14 @@ def test_record_errors(tmp_path, svp):
     _write_nabladft(nabla, svp[:1], shells={1: [0, 1, 0]})
     with pytest.raises(ValueError, match=r"Z=1 shells l=\[0, 1, 0\], but def2-svp in Psi4 order"):
         readers.open_dataset(nabla)[0]  # pylint: disable=expression-not-assigned
+
+
+def test_xyz_reader_energies_and_forces_in_hartree():
+    path = os.path.join(os.path.dirname(__file__), "data", "ethanol_train_01_first3.xyz")
+    ds = readers.open_dataset(path)
+    assert ds.kind == "xyz" and len(ds) == 3 and ds.basis == "def2-svp"
+    rec = ds[0]
+    # First rMD17 ethanol frame: Energy=-4209.783455217897 eV, first force -0.7652595851791331 eV/A.
+    assert rec.energy == pytest.approx(-4209.783455217897 / 27.211386245988, rel=1e-14)
+    assert rec.forces[0, 0] == pytest.approx(-0.7652595851791331 / 27.211386245988, rel=1e-14)
+    assert rec.fock is None and list(rec.elements) == [6, 6, 8, 1, 1, 1, 1, 1, 1]

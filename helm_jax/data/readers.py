@@ -42,7 +42,8 @@ from helm_jax.data import geometry, h5format
 from helm_jax.data.records import Record
 
 BOHR_ANGSTROM = 0.529177210903  # CODATA 2018 bohr radius in Angstrom.
-KINDS = ("h5", "omol_csh", "schnorb", "nabladft", "qh9")
+KINDS = ("h5", "omol_csh", "schnorb", "nabladft", "qh9", "xyz")
+HARTREE_EV = 27.211386245988
 _SPLIT_NAME = re.compile(r"(?<![a-z])(train|valid|val|test)\w*$")  # file stem "..._test_all"
 _LMDB_ENVS: dict[tuple[int, str], Any] = {}  # (pid, real path) -> open lmdb.Environment
 
@@ -340,6 +341,46 @@ class QH9Reader(Reader):
         raise ValueError(f"unknown QH9 split {name!r}: choose 'random' or 'size_ood'")
 
 
+class XYZReader(Reader):
+    """Extended-xyz frames with energies and forces but no matrices (e.g. rMD17).
+
+    Energies come from the header (``Energy=``/``energy=``), forces from the ``forces``
+    columns, both in eV and eV/A as in rMD17 (``energy_unit="hartree"`` if the file is in Eh).
+    The basis only sets the model's block template; records carry no Fock matrix, so such
+    files serve energy (transfer) runs. The file is parsed once per process.
+    """
+
+    kind = "xyz"
+    convention = "pyscf"
+
+    def __init__(self, path: str, basis: str = "def2-svp", ecp: str | None = None,
+                 energy_unit: str = "ev"):
+        if energy_unit not in ("ev", "hartree"):
+            raise ValueError(f"energy_unit must be 'ev' or 'hartree', not {energy_unit!r}")
+        self._scale = 1.0 / HARTREE_EV if energy_unit == "ev" else 1.0
+        super().__init__(path, basis, ecp)
+        self._keys = [str(i) for i in range(len(self._handle()))]
+
+    def _open(self):
+        import ase.io  # pylint: disable=import-outside-toplevel
+        return ase.io.read(self.path, index=":")
+
+    def _read(self, i: int) -> Record:
+        atoms = self._handle()[i]
+        info = {k.lower(): v for k, v in atoms.info.items()}
+        energy = info.get("energy")
+        if energy is None and atoms.calc is not None:
+            energy = atoms.calc.results.get("energy")
+        forces = atoms.calc.results.get("forces") if atoms.calc is not None else None
+        if forces is None and "forces" in atoms.arrays:
+            forces = atoms.arrays["forces"]
+        return self._record(
+            key=str(i), elements=atoms.numbers, coords=atoms.positions, fock=None,
+            energy=None if energy is None else float(energy) * self._scale,
+            forces=None if forces is None else np.asarray(forces) * self._scale,
+            charge=int(info.get("charge", 0)), spin=info.get("spin"))
+
+
 def sqlite_readonly(path: str) -> sqlite3.Connection:
     """A read-only SQLite connection usable from any thread of the process."""
     uri = pathlib.Path(path).resolve().as_uri() + "?mode=ro"
@@ -370,6 +411,8 @@ def detect_kind(path: str) -> str:
     if magic.startswith(b"\x89HDF\r\n\x1a\n"):
         with h5py.File(path, "r") as f:
             return "h5" if f.attrs.get("format") == h5format.FORMAT else "omol_csh"
+    if path.endswith((".xyz", ".extxyz")):
+        return "xyz"
     if magic.startswith(b"SQLite format 3"):
         tables = _sqlite_tables(path)
         if "systems" in tables:
@@ -397,7 +440,8 @@ def open_dataset(path: str, kind: str | None = None, **kw) -> Reader:
 
     kind = kind or detect_kind(path)
     classes = {"h5": ProjectH5Reader, "omol_csh": OmolCshReader, "qh9": QH9Reader,
-               "schnorb": readers_sql.SchNOrbReader, "nabladft": readers_sql.NablaDFTReader}
+               "schnorb": readers_sql.SchNOrbReader, "nabladft": readers_sql.NablaDFTReader,
+               "xyz": XYZReader}
     if kind not in classes:
         raise ValueError(f"unknown dataset kind {kind!r}; choose one of {KINDS}")
     return classes[kind](path, **kw)
