@@ -6,6 +6,7 @@ Every field used anywhere in helm_jax is listed here with its meaning, so
 
 import ml_collections
 
+from helm_jax import qm
 from helm_jax.model import backbone, helm
 
 
@@ -35,6 +36,15 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.losses = ml_collections.ConfigDict(dict(hamiltonian=1.0, energy=0.0, forces=0.0))
 
+    # Quantum-chemistry targets of the predicted H (helm_jax/qm.py; losses orbital_energies,
+    # gap, dipole, polarizability): enabled adds the labels (data from label.py --dipole);
+    # targets: "reference" (same basis) or "large_basis" (label.py --targets_basis);
+    # n_virtual: virtual orbitals after the occupied ones in the orbital-energy loss;
+    # s_threshold: overlap eigenvalues at or below it are dropped (linear dependence).
+    c.qm = ml_collections.ConfigDict(dict(
+        enabled=False, targets="reference", self_consistent_polarizability=False,
+        n_virtual=0, s_threshold=qm.S_THRESHOLD))
+
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=1e-3, weight_decay=1e-4, schedule="plateau",
         warmup_steps=0, final_lr_fraction=0.01, plateau_factor=0.5, plateau_patience=10,
@@ -55,3 +65,20 @@ def tiny_model(c: ml_collections.ConfigDict, l_max: int) -> None:
     c.model.update(channels=16, num_layers=2, l_max=l_max, m_max=min(l_max, 2), num_rbf=16,
                    edge_channels_hidden=16, ffn_channels=16)
     c.heads.update(hidden=32, energy_hidden=32)
+
+
+def variant_tokens(variant: str) -> tuple[list[str], dict[str, str]]:
+    """Splits ``"a,b,k=v"`` (the text after ``config.py:``) into flags and key=values."""
+    flags, values = [], {}
+    for tok in filter(None, (t.strip() for t in (variant or "").split(","))):
+        if "=" in tok:
+            k, v = tok.split("=", 1)
+            values[k] = v
+        else:
+            flags.append(tok)
+    return flags, values
+
+
+def md17_model(c: ml_collections.ConfigDict) -> None:
+    """The paper's MD17/def2-SVP model: l_max=m_max=4, 128 Gaussians on 0-16 A, cutoff 16 A."""
+    c.model.update(channels=128, num_layers=3, l_max=4, m_max=4, num_rbf=128, cutoff=16.0)

@@ -10,7 +10,7 @@ continues at its last checkpoint with the same data order and reproduces the sam
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import os
 import signal
 import time
@@ -32,8 +32,16 @@ from helm_jax.train_utils import (MetricsLogger, Plateau, build_optimizer, ema_u
                                   set_lr_scale)
 
 
-def forward(model: helm.HELM, params, batch, need: set[str]) -> dict[str, jax.Array]:
-    """Model outputs for one device's batch; forces (``-dE/dR``) when ``need`` has them."""
+def forward(model: helm.HELM, params, batch, need: set[str],
+            ctx: losses_lib.LossContext | None = None) -> dict[str, jax.Array]:
+    """Model outputs for one device's batch.
+
+    Forces (``-dE/dR``) when ``need`` has them; ``out["qm"]`` (orbital energies, dipole,
+    polarisability of the predicted H, :func:`losses_lib.qm_outputs`) when it has ``qm``.
+    """
+    if "qm" in need:
+        out = forward(model, params, batch, need - {"qm"}, ctx)
+        return {**out, "qm": losses_lib.qm_outputs(out, batch, ctx, "polarizability" in need)}
     inputs = helm.batch_inputs(batch)
     ham = "hamiltonian" in need
     if "forces" not in need:
@@ -62,7 +70,7 @@ def make_train_step(model, tx, ctx, weights: dict[str, float], need: set[str],
         def loss_fn(p):
             if frozen_backbone:
                 p = {**p, "backbone": jax.lax.stop_gradient(p["backbone"])}
-            out = forward(model, p, batch, need)
+            out = forward(model, p, batch, need, ctx)
             partials = {name: fn(out, batch, ctx) for name, fn in loss_fns.items()}
             loss, values = losses_lib.total_loss(partials, weights, reduce=_psum)
             if "hamiltonian" in need:
@@ -82,20 +90,34 @@ def make_train_step(model, tx, ctx, weights: dict[str, float], need: set[str],
 
 
 class Evaluator:
-    """Evaluation of a split: losses, and the field's metrics on full matrices."""
+    """Evaluation of a split: losses, and the field's metrics on full matrices.
+
+    With quantum-chemistry labels it also reports ``losses_lib.QM_METRICS`` (orbital-energy,
+    gap, dipole and polarisability errors of the predicted H).
+    """
 
     def __init__(self, model, data: datasets.Data, config, ctx, weights, need, dtype):
         self.model, self.data, self.ctx = model, data, ctx
         self.weights, self.need = weights, need | {"energy"}
         self.loss_fns = {name: losses_lib.resolve(name) for name in weights}
-        self.batch_cfg = datasets.batch_config(config.data)
+        if data.spec.qm_targets:
+            self.need = self.need | {"qm", "polarizability"}
+            self.loss_fns.update({name: losses_lib.resolve(name)
+                                  for name in losses_lib.QM_METRICS})
+        batch_cfg = datasets.batch_config(config.data)
+        if not batch_cfg.budgets:  # one set of shapes for every split: compiled once
+            every = np.unique(np.concatenate([v for v in data.splits.values()]))
+            plan = pipeline.BatchIterator(data.graphs, every, batch_cfg, prefetch=0)
+            batch_cfg = dataclasses.replace(batch_cfg,
+                                            budgets=[b.to_dict() for b in plan.budgets])
+        self.batch_cfg = batch_cfg
         self.dtype = dtype
         self.max_molecules = config.train.get("max_eval_molecules")
 
         self._combines = {}
 
         def apply(params, batch):
-            out = forward(model, params, batch, self.need)
+            out = forward(model, params, batch, self.need, ctx)
             sums = {}
             for name, fn in self.loss_fns.items():
                 partial = fn(out, batch, ctx)
@@ -148,6 +170,9 @@ class Evaluator:
         val_loss = 0.0
         for name, acc in totals.items():
             value = float(self._combines[name]({k: jnp.asarray(v) for k, v in acc.items()}))
+            if name not in self.weights:  # a metric
+                result[name] = value
+                continue
             result[f"loss_{name}"] = value
             val_loss += self.weights[name] * value
         result["loss"] = val_loss
@@ -163,11 +188,16 @@ def _precision(config) -> np.dtype:
 
 def _init_params(model, batch, seed: int):
     inputs = helm.batch_inputs(jax.tree.map(lambda x: x[0], batch))
-    return model.init(jax.random.PRNGKey(seed), **inputs)["params"]
+    num_graphs = inputs.pop("num_graphs")
+    init = jax.jit(lambda rng, i: model.init(rng, **i, num_graphs=num_graphs))  # one compile
+    return init(jax.random.PRNGKey(seed), inputs)["params"]
 
 
 def _transfer_backbone(params, config):
     """Loads the backbone of ``config.transfer.init_from`` into ``params``."""
+    if not config.transfer.init_from:
+        raise ValueError(f"The {config.transfer.protocol!r} protocol needs a pretrained "
+                         "Hamiltonian checkpoint: set --config.transfer.init_from=<workdir>.")
     loaded = ckpt_lib.load_model(config.transfer.init_from)
     mine, theirs = config.model.to_dict(), loaded.config.model.to_dict()
     diff = {k: (mine.get(k), theirs.get(k)) for k in set(mine) | set(theirs)
@@ -201,8 +231,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     need = losses_lib.needs(weights)
     protocol = config.transfer.protocol
     model = helm.build_model(config, data.template, energy_scale=data.stats.energy_std)
+    if "qm" in need and not data.spec.qm_targets:
+        raise ValueError(f"The losses {sorted(weights)} need quantum-chemistry labels: set "
+                         "config.qm.enabled=True (data labelled with data_prep/label.py --dipole).")
     ctx = losses_lib.LossContext.create(data.spec.node_layout, data.spec.edge_layout,
-                                        data.stats)
+                                        data.stats, n_virtual=config.qm.n_virtual,
+                                        s_threshold=config.qm.s_threshold)
     train_it = pipeline.BatchIterator(
         data.graphs, data.splits["train"], datasets.batch_config(config.data),
         n_devices=mesh.size, seed=int(config.seed), stats=data.stats, dtype=dtype,
@@ -229,7 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     else:
         if protocol in ("frozen", "finetune"):
             params = _transfer_backbone(params, config)
-        train_state = {"opt_state": tx.init(params), "ema": params, "step": 0}
+        train_state = {"opt_state": jax.jit(tx.init)(params), "ema": params, "step": 0}
     if ema_decay <= 0:
         train_state["ema"] = None
 
@@ -336,6 +370,11 @@ def _print_summary(result: dict) -> None:
             cells.append(f"E MAE {m['energy_ae'] * metrics_lib.HARTREE_EV * 1e3:.2f} meV")
         if "forces_ae" in m:
             cells.append(f"F MAE {m['forces_ae'] * metrics_lib.HARTREE_EV * 1e3:.2f} meV/A")
+        if "orbital_energy_mae" in m:
+            mev = metrics_lib.HARTREE_EV * 1e3
+            cells += [f"orbital energy MAE {m['orbital_energy_mae'] * mev:.1f} meV",
+                      f"gap {m['gap_mae'] * mev:.1f} meV", f"dipole {m['dipole_mae']:.4f} au",
+                      f"polarizability {m['polarizability_mae']:.3f} au"]
         rows.append(" | ".join(cells))
     first, last = result.get("test_step0") or {}, result.get("test") or {}
     if "h_mae" in first and "h_mae" in last:

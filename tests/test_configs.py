@@ -1,0 +1,84 @@
+"""A short run of every experiment config's small variant, end to end (as CI runs them)."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from helm_jax import train
+import test_readers
+import trainlib
+
+EXPERIMENTS = os.path.join(trainlib.ROOT, "experiments")
+
+
+def load_config(name: str, variant: str):
+    """``get_config(variant)`` of ``experiments/<name>.py`` (as config_flags loads it)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(EXPERIMENTS, name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)
+
+
+def _short(c, steps=4):
+    c.train.update(num_steps=steps, eval_every=steps, checkpoint_every=steps, log_every=2)
+    c.data.prefetch = 0
+    return c
+
+
+@pytest.fixture(scope="module")
+def embedded_pretrained(tmp_path_factory):
+    """omol_pretrain:small on the first embedded structures (labelled into a temp cache)."""
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["HELM_JAX_CACHE"] = str(cache)
+    c = _short(load_config("omol_pretrain", "small"))
+    c.data.embedded_limit = 16
+    workdir = str(tmp_path_factory.mktemp("omol_small"))
+    result = train.train_and_evaluate(c, workdir)
+    yield workdir, result
+    os.environ.pop("HELM_JAX_CACHE")
+
+
+def test_omol_pretrain_small(embedded_pretrained):
+    _, result = embedded_pretrained
+    assert result["step"] == 4
+    assert np.isfinite(result["val"]["h_mae"]) and result["val"]["h_mae"] > 0
+
+
+@pytest.mark.parametrize("protocol", ["direct", "frozen", "finetune"])
+def test_energy_transfer_small(embedded_pretrained, protocol, tmp_path):
+    workdir, _ = embedded_pretrained
+    c = _short(load_config("energy_transfer", f"{protocol},small"))
+    c.data.embedded_limit = 16
+    if protocol != "direct":
+        c.transfer.init_from = workdir
+    result = train.train_and_evaluate(c, str(tmp_path))
+    assert np.isfinite(result["val"]["energy_ae"])
+
+
+def test_md17_small(tmp_path):
+    data = trainlib.label_water(str(tmp_path / "water.h5"))  # HF/def2-SVP stand-in labels
+    c = _short(load_config("md17", "ethanol,small"))
+    c.data.path = data
+    result = train.train_and_evaluate(c, str(tmp_path / "h"))
+    assert np.isfinite(result["val"]["h_mae"])
+
+
+def test_md17_energy_small(tmp_path):
+    c = _short(load_config("md17", "ethanol,energy,direct,k=2,small"))
+    c.data.path = os.path.join(trainlib.ROOT, "tests", "data", "ethanol_train_01_first3.xyz")
+    c.data.split.update(train=2, val=1, test=0)
+    result = train.train_and_evaluate(c, str(tmp_path))
+    assert np.isfinite(result["val"]["energy_ae"]) and np.isfinite(result["val"]["forces_ae"])
+
+
+def test_nabladft_small(tmp_path):
+    path = str(tmp_path / "nabla.db")
+    labs = [test_readers._labels(test_readers.WATER, "def2-svp", seed=k) for k in range(4)]
+    test_readers._write_nabladft(path, labs)
+    c = _short(load_config("nabladft", "2k,small"))
+    c.data.path = path
+    c.data.split.update(train=2, val=1, test=None)
+    result = train.train_and_evaluate(c, str(tmp_path / "w"))
+    assert np.isfinite(result["val"]["h_mae"])
