@@ -10,7 +10,10 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(_HERE))  # helm_jax without installing
+sys.path.insert(0, _HERE)  # so a fork's config file can `import omol_pretrain`
+sys.path.insert(0, os.getcwd())  # so a fork's modules (e.g. my_fork.losses) import
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.",
@@ -23,11 +26,7 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    try:
-        from helm_jax import train
-    except ImportError:
-        sys.exit("helm_jax.train is not implemented yet (training issue); the orbital "
-                 "algebra and its tests are in place: run the README's test command.")
+    from helm_jax import train
     workdir = FLAGS.workdir or os.path.join("workdirs", FLAGS.config.get("name", "run"))
     train.train_and_evaluate(FLAGS.config, workdir)
 
