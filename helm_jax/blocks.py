@@ -322,7 +322,7 @@ class IrrepsLayout:
         for _, idx, m in self._types:
             size = idx.size
             zt = z[..., start:start + size].reshape(z.shape[:-1] + idx.shape)
-            parts.append((zt @ xp.asarray(m, dtype=zt.dtype)).reshape(z.shape[:-1] + (-1,)))
+            parts.append((zt @ xp.asarray(m, dtype=zt.dtype)).reshape(z.shape[:-1] + (size,)))
             start += size
         flat = xp.take(xp.concatenate(parts, axis=-1), self._block_pos, axis=-1)
         return flat.reshape(flat.shape[:-1] + (a, a))

@@ -17,11 +17,39 @@ HARTREE_EV = 27.211386245988
 MICRO = 1e6
 
 
+def ao_atoms(elements: Sequence[int], basis: str, ecp: str | None) -> np.ndarray:
+    """int ``[n_ao]``: the atom of each AO (PySCF order)."""
+    slices = basis_lib.molecule_ao_slices(elements, basis, ecp)
+    return np.concatenate([np.full(s.stop - s.start, i) for i, s in enumerate(slices)])
+
+
 def diagonal_block_mask(elements: Sequence[int], basis: str, ecp: str | None) -> np.ndarray:
     """bool ``[n_ao, n_ao]``: entries whose two AOs sit on the same atom."""
-    slices = basis_lib.molecule_ao_slices(elements, basis, ecp)
-    atom = np.concatenate([np.full(s.stop - s.start, i) for i, s in enumerate(slices)])
+    atom = ao_atoms(elements, basis, ecp)
     return atom[:, None] == atom[None, :]
+
+
+def element_pair_errors(pred: np.ndarray, ref: np.ndarray, elements: Sequence[int],
+                        basis: str, ecp: str | None) -> dict[str, tuple[float, int]]:
+    """Sum of ``|H_pred - H_ref|`` (Eh) and number of entries per element pair.
+
+    Keys: an element symbol (``"O"``) for the diagonal blocks of its atoms, and
+    ``"H-O"`` (lighter element first) for blocks between two different atoms.
+    """
+    atom = ao_atoms(elements, basis, ecp)
+    z = np.asarray(elements)[atom]
+    lo, hi = np.minimum.outer(z, z), np.maximum.outer(z, z)
+    code = (lo * 1000 + hi) * 2 + (atom[:, None] == atom[None, :])
+    codes, inverse = np.unique(code.ravel(), return_inverse=True)
+    sums = np.bincount(inverse, weights=np.abs(pred - ref).ravel())
+    counts = np.bincount(inverse)
+    out = {}
+    for c, s, n in zip(codes, sums, counts):
+        pair, same = divmod(int(c), 2)
+        a, b = divmod(pair, 1000)
+        name = basis_lib.symbol(a) if same else f"{basis_lib.symbol(a)}-{basis_lib.symbol(b)}"
+        out[name] = (float(s), int(n))
+    return out
 
 
 def hamiltonian_errors(pred: np.ndarray, ref: np.ndarray, elements: Sequence[int],

@@ -95,6 +95,23 @@ class Label:
     n_electrons: int
 
 
+def make_scf(mol, level: LevelOfTheory, max_cycle: int = 100):
+    """The restricted PySCF mean-field object (RHF or RKS) of `level` for a built Mole."""
+    from pyscf import dft, scf  # pylint: disable=import-outside-toplevel
+
+    if level.method == "HF":
+        mf = scf.RHF(mol)
+    else:
+        mf = dft.RKS(mol)
+        mf.xc = level.method
+        mf.grids.level = level.grid_level
+    if level.density_fit:
+        mf = mf.density_fit()
+    mf.conv_tol = level.conv_tol
+    mf.max_cycle = max_cycle
+    return mf
+
+
 def label_structure(structure: geometry.Structure, level: LevelOfTheory, max_cycle: int = 100,
                     forces: bool = False) -> Label:
     """Runs one restricted SCF (RKS or RHF) and returns its labels.
@@ -111,8 +128,6 @@ def label_structure(structure: geometry.Structure, level: LevelOfTheory, max_cyc
     Raises:
         ValueError: for invalid geometries and open-shell structures.
     """
-    from pyscf import dft, scf  # pylint: disable=import-outside-toplevel
-
     _, n_electrons, spin = geometry.validate_structure(
         structure.elements, structure.coords, structure.charge, structure.spin,
         basis=level.basis, ecp=level.ecp)
@@ -121,16 +136,7 @@ def label_structure(structure: geometry.Structure, level: LevelOfTheory, max_cyc
                          "supported; the format stores one restricted Fock matrix. Label "
                          "closed-shell states only (check --charge/--spin or the xyz header).")
     mol = geometry.build_mole(structure, level.basis, level.ecp)
-    if level.method == "HF":
-        mf = scf.RHF(mol)
-    else:
-        mf = dft.RKS(mol)
-        mf.xc = level.method
-        mf.grids.level = level.grid_level
-    if level.density_fit:
-        mf = mf.density_fit()
-    mf.conv_tol = level.conv_tol
-    mf.max_cycle = max_cycle
+    mf = make_scf(mol, level, max_cycle)
     mf.kernel()
     dm = mf.make_rdm1()  # [N, N] final density
     fock = mf.get_fock(dm=dm)  # [N, N] h_core + V_eff[dm], no DIIS / level shift

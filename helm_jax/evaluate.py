@@ -1,0 +1,331 @@
+"""Evaluation of predicted Hamiltonians on a dataset split (DESIGN.md section 5).
+
+    summary = evaluate_checkpoint("workdirs/omol_pretrain", split="test", out="eval/")
+
+Per molecule: H MAE over the full matrix and its diagonal / off-diagonal blocks, orbital
+energies (occupied MAE, HOMO, LUMO, gap) and the coefficient similarity psi with the
+reference overlap, the PySCF energy of the predicted density (non-self-consistent), and the
+SCF cycles from the predicted density versus PySCF's minao start. Per element pair: the
+pooled H MAE. Outputs: ``metrics.json`` (summary), ``molecules.csv`` (one row per
+molecule), ``h_parity.png``, ``h_mae_pairs.png``, ``orbital_errors.png``.
+Units: H in 1e-6 Eh (``_ueh``), energies in meV, psi in percent.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import sys
+from typing import Iterable, Iterator
+
+import ml_collections
+import numpy as np
+import tqdm
+
+from helm_jax import checkpoint as ckpt_lib
+from helm_jax import metrics as metrics_lib
+from helm_jax import qc_metrics
+from helm_jax.data import datasets, labelling
+from helm_jax.data.readers import formula
+from helm_jax.data.records import Record
+from helm_jax.predict import Predictor
+
+UEH = metrics_lib.MICRO
+MEV = qc_metrics.MEV
+PARITY_SAMPLES = 5000  # H entries per molecule kept for the parity plot
+
+
+@dataclasses.dataclass
+class Report:
+    """Per-molecule rows and the pooled data behind the plots.
+
+    Attributes:
+      rows: one dict per molecule (see :func:`molecule_row`).
+      pairs: element pair -> ``[sum |error| (Eh), entries]`` over all molecules.
+      parity: ``(ref, pred)`` sampled H entries (Eh).
+      eps: per molecule ``(eps_ref, eps_pred)`` of the occupied orbitals and the LUMO (Eh).
+    """
+
+    rows: list[dict] = dataclasses.field(default_factory=list)
+    pairs: dict[str, list] = dataclasses.field(default_factory=dict)
+    parity: tuple[list, list] = dataclasses.field(default_factory=lambda: ([], []))
+    eps: list[tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=list)
+
+
+def molecule_row(record: Record, pred_h: np.ndarray, level: labelling.LevelOfTheory,
+                 energy: bool = True, scf: bool = True) -> tuple[dict, dict]:
+    """Metrics of one molecule.
+
+    Args:
+      record: reference record (``fock`` and, preferably, ``overlap``; PySCF order).
+      pred_h: ``[n_ao, n_ao]`` predicted H.
+      level: PySCF level of theory of the labels (basis and ECP of the matrices).
+      energy: compute the PySCF energy of the predicted density.
+      scf: run the two SCFs (predicted-density start and minao start).
+
+    Returns:
+      ``(row, extras)``: the CSV row in output units, and ``extras`` with ``pairs`` and
+      the orbital energies ``eps_ref``, ``eps_pred``.
+    """
+    ecp = level.ecp or None
+    mol = qc_metrics.record_mole(record, level) if (energy or scf or record.overlap is None) \
+        else None
+    s = record.overlap if record.overlap is not None else mol.intor_symmetric("int1e_ovlp")
+    nocc = qc_metrics.n_occupied(record, level.basis, ecp)
+    h = metrics_lib.hamiltonian_errors(pred_h, record.fock, record.elements, level.basis, ecp)
+    orb = qc_metrics.orbital_errors(pred_h, record.fock, s, nocc)
+    row = {"key": record.key, "formula": formula(record.elements),
+           "n_atoms": record.n_atoms, "n_ao": len(s),
+           **{f"{k}_ueh": v * UEH for k, v in h.items()},
+           **{f"{k}_meV": orb[k] * MEV for k in ("eps_occ_mae", "homo_err", "lumo_err",
+                                                 "gap_err")},
+           "psi_pct": orb["psi"]}
+    if energy:
+        e = qc_metrics.density_energy_error(mol, level, pred_h, record.fock, s, nocc)
+        row["energy_err_meV"] = e["energy_err"] * MEV
+        if record.energy is not None:  # checks that `level` is the labels' level
+            row["ref_density_vs_label_meV"] = (e["e_ref"] - record.energy) * MEV
+    if scf:
+        dm0 = qc_metrics.density_matrix(qc_metrics.orbitals(pred_h, s)[1], nocc)
+        r = qc_metrics.scf_acceleration(mol, level, dm0)
+        row.update({k: r[k] for k in ("scf_cycles_pred", "scf_cycles_minao",
+                                      "scf_converged", "scf_same_energy")})
+        row["scf_energy_diff_ueh"] = r["scf_energy_diff"] * UEH
+    extras = {"pairs": metrics_lib.element_pair_errors(pred_h, record.fock, record.elements,
+                                                       level.basis, ecp),
+              "eps_ref": orb["eps_ref"], "eps_pred": orb["eps_pred"]}
+    return row, extras
+
+
+def evaluate_predictions(items: Iterable[tuple[Record, np.ndarray]],
+                         level: labelling.LevelOfTheory, energy: bool = True,
+                         scf: bool = True, seed: int = 0, progress: bool = False) -> Report:
+    """Runs :func:`molecule_row` over ``(record, predicted H)`` pairs and pools the results.
+
+    ``items`` may be a generator (predictions are consumed one molecule at a time).
+    """
+    report, rng = Report(), np.random.default_rng(seed)
+    for record, pred_h in tqdm.tqdm(items, unit="mol", disable=not progress, file=sys.stderr):
+        row, extras = molecule_row(record, pred_h, level, energy=energy, scf=scf)
+        report.rows.append(row)
+        for name, (total, n) in extras["pairs"].items():
+            acc = report.pairs.setdefault(name, [0.0, 0])
+            acc[0] += total
+            acc[1] += n
+        iu = np.triu_indices(len(pred_h))
+        pick = rng.choice(len(iu[0]), min(PARITY_SAMPLES, len(iu[0])), replace=False)
+        report.parity[0].extend(record.fock[iu][pick])
+        report.parity[1].extend(pred_h[iu][pick])
+        report.eps.append((extras["eps_ref"], extras["eps_pred"]))
+    return report
+
+
+def summarize(report: Report) -> dict:
+    """Means over molecules (MAE of the signed errors) and pooled per-pair MAE."""
+    rows = report.rows
+    out: dict = {"n_molecules": len(rows)}
+    if not rows:
+        return out
+    mean = lambda k: float(np.mean([r[k] for r in rows]))
+    mae = lambda k: float(np.mean([abs(r[k]) for r in rows]))
+    for k in ("h_mae_ueh", "h_mae_diag_ueh", "h_mae_offdiag_ueh", "eps_occ_mae_meV", "psi_pct"):
+        out[k] = mean(k)
+    for k in ("homo", "lumo", "gap"):
+        out[f"{k}_mae_meV"] = mae(f"{k}_err_meV")
+    if "energy_err_meV" in rows[0]:
+        out["energy_mae_meV"] = mae("energy_err_meV")
+        out["energy_within_30meV_pct"] = 100.0 * float(np.mean(
+            [abs(r["energy_err_meV"]) <= 30.0 for r in rows]))
+    if "ref_density_vs_label_meV" in rows[0]:
+        out["ref_density_vs_label_max_meV"] = max(abs(r["ref_density_vs_label_meV"])
+                                                  for r in rows)
+    if "scf_cycles_pred" in rows[0]:
+        pred, minao = mean("scf_cycles_pred"), mean("scf_cycles_minao")
+        out.update(scf_cycles_pred=pred, scf_cycles_minao=minao,
+                   scf_cycles_ratio=pred / minao, scf_cycles_saved_pct=100 * (1 - pred / minao),
+                   scf_same_energy_pct=100.0 * mean("scf_same_energy"))
+    out["element_pairs"] = {name: {"mae_ueh": total / n * UEH, "n_entries": n}
+                            for name, (total, n) in sorted(report.pairs.items())}
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# From a checkpoint.
+# --------------------------------------------------------------------------------------
+
+
+def _saved_splits(path: str) -> dict | None:
+    """``splits.json`` of the run that wrote a checkpoint (searched upwards from ``path``)."""
+    path = os.path.abspath(path)
+    for _ in range(4):
+        candidate = os.path.join(path, "splits.json")
+        if os.path.exists(candidate):
+            with open(candidate) as f:
+                return json.load(f)
+        path = os.path.dirname(path)
+    return None
+
+
+def split_indices(config: ml_collections.ConfigDict, reader, split: str,
+                  checkpoint: str | None = None) -> np.ndarray:
+    """Indices of ``split`` (train/val/test, or all converged records).
+
+    The run's ``splits.json`` when found next to ``checkpoint``, else recomputed exactly as
+    :func:`helm_jax.data.datasets.load_data` does (same seed and sizes).
+    """
+    if split == "all":
+        return reader.converged_indices()
+    saved = _saved_splits(checkpoint) if checkpoint else None
+    if saved is not None:
+        return np.asarray(saved[split], np.int64)
+    sizes = datasets.split_sizes(len(reader.converged_indices()), dict(config.data.split))
+    splits = reader.splits(seed=int(config.data.split_seed), sizes=sizes)
+    if split not in splits:
+        raise ValueError(f"Unknown split {split!r}: choose one of {sorted(splits)} or 'all'.")
+    return splits[split]
+
+
+def _predictions(predictor: Predictor, reader, indices: np.ndarray, chunk: int
+                 ) -> Iterator[tuple[Record, np.ndarray]]:
+    for start in range(0, len(indices), chunk):
+        records = [reader[int(i)] for i in indices[start:start + chunk]]
+        yield from zip(records, predictor.predict_hamiltonian(records))
+
+
+def evaluate_checkpoint(checkpoint: str, split: str = "test", data: str | None = None,
+                        out: str | None = None, which: str = "best", energy: bool = True,
+                        scf: bool = True, max_molecules: int | None = None,
+                        progress: bool = True, **level_overrides) -> dict:
+    """Evaluates a checkpoint on a split of its dataset (or of ``data``).
+
+    Args:
+      checkpoint: workdir or checkpoint directory.
+      split: ``train``, ``val``, ``test`` or ``all``.
+      data: another dataset file (split with the checkpoint's split settings); None: the
+        checkpoint's ``config.data``.
+      out: output folder for ``metrics.json``, ``molecules.csv`` and the plots (None: none).
+      which: ``best`` or ``latest`` checkpoint of a workdir.
+      energy, scf: compute the PySCF energy / SCF-acceleration metrics.
+      max_molecules: evaluate only the first molecules of the split.
+      progress: show a progress bar.
+      **level_overrides: LevelOfTheory fields (method, grid_level, density_fit, conv_tol,
+        ...) replacing the dataset file's.
+
+    Returns:
+      The summary (:func:`summarize`) with ``checkpoint``, ``step``, ``split``, ``data``
+      and ``level_of_theory``.
+    """
+    loaded = ckpt_lib.load_model(checkpoint, which=which)
+    data_cfg = loaded.config.data if data is None else ml_collections.ConfigDict(
+        {**loaded.config.data.to_dict(), "path": data, "kind": None})
+    reader = datasets.open_reader(data_cfg)
+    level = qc_metrics.level_of_theory(reader.path, kind=reader.kind, **level_overrides)
+    template = loaded.template
+    if (level.basis, level.ecp or "") != (template.basis.lower(), (template.ecp or "").lower()):
+        raise ValueError(f"{reader.path} is in {level.basis!r}/{level.ecp!r} but the checkpoint "
+                         f"predicts {template.basis!r}/{template.ecp!r}.")
+    indices = split_indices(loaded.config, reader, split,
+                            checkpoint if data is None else None)[:max_molecules]
+    predictor = Predictor(loaded)
+    report = evaluate_predictions(
+        _predictions(predictor, reader, indices, 4 * predictor.max_molecules), level,
+        energy=energy, scf=scf, progress=progress)
+    summary = {"checkpoint": os.path.abspath(checkpoint), "step": loaded.step, "split": split,
+               "data": reader.path, "level_of_theory": dataclasses.asdict(level),
+               **summarize(report)}
+    if out:
+        write_outputs(report, summary, out)
+    return summary
+
+
+# --------------------------------------------------------------------------------------
+# Outputs.
+# --------------------------------------------------------------------------------------
+
+
+def write_outputs(report: Report, summary: dict, out: str) -> list[str]:
+    """Writes ``metrics.json``, ``molecules.csv`` and the plots; returns their paths."""
+    os.makedirs(out, exist_ok=True)
+    paths = [os.path.join(out, "metrics.json"), os.path.join(out, "molecules.csv")]
+    with open(paths[0], "w") as f:
+        json.dump(summary, f, indent=1)
+    if report.rows:
+        with open(paths[1], "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(report.rows[0]))
+            writer.writeheader()
+            writer.writerows(report.rows)
+    return paths + plot(report, summary, out)
+
+
+def plot(report: Report, summary: dict, out: str) -> list[str]:
+    """H parity, H MAE by element pair, and orbital-energy errors as PNGs in ``out``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        paths.append(os.path.join(out, name))
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
+    ref, pred = (np.asarray(x) for x in report.parity)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if ref.size:
+        lim = [min(ref.min(), pred.min()), max(ref.max(), pred.max())]
+        ax.plot(lim, lim, "k-", lw=0.5)
+    ax.scatter(ref, pred, s=2, alpha=0.4)
+    ax.set(xlabel="reference H entry (Eh)", ylabel="predicted H entry (Eh)",
+           title=f"H MAE {summary.get('h_mae_ueh', float('nan')):.1f} uEh")
+    save(fig, "h_parity.png")
+
+    pairs = sorted(summary.get("element_pairs", {}).items(), key=lambda kv: -kv[1]["mae_ueh"])
+    fig, ax = plt.subplots(figsize=(max(5, 0.3 * len(pairs)), 4))
+    ax.bar([k for k, _ in pairs], [v["mae_ueh"] for _, v in pairs])
+    ax.set(ylabel="H MAE (uEh)", yscale="log",
+           title="H MAE by element pair\n(one symbol: on-site blocks)")
+    ax.tick_params(axis="x", rotation=90)
+    save(fig, "h_mae_pairs.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, (e_ref, e_pred) in enumerate(report.eps):
+        err = (e_pred - e_ref) * MEV
+        ax.scatter(e_ref[:-1] * metrics_lib.HARTREE_EV, err[:-1], s=6, c="C0",
+                   label="occupied" if k == 0 else None)
+        ax.scatter(e_ref[-1:] * metrics_lib.HARTREE_EV, err[-1:], s=12, c="C3", marker="x",
+                   label="LUMO" if k == 0 else None)
+    ax.axhline(0.0, color="k", lw=0.5)
+    ax.set(xlabel="reference orbital energy (eV)", ylabel="predicted - reference (meV)",
+           title=f"occupied MAE {summary.get('eps_occ_mae_meV', float('nan')):.1f} meV")
+    if report.eps:
+        ax.legend()
+    save(fig, "orbital_errors.png")
+    return paths
+
+
+SUMMARY_ROWS = (
+    ("H MAE", "h_mae_ueh", "1e-6 Eh"), ("H MAE diagonal blocks", "h_mae_diag_ueh", "1e-6 Eh"),
+    ("H MAE off-diagonal blocks", "h_mae_offdiag_ueh", "1e-6 Eh"),
+    ("occupied orbital energy MAE", "eps_occ_mae_meV", "meV"),
+    ("HOMO MAE", "homo_mae_meV", "meV"), ("LUMO MAE", "lumo_mae_meV", "meV"),
+    ("gap MAE", "gap_mae_meV", "meV"), ("psi (orbital similarity)", "psi_pct", "%"),
+    ("energy of predicted density MAE", "energy_mae_meV", "meV"),
+    ("molecules within 30 meV", "energy_within_30meV_pct", "%"),
+    ("SCF cycles from prediction", "scf_cycles_pred", "cycles"),
+    ("SCF cycles from minao", "scf_cycles_minao", "cycles"),
+    ("SCF cycles saved", "scf_cycles_saved_pct", "%"),
+    ("SCF runs reaching the same energy", "scf_same_energy_pct", "%"),
+)
+
+
+def format_summary(summary: dict) -> str:
+    """A plain-text table of the summary's headline metrics."""
+    lines = [f"{summary.get('split', '')} split: {summary['n_molecules']} molecules, "
+             f"step {summary.get('step', '?')}", f"{'metric':<36} {'value':>12}  unit"]
+    lines += [f"{name:<36} {summary[key]:>12.3f}  {unit}"
+              for name, key, unit in SUMMARY_ROWS if key in summary]
+    return "\n".join(lines)

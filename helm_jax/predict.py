@@ -1,0 +1,275 @@
+"""Inference from a checkpoint: Hamiltonians, SCF initial guesses, energies and forces.
+
+    predictor = Predictor.from_checkpoint("workdirs/omol_pretrain")
+    h = predictor.predict_hamiltonian(mol)        # [n_ao, n_ao], PySCF AO order
+    mf.kernel(dm0=predictor.initial_guess(mol))   # SCF started from the predicted density
+    e, f = predictor.energy_and_forces(atoms)     # eV, eV/A (energy head)
+
+Inputs are ``ase.Atoms``, built ``pyscf.gto.Mole`` objects (whose basis and ECP must be the
+checkpoint's) or :class:`helm_jax.data.records.Record`, alone or in a list. Molecules are
+grouped by size class (atom and edge counts rounded up to powers of two) and batched with
+budgets that depend only on the class (:meth:`Predictor.batches`), so the jit-compiled
+model sees only a few shapes: predicting thousands of different molecules compiles a
+handful of programs (:attr:`Predictor.num_compilations`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+import h5py
+import jax
+import numpy as np
+
+from helm_jax import basis as basis_lib
+from helm_jax import checkpoint as ckpt_lib
+from helm_jax import qc_metrics
+from helm_jax.data import batching, geometry, h5format, labelling
+from helm_jax.data.graphs import GraphSpec, MolGraph, build_graph
+from helm_jax.data.records import Record
+from helm_jax.metrics import HARTREE_EV
+from helm_jax.model import assemble, helm
+
+MIN_NODES, MIN_EDGES = 4, 8  # smallest size classes (atoms, directed edges)
+
+
+def _pow2(n: int, minimum: int) -> int:
+    return max(minimum, 1 << max(int(n) - 1, 0).bit_length())
+
+
+def check_mole(mol, template: basis_lib.Template) -> None:
+    """Raises ValueError unless ``mol`` uses exactly the template's basis and ECP.
+
+    Every shell is compared with a Mole built with the template's basis (angular momentum,
+    exponents, contraction coefficients), and every atom's ECP core electrons.
+    """
+    if mol.cart:
+        raise ValueError("The Mole uses Cartesian AOs (cart=True); HELM predicts spherical "
+                         "AOs: build it with cart=False.")
+    z = np.array([basis_lib.atomic_number(mol.atom_pure_symbol(i)) for i in range(mol.natm)])
+    for zi in sorted(set(z.tolist())):
+        template.element(zi)  # clear error for an element outside the checkpoint
+    ref = qc_metrics.record_mole(Record(elements=z, coords=mol.atom_coords("Angstrom"),
+                                        charge=mol.charge, spin=mol.spin),
+                                 labelling.LevelOfTheory(basis=template.basis,
+                                                         ecp=template.ecp))
+    wanted = f"basis={template.basis!r}" + (f", ecp={template.ecp!r}" if template.ecp else "")
+    same = ref.nbas == mol.nbas and all(
+        mol.bas_atom(i) == ref.bas_atom(i) and mol.bas_angular(i) == ref.bas_angular(i)
+        and np.array_equal(mol.bas_exp(i), ref.bas_exp(i))
+        and np.allclose(mol.bas_ctr_coeff(i), ref.bas_ctr_coeff(i), rtol=1e-10, atol=0)
+        for i in range(mol.nbas))
+    if not same:
+        raise ValueError(f"The Mole's basis differs from the checkpoint's ({wanted}, "
+                         f"{ref.nao} AOs; the Mole has {mol.nao}): build it with {wanted}.")
+    for i in range(mol.natm):
+        if mol.atom_nelec_core(i) != ref.atom_nelec_core(i):
+            raise ValueError(f"Atom {i} ({mol.atom_pure_symbol(i)}) has "
+                             f"{mol.atom_nelec_core(i)} ECP core electrons but the checkpoint's "
+                             f"basis has {ref.atom_nelec_core(i)}: build the Mole with {wanted}.")
+
+
+def to_record(x: Any, template: basis_lib.Template) -> Record:
+    """An ``ase.Atoms``, built PySCF ``Mole`` or Record as a Record (basis checked)."""
+    if isinstance(x, Record):
+        return x
+    if hasattr(x, "atom_coords") and hasattr(x, "nbas"):
+        check_mole(x, template)
+        z = [basis_lib.atomic_number(x.atom_pure_symbol(i)) for i in range(x.natm)]
+        return Record(elements=np.asarray(z, np.int32), coords=x.atom_coords("Angstrom"),
+                      charge=int(x.charge), spin=int(x.spin))
+    if hasattr(x, "get_positions") and hasattr(x, "numbers"):
+        if np.any(x.pbc):
+            raise ValueError("HELM models molecules: periodic ase.Atoms (pbc=True) are not "
+                             "supported.")
+        return Record(elements=np.asarray(x.numbers, np.int32),
+                      coords=np.asarray(x.get_positions(), np.float64),
+                      charge=int(round(float(x.info.get("charge", 0)))))
+    raise TypeError(f"Expected ase.Atoms, pyscf.gto.Mole or Record, got {type(x).__name__}.")
+
+
+class Predictor:
+    """A model rebuilt from a checkpoint, with batched, shape-bucketed jit inference.
+
+    Args:
+      loaded: :func:`helm_jax.checkpoint.load_model` output.
+      max_molecules: most molecules per batch.
+      max_edges: most padded edges per batch (a larger molecule gets a batch of its own).
+    """
+
+    def __init__(self, loaded: ckpt_lib.LoadedModel, max_molecules: int = 16,
+                 max_edges: int = 16384):
+        self.config, self.template, self.stats = loaded.config, loaded.template, loaded.stats
+        self.step = loaded.step
+        self.dtype = np.dtype(self.config.model.dtype)
+        if self.dtype == np.float64 and not jax.config.jax_enable_x64:
+            jax.config.update("jax_enable_x64", True)
+        self.spec = GraphSpec(self.template, cutoff=float(self.config.model.cutoff),
+                              reduced_nodes=bool(self.config.heads.reduced_nodes))
+        self.model = helm.build_model(self.config, self.template,
+                                      energy_scale=self.stats.energy_std)
+        self.params = jax.device_put(loaded.params)
+        self.max_molecules, self.max_edges = int(max_molecules), int(max_edges)
+        self.num_compilations = 0
+        model = self.model
+        self._hamiltonian = self._jit(lambda p, g: model.apply(
+            {"params": p}, **helm.batch_inputs(g), hamiltonian=True, energy=False))
+        self._energy_forces = self._jit(
+            lambda p, g: helm.energy_and_forces(model, p, helm.batch_inputs(g)))
+
+    @classmethod
+    def from_checkpoint(cls, path: str, which: str = "best", **kw) -> "Predictor":
+        """Loads a workdir or checkpoint directory (see :func:`checkpoint.load_model`)."""
+        return cls(ckpt_lib.load_model(path, which=which), **kw)
+
+    @property
+    def has_energy_head(self) -> bool:
+        """Whether the checkpoint's run trained the energy head (energy or force loss)."""
+        return any(float(self.config.losses.get(k, 0.0)) for k in ("energy", "forces"))
+
+    def _jit(self, fn: Callable) -> Callable:
+        def counted(params, graph):
+            self.num_compilations += 1  # runs once per trace, i.e. per new padded shape
+            return fn(params, graph)
+        return jax.jit(counted)
+
+    # -- batching -------------------------------------------------------------------------
+
+    def graphs(self, records: Sequence[Record]) -> list[MolGraph]:
+        """Label-free graphs of the records (elements and geometry checked)."""
+        return [build_graph(r, self.spec, with_labels=False) for r in records]
+
+    def batches(self, graphs: Sequence[MolGraph]) -> Iterator[tuple[list[int], Any]]:
+        """Yields ``(indices into graphs, padded batch)`` for all graphs.
+
+        A molecule's size class is ``(c_n, c_e)``, its atom and edge counts rounded up to
+        powers of two. Molecules of one class share batches of budget
+        ``(k c_n + 1, k c_e, k + 1)`` with ``k = 1`` for a lone molecule (MD, optimisation)
+        and otherwise ``k = k_max``, the largest power of two ``<= max_molecules`` and
+        ``<= max_edges / c_e`` (at least 1). So there are at most two padded shapes per size
+        class, whatever the molecules: compilation (seconds to minutes for a large model)
+        happens once per shape, and padding costs at most one partly empty batch per class.
+        """
+        classes: dict[tuple[int, int], list[int]] = {}
+        for i, g in enumerate(graphs):
+            key = (_pow2(g.n_node, MIN_NODES), _pow2(g.n_edge, MIN_EDGES))
+            classes.setdefault(key, []).append(i)
+        for (c_n, c_e), members in sorted(classes.items()):
+            k_max = max(1, min(self.max_molecules, self.max_edges // c_e))
+            k_max = 1 << (k_max.bit_length() - 1)  # a power of two
+            for start in range(0, len(members), k_max):
+                idx = members[start:start + k_max]
+                k = 1 if len(idx) == 1 else k_max
+                budget = batching.Budget(n_node=k * c_n + 1, n_edge=k * c_e, n_graph=k + 1)
+                yield idx, batching.pad_batch([graphs[i] for i in idx], budget, None, None,
+                                              self.dtype)
+
+    # -- predictions ----------------------------------------------------------------------
+
+    def _records(self, x) -> tuple[bool, list[Record]]:
+        single = not isinstance(x, (list, tuple))
+        return single, [to_record(m, self.template) for m in ([x] if single else x)]
+
+    def predict_hamiltonian(self, x) -> np.ndarray | list[np.ndarray]:
+        """Predicted H (Eh, PySCF AO order of the checkpoint's basis, symmetrised).
+
+        Args:
+          x: an ``ase.Atoms``, built ``pyscf.gto.Mole`` or Record, or a list of them.
+
+        Returns:
+          ``[n_ao, n_ao]`` float64, or a list of them for a list input.
+        """
+        single, records = self._records(x)
+        out: list[np.ndarray | None] = [None] * len(records)
+        for idx, batch in self.batches(self.graphs(records)):
+            pred = jax.device_get(self._hamiltonian(self.params, batch))
+            fulls = assemble.batch_to_full(pred, batch, self.spec.node_layout,
+                                           self.spec.edge_layout, self.stats)
+            for i, h in zip(idx, fulls):
+                out[i] = h
+        return out[0] if single else out
+
+    def initial_guess(self, mol) -> np.ndarray:
+        """Closed-shell density ``2 C_occ C_occ^T`` of the predicted H, for ``mf.kernel(dm0=)``.
+
+        Args:
+          mol: a built PySCF Mole in the checkpoint's basis (spin 0).
+
+        Returns:
+          ``[n_ao, n_ao]`` density matrix (orbitals with the Mole's overlap).
+        """
+        if mol.spin != 0:
+            raise ValueError(f"initial_guess builds closed-shell densities; the Mole has "
+                             f"spin 2S={mol.spin}.")
+        h = self.predict_hamiltonian(mol)
+        _, c = qc_metrics.orbitals(h, mol.intor_symmetric("int1e_ovlp"))
+        return qc_metrics.density_matrix(c, mol.nelectron // 2)
+
+    def energy_and_forces(self, x) -> tuple[Any, Any]:
+        """Total energy (eV) and forces (eV/A) from the energy head.
+
+        The total energy is the model's output plus the per-element reference of the
+        checkpoint's statistics.
+
+        Args:
+          x: an ``ase.Atoms``, Mole or Record, or a list of them.
+
+        Returns:
+          ``(energy, forces [n_atoms, 3])``, or lists of them for a list input.
+        """
+        single, records = self._records(x)
+        energies: list[float | None] = [None] * len(records)
+        forces: list[np.ndarray | None] = [None] * len(records)
+        graphs = self.graphs(records)
+        for idx, batch in self.batches(graphs):
+            e, f = jax.device_get(self._energy_forces(self.params, batch))
+            start = 0
+            for k, i in enumerate(idx):
+                n = graphs[i].n_node
+                ref = self.stats.reference_energy(graphs[i].species)
+                energies[i] = (float(e[k]) + ref) * HARTREE_EV
+                forces[i] = np.asarray(f[start:start + n], np.float64) * HARTREE_EV
+                start += n
+        return (energies[0], forces[0]) if single else (energies, forces)
+
+
+def write_predictions(predictor: Predictor, geometries: str, out: str) -> int:
+    """Predicts every frame of an xyz / ASE db file into a project HDF5 file.
+
+    Each group holds the predicted ``fock`` (H), the PySCF ``overlap``, the
+    ``mo_energy`` [n_ao] (Eh, ascending) of ``H C = S C e``, and, when the checkpoint trained
+    its energy head, the predicted ``energy`` (Eh, NaN otherwise) and ``forces`` (Eh/A).
+    The file is written to a temporary name and renamed when complete.
+
+    Args:
+      predictor: the model.
+      geometries: input file (frame charge/spin as in ``helm_jax.data.geometry``).
+      out: output ``.h5`` path.
+
+    Returns:
+      Number of structures written.
+    """
+    template = predictor.template
+    structures = geometry.read_structures(geometries)
+    moles = [geometry.build_mole(s, template.basis, template.ecp) for s in structures]
+    hamiltonians = predictor.predict_hamiltonian(moles)
+    energies, forces = (predictor.energy_and_forces(moles) if predictor.has_energy_head
+                        else ([np.nan] * len(moles), [None] * len(moles)))
+    tmp = f"{out}.tmp.{os.getpid()}"
+    with h5py.File(tmp, "w") as f:
+        h5format.write_file_attrs(f, {
+            "method": "helm_jax prediction", "basis": template.basis, "ecp": template.ecp,
+            "checkpoint_step": predictor.step, "input_file": os.path.basename(geometries)})
+        for i, (s, mol, h) in enumerate(zip(structures, moles, hamiltonians)):
+            overlap = mol.intor_symmetric("int1e_ovlp")
+            key = h5format.group_key(i)
+            h5format.write_structure(
+                f, key, elements=s.elements, coords=s.coords, fock=h, overlap=overlap,
+                energy=energies[i] / HARTREE_EV,
+                forces=None if forces[i] is None else forces[i] / HARTREE_EV,
+                charge=s.charge, spin=s.spin, n_electrons=mol.nelectron, converged=True,
+                scf_cycles=0, source=s.source)
+            f[key].create_dataset("mo_energy", data=qc_metrics.orbitals(h, overlap)[0])
+    os.replace(tmp, out)
+    return len(structures)
