@@ -33,7 +33,9 @@ def parse_args(argv=None):
     p.add_argument("--config", choices=["md17", "omol"], default="md17")
     p.add_argument("--molecule", default="ethanol", help="ethanol, uracil or gridN")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--mode", choices=["forward", "train"], default="train")
+    p.add_argument("--mode", choices=["forward", "energy", "train"], default="train",
+                   help="forward: H + energy (no grad); energy: the energy-only path, which "
+                        "skips every edge update; train: fwd + bwd + optimiser")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--remat", action="store_true", help="rematerialise each layer")
@@ -116,8 +118,9 @@ def build(args):
         jax.random.PRNGKey(0), inputs)["params"]
     info = {"atoms": int(g.n_node), "edges": int(g.n_edge), "template": template.describe(),
             "params": int(sum(x.size for x in jax.tree.leaves(params)))}
-    if args.mode == "forward":
-        fwd = jax.jit(lambda p, i: model.apply({"params": p}, **i, num_graphs=num_graphs))
+    if args.mode in ("forward", "energy"):
+        fwd = jax.jit(lambda p, i: model.apply({"params": p}, **i, num_graphs=num_graphs,
+                                               hamiltonian=args.mode == "forward"))
         return (lambda: fwd(params, inputs)), info
     mesh = parallel.make_mesh(1)
     tx = build_optimizer(c.optim, 100, "none", params)

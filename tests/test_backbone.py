@@ -72,15 +72,6 @@ def _relative_error(x, y):
     return float(jnp.abs(x - y).max() / jnp.abs(y).max())
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _fast_compilation():
-    """Most XLA optimisations off: these tiny graphs compile several times faster."""
-    previous = jax.config.read('jax_disable_most_optimizations')
-    jax.config.update('jax_disable_most_optimizations', True)
-    yield
-    jax.config.update('jax_disable_most_optimizations', previous)
-
-
 @pytest.fixture(scope='module')
 def model():
     """The energy model, its parameters (edge path included) and a jitted apply."""

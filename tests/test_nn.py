@@ -14,15 +14,6 @@ L_MAX = 3
 C = 8
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _fast_compilation():
-    """Most XLA optimisations off: these tiny graphs compile several times faster."""
-    previous = jax.config.read('jax_disable_most_optimizations')
-    jax.config.update('jax_disable_most_optimizations', True)
-    yield
-    jax.config.update('jax_disable_most_optimizations', previous)
-
-
 def _random_rotations(seed, n, dtype=jnp.float32):
     return e3nn.rand_matrix(jax.random.PRNGKey(seed), (n,), dtype=dtype)
 
