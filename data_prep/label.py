@@ -3,6 +3,11 @@
     python data_prep/label.py --input=frames.xyz --out=labels.h5 --xc=pbe --basis=def2-svp \
         --grid_level=5 --conv_tol=1e-11 --forces --workers=2
 
+Quantum-chemistry targets (helm_jax/data/properties.py): `--dipole` stores AO dipole integrals
+with the reference orbital energies, dipole and polarisability; `--polarizability_ff` adds the
+self-consistent finite-field polarisability; `--targets_basis=def2-tzvp` stores the same targets
+of a larger basis (reduced-basis learning).
+
 Resumable: rerun the same command after an interruption; finished structures are kept.
 """
 
@@ -16,7 +21,7 @@ import sys
 if __package__ in (None, ""):  # run as `python data_prep/label.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from helm_jax.data.labelling import LevelOfTheory, label_file  # noqa: E402
+from helm_jax.data.labelling import LevelOfTheory, Properties, label_file  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,6 +38,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--conv_tol", type=float, default=1e-9)
     p.add_argument("--max_cycle", type=int, default=100)
     p.add_argument("--forces", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--dipole", action=argparse.BooleanOptionalAction, default=False,
+                   help="store AO dipole integrals and reference orbital energies, dipole, "
+                        "polarisability")
+    p.add_argument("--polarizability_ff", action=argparse.BooleanOptionalAction, default=False,
+                   help="also the self-consistent finite-field polarisability (6 more SCFs)")
+    p.add_argument("--targets_basis", default="",
+                   help="larger basis for reduced-basis targets, e.g. def2-tzvp")
     p.add_argument("--charge", type=int, default=0, help="default charge")
     p.add_argument("--spin", type=int, default=None, help="default 2S (n_alpha - n_beta)")
     p.add_argument("--workers", type=int, default=1)
@@ -53,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = label_file(a.input, a.out, level, charge=a.charge, spin=a.spin,
                              max_cycle=a.max_cycle, forces=a.forces, workers=a.workers,
                              threads=a.threads, start=a.start, limit=a.limit,
-                             progress=not a.no_progress)
+                             progress=not a.no_progress,
+                             props=Properties(dipole=a.dipole,
+                                              polarizability_ff=a.polarizability_ff,
+                                              targets_basis=a.targets_basis))
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -13,8 +13,16 @@ Layout (OMol_CSH-like, so one reader serves both):
         overlap   float64 [N(N+1)/2]    same packing
         energy    float64 []            total energy, Eh
         forces    float64 [n, 3]        optional, Eh/Angstrom
+        ao_*      float64 [..., N(N+1)/2] optional symmetric AO matrices, packed like fock
+                                        (ao_dipole [3, ...]: dipole integrals, bohr)
+        <other>   float64 [...]         optional per-structure arrays (dipole_origin,
+                                        mo_energy, dipole, polarizability, targets_*, see
+                                        helm_jax/data/properties.py)
         attrs: charge, spin (2S), n_electrons, converged, scf_cycles, source,
                complete=True (written last)
+
+Optional datasets are read into ``Record.extras`` (``ao_*`` unpacked to ``[..., N, N]``);
+files without them read as before.
 
 OMol_CSH files have only elements/coords/fock and attrs charge/spin: no overlap, energy,
 `format` or `complete`. A group lacking `complete` is skipped only in the project's own
@@ -35,7 +43,11 @@ from helm_jax.data.records import Record
 
 FORMAT = "helm_jax.h5/v1"
 UNITS = {"coords": "angstrom", "fock": "hartree", "overlap": "hartree",
-         "energy": "hartree", "forces": "hartree/angstrom"}
+         "energy": "hartree", "forces": "hartree/angstrom", "ao_dipole": "bohr",
+         "dipole_origin": "bohr", "mo_energy": "hartree", "dipole": "e bohr",
+         "polarizability": "e^2 bohr^2 / hartree"}
+CORE_DATASETS = ("elements", "coords", "fock", "overlap", "energy", "forces")
+AO_PREFIX = "ao_"
 SIDECAR_SUFFIX = ".keys.json"
 
 
@@ -114,7 +126,8 @@ def write_file_attrs(f: h5py.File, level: dict) -> None:
 
 def write_structure(parent: h5py.Group, key: str, *, elements, coords, fock, overlap,
                     energy: float, charge: int, spin: int, n_electrons: int,
-                    converged: bool, scf_cycles: int, source: str, forces=None) -> None:
+                    converged: bool, scf_cycles: int, source: str, forces=None,
+                    extras: dict | None = None) -> None:
     """Writes one structure group; `complete=True` is the last thing written.
 
     Args:
@@ -132,6 +145,7 @@ def write_structure(parent: h5py.Group, key: str, *, elements, coords, fock, ove
         scf_cycles: SCF iterations used.
         source: input tag, e.g. "ethanol_train_01.xyz:17".
         forces: optional [n, 3] Eh/Angstrom.
+        extras: optional named arrays; `ao_*` ones are [..., N, N] symmetric and stored packed.
     """
     g = parent.create_group(key)
     g.create_dataset("elements", data=np.asarray(elements, dtype=np.int32))
@@ -141,6 +155,11 @@ def write_structure(parent: h5py.Group, key: str, *, elements, coords, fock, ove
     g.create_dataset("energy", data=np.float64(energy))
     if forces is not None:
         g.create_dataset("forces", data=np.asarray(forces, dtype=np.float64))
+    for name, value in (extras or {}).items():
+        value = np.asarray(value, dtype=np.float64)
+        if name.startswith(AO_PREFIX):
+            value = value[..., *np.triu_indices(value.shape[-1])]
+        g.create_dataset(name, data=value)
     g.attrs.update({"charge": int(charge), "spin": int(spin), "n_electrons": int(n_electrons),
                     "converged": bool(converged), "scf_cycles": int(scf_cycles),
                     "source": str(source)})
@@ -226,11 +245,14 @@ class H5Dataset:
             overlap = self._unpack(g, "overlap", key, fock.shape[0]) if "overlap" in g else None
             energy = float(g["energy"][()]) if "energy" in g else None
             forces = np.asarray(g["forces"][()], np.float64) if "forces" in g else None
+            extras = {name: self._extra(g, name, fock.shape[0]) for name in g
+                      if name not in CORE_DATASETS}
             attrs = g.attrs
             return H5Record(elements=elements, coords=coords, fock=fock, overlap=overlap,
                             energy=energy, forces=forces, charge=int(attrs.get("charge", 0)),
                             spin=int(attrs.get("spin", 0)),
-                            converged=bool(attrs.get("converged", True)), key=key)
+                            converged=bool(attrs.get("converged", True)), key=key,
+                            extras=extras)
         except OSError as err:
             raise ValueError(_corrupt_message(self.path, err)) from err
 
@@ -273,6 +295,17 @@ class H5Dataset:
                              f"basis of these elements has {nao} AOs; wrong basis or the file "
                              "is from another code's basis (convert it first)")
         return unpack_upper(packed, n)
+
+    def _extra(self, g: h5py.Group, name: str, nao: int) -> np.ndarray:
+        """An optional dataset; `ao_*` ones unpacked to [..., N, N]."""
+        value = np.asarray(g[name][()], dtype=np.float64)
+        if not name.startswith(AO_PREFIX):
+            return value
+        try:
+            mats = [unpack_upper(v, nao) for v in value.reshape(-1, value.shape[-1])]
+        except ValueError as err:
+            raise ValueError(f"{self.path}{g.name}/{name}: {err}") from err
+        return np.stack(mats).reshape(value.shape[:-1] + (nao, nao))
 
     def _load_index(self, f: h5py.File) -> tuple[list[str], np.ndarray]:
         """Group names and converged flags [len], from the sidecar when it is fresh."""

@@ -9,6 +9,10 @@ Per structure it stores the Fock matrix F = h_core + V_eff[D] of the converged d
 (`mf.get_fock(dm=mf.make_rdm1())`: no DIIS, damping or level shift), the AO overlap
 (`mol.intor('int1e_ovlp')`), `mf.e_tot` and optionally forces (-gradient, Eh/Angstrom).
 Unconverged SCFs are stored with converged=False (and no forces) and counted in the summary.
+Optional quantum-chemistry targets (`Properties`, see helm_jax/data/properties.py): AO dipole
+integrals with the same-basis orbital energies, dipole and polarisability (`--dipole`), the
+self-consistent finite-field polarisability (`--polarizability_ff`), and the same targets of a
+larger basis at the same geometry (`--targets_basis=def2-tzvp`) for reduced-basis learning.
 Open-shell structures (spin != 0) are rejected: the format holds one restricted Fock matrix.
 
 Crash safety: every finished structure is written as its own one-group HDF5 file
@@ -38,7 +42,7 @@ import h5py
 import numpy as np
 import tqdm
 
-from helm_jax.data import geometry, h5format
+from helm_jax.data import geometry, h5format, properties as properties_lib
 
 BOHR_ANGSTROM = 0.52917721092  # PySCF's lib.param.BOHR
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -73,6 +77,32 @@ class LevelOfTheory:
 
 
 @dataclasses.dataclass(frozen=True)
+class Properties:
+    """Optional targets beyond F, S, E and forces; recorded as file attrs and checked on resume.
+
+    Attributes:
+        dipole: store AO dipole integrals and the same-basis reference orbital energies,
+            dipole and (non-self-consistent) polarisability.
+        polarizability_ff: also the self-consistent finite-field polarisability (six more
+            SCFs per structure and basis).
+        targets_basis: a larger basis whose orbital energies, dipole and polarisability are
+            stored as `targets_*` ("" for none).
+    """
+
+    dipole: bool = False
+    polarizability_ff: bool = False
+    targets_basis: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "targets_basis", self.targets_basis.lower())
+
+    def attrs(self) -> dict:
+        """File attrs; files written before these existed read as the defaults."""
+        return {"qm_dipole": self.dipole, "qm_polarizability_ff": self.polarizability_ff,
+                "qm_targets_basis": self.targets_basis}
+
+
+@dataclasses.dataclass(frozen=True)
 class Label:
     """PySCF results for one structure.
 
@@ -84,6 +114,7 @@ class Label:
         converged: SCF convergence flag.
         scf_cycles: SCF iterations.
         n_electrons: electrons in the calculation (ECP cores excluded).
+        extras: optional targets (`Properties`), name -> array.
     """
 
     fock: np.ndarray
@@ -93,6 +124,7 @@ class Label:
     converged: bool
     scf_cycles: int
     n_electrons: int
+    extras: dict = dataclasses.field(default_factory=dict)
 
 
 def make_scf(mol, level: LevelOfTheory, max_cycle: int = 100):
@@ -113,7 +145,7 @@ def make_scf(mol, level: LevelOfTheory, max_cycle: int = 100):
 
 
 def label_structure(structure: geometry.Structure, level: LevelOfTheory, max_cycle: int = 100,
-                    forces: bool = False) -> Label:
+                    forces: bool = False, props: Properties = Properties()) -> Label:
     """Runs one restricted SCF (RKS or RHF) and returns its labels.
 
     Args:
@@ -121,6 +153,7 @@ def label_structure(structure: geometry.Structure, level: LevelOfTheory, max_cyc
         level: level of theory.
         max_cycle: SCF iteration limit.
         forces: also compute analytic forces (only when the SCF converged).
+        props: optional targets (AO dipole integrals, reference and large-basis targets).
 
     Returns:
         The `Label`.
@@ -141,10 +174,19 @@ def label_structure(structure: geometry.Structure, level: LevelOfTheory, max_cyc
     dm = mf.make_rdm1()  # [N, N] final density
     fock = mf.get_fock(dm=dm)  # [N, N] h_core + V_eff[dm], no DIIS / level shift
     grad = mf.nuc_grad_method().kernel() if forces and mf.converged else None  # [n, 3] Eh/bohr
+    extras = {}
+    if props.dipole:
+        extras.update(properties_lib.scf_properties(mf, fock, props.polarizability_ff))
+    if props.targets_basis:
+        big = make_scf(geometry.build_mole(structure, props.targets_basis, level.ecp), level,
+                       max_cycle)
+        big.kernel()
+        extras.update(properties_lib.scf_properties(
+            big, big.get_fock(dm=big.make_rdm1()), props.polarizability_ff, prefix="targets_"))
     return Label(fock=np.asarray(fock), overlap=mol.intor("int1e_ovlp"), energy=float(mf.e_tot),
                  forces=None if grad is None else -np.asarray(grad) / BOHR_ANGSTROM,
                  converged=bool(mf.converged), scf_cycles=int(mf.cycles),
-                 n_electrons=n_electrons)
+                 n_electrons=n_electrons, extras=extras)
 
 
 def _fsync_path(path: str) -> None:
@@ -166,9 +208,10 @@ def _atomic_write(final: str, write) -> None:
 
 
 def _label_task(index: int, structure: geometry.Structure, level: LevelOfTheory,
-                max_cycle: int, forces: bool, parts_dir: str) -> tuple[int, bool]:
+                max_cycle: int, forces: bool, parts_dir: str,
+                props: Properties = Properties()) -> tuple[int, bool]:
     """Labels one structure and writes its part file; returns (index, converged)."""
-    label = label_structure(structure, level, max_cycle, forces)
+    label = label_structure(structure, level, max_cycle, forces, props)
     key = h5format.group_key(index)
 
     def write(tmp):
@@ -177,7 +220,8 @@ def _label_task(index: int, structure: geometry.Structure, level: LevelOfTheory,
                 f, key, elements=structure.elements, coords=structure.coords, fock=label.fock,
                 overlap=label.overlap, energy=label.energy, forces=label.forces,
                 charge=structure.charge, spin=structure.spin, n_electrons=label.n_electrons,
-                converged=label.converged, scf_cycles=label.scf_cycles, source=structure.source)
+                converged=label.converged, scf_cycles=label.scf_cycles, source=structure.source,
+                extras=label.extras)
 
     _atomic_write(os.path.join(parts_dir, key + ".h5"), write)
     return index, label.converged
@@ -241,8 +285,13 @@ def _finished_parts(parts_dir: str) -> dict[str, str]:
 
 
 def _check_same_theory(found: dict, wanted: dict, where: str) -> None:
-    """Raises ValueError if `found` (attrs of `where`) disagrees with `wanted`."""
-    found = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in found.items()}
+    """Raises ValueError if `found` (attrs of `where`) disagrees with `wanted`.
+
+    `Properties` attrs missing from `found` (files written before they existed) count as the
+    defaults.
+    """
+    found = {**Properties().attrs(),
+             **{k: (v.item() if isinstance(v, np.generic) else v) for k, v in found.items()}}
     diffs = [f"{k}={found.get(k)!r} there, {v!r} here" for k, v in wanted.items()
              if found.get(k) != v]
     if diffs:
@@ -287,7 +336,8 @@ def assemble(out: str, parts_dir: str, run_attrs: dict) -> None:
 def label_file(input_path: str, out: str, level: LevelOfTheory, *, charge: int = 0,
                spin: int | None = None, max_cycle: int = 100, forces: bool = False,
                workers: int = 1, threads: int | None = None, start: int = 0,
-               limit: int | None = None, progress: bool = True) -> dict:
+               limit: int | None = None, progress: bool = True,
+               props: Properties = Properties()) -> dict:
     """Labels structures [start, start + limit) of `input_path` into `out`, resumably.
 
     Args:
@@ -304,6 +354,7 @@ def label_file(input_path: str, out: str, level: LevelOfTheory, *, charge: int =
         start: first structure index.
         limit: number of structures from `start` (None: all).
         progress: show a tqdm progress bar with ETA.
+        props: optional targets; must match the ones recorded in an existing `out`.
 
     Returns:
         Summary dict: requested, skipped, labelled, unconverged_new, in_file,
@@ -313,7 +364,7 @@ def label_file(input_path: str, out: str, level: LevelOfTheory, *, charge: int =
     structures = geometry.read_structures(input_path, charge, spin)
     stop = len(structures) if limit is None else min(len(structures), start + limit)
     run_attrs = {**dataclasses.asdict(level), "forces": bool(forces),
-                 "input_file": os.path.basename(input_path)}
+                 "input_file": os.path.basename(input_path), **props.attrs()}
     parts_dir = out + ".parts"
     done = set()
     if os.path.exists(out):
@@ -337,7 +388,7 @@ def label_file(input_path: str, out: str, level: LevelOfTheory, *, charge: int =
 
     per_worker = threads_per_worker(workers, threads)
     unconverged = 0
-    args = [(i, structures[i], level, max_cycle, forces, parts_dir) for i in todo]
+    args = [(i, structures[i], level, max_cycle, forces, parts_dir, props) for i in todo]
     with tqdm.tqdm(total=len(todo), unit="mol", disable=not progress, file=sys.stderr) as bar:
         for converged in _run_tasks(args, workers, per_worker):
             unconverged += not converged

@@ -166,8 +166,14 @@ class Reader:
 
     def _record(self, *, key: str, elements, coords, fock, overlap=None, energy=None,
                 forces=None, charge: int = 0, spin: int | None = None, converged: bool = True,
-                ao_extras: Mapping[str, np.ndarray] | None = None) -> Record:
-        """Validates one structure and converts its AO matrices to PySCF order."""
+                ao_extras: Mapping[str, np.ndarray] | None = None,
+                extras: Mapping[str, Any] | None = None) -> Record:
+        """Validates one structure and converts its AO matrices to PySCF order.
+
+        ``ao_extras`` are further AO matrices ``[..., N, N]`` (converted like the Fock matrix);
+        ``extras`` are other per-structure arrays, kept as they are. Both end in
+        ``Record.extras``.
+        """
         where = f"{self.path} [{key}]"
         try:
             z, _, spin = geometry.validate_structure(elements, coords, charge, spin,
@@ -177,7 +183,7 @@ class Reader:
         n_ao = basis_lib.molecule_n_ao(z, self.basis, self.ecp)
         mats = {"fock": fock, "overlap": overlap, **(ao_extras or {})}
         for name, m in mats.items():
-            if m is not None and np.shape(m) != (n_ao, n_ao):
+            if m is not None and (np.ndim(m) < 2 or np.shape(m)[-2:] != (n_ao, n_ao)):
                 raise ValueError(
                     f"{where}: {name} has shape {list(np.shape(m))} but {formula(z)} has {n_ao} "
                     f"AOs in {self.basis}" + (f" + ECP {self.ecp}" if self.ecp else "")
@@ -190,7 +196,7 @@ class Reader:
                       fock=conv.pop("fock"), overlap=conv.pop("overlap"),
                       energy=None if energy is None else float(energy), forces=forces,
                       charge=int(charge), spin=int(spin), converged=bool(converged),
-                      key=str(key), extras=conv)
+                      key=str(key), extras={**conv, **(extras or {})})
 
 
 class ProjectH5Reader(Reader):
@@ -212,9 +218,12 @@ class ProjectH5Reader(Reader):
 
     def _read(self, i: int) -> Record:
         r = self._ds.read(self._keys[i])
+        is_ao = {k: k.startswith(h5format.AO_PREFIX) for k in r.extras}
         return self._record(key=r.key, elements=r.elements, coords=r.coords, fock=r.fock,
                             overlap=r.overlap, energy=r.energy, forces=r.forces,
-                            charge=r.charge, spin=r.spin, converged=r.converged)
+                            charge=r.charge, spin=r.spin, converged=r.converged,
+                            ao_extras={k: v for k, v in r.extras.items() if is_ao[k]},
+                            extras={k: v for k, v in r.extras.items() if not is_ao[k]})
 
 
 class OmolCshReader(Reader):
