@@ -22,11 +22,18 @@ To add a loss in a fork, write one function and name it in the config::
     config.losses = {"hamiltonian": 1.0, "my_fork.losses.offdiag_l1": 0.1}
 
 Names without a dot are looked up in this module.
+
+Quantum-chemistry losses (``orbital_energies``, ``gap``, ``dipole``, ``polarizability``; DESIGN.md
+section 2, second seed) read ``out["qm"]``: the orbital energies, dipole and polarisability of
+every graph's predicted full H, computed once per step by :func:`qm_outputs` from batches
+with ``globals["qm"]`` (``config.qm.enabled``). Their weights mix with the others, e.g.
+``config.losses = {"hamiltonian": 1.0, "orbital_energies": 1e-2, "dipole": 1e-3}``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from typing import Any, Callable
 
@@ -35,8 +42,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from helm_jax import blocks
+from helm_jax import qm as qm_lib
 from helm_jax.data import graphs as graphs_lib
 from helm_jax.data import statistics as stats_lib
+from helm_jax.model import assemble
+
+QM_LOSSES = ("orbital_energies", "gap", "dipole", "polarizability")
+QM_METRICS = ("orbital_energy_mae", "gap_mae", "dipole_mae", "polarizability_mae")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +68,8 @@ class LossContext:
       slot_table: ``[119, n_slots]`` bool shell-slot table of the template.
       node_mean, node_std: ``[119, mul_0]`` per-element l = 0 node statistics.
       ao_table: ``[119, A]`` bool template-AO occupancy of each element.
+      n_virtual: virtual orbitals (after the occupied ones) in the orbital-energy losses.
+      s_threshold: overlap eigenvalue guard of :func:`helm_jax.qm.solve`.
     """
 
     node_layout: blocks.IrrepsLayout
@@ -64,9 +78,12 @@ class LossContext:
     node_mean: np.ndarray
     node_std: np.ndarray
     ao_table: np.ndarray
+    n_virtual: int = 0
+    s_threshold: float = qm_lib.S_THRESHOLD
 
     @classmethod
-    def create(cls, node_layout, edge_layout, stats: stats_lib.Statistics | None):
+    def create(cls, node_layout, edge_layout, stats: stats_lib.Statistics | None,
+               n_virtual: int = 0, s_threshold: float = qm_lib.S_THRESHOLD):
         """Context from layouts and statistics (identity standardisation without stats)."""
         mul0 = node_layout.muls[0]
         mean = np.zeros((119, mul0)) if stats is None else stats.node_mean
@@ -76,7 +93,7 @@ class LossContext:
         for z in template.elements:
             ao_table[z] = template.ao_mask(z)
         return cls(node_layout, edge_layout, graphs_lib.slot_mask_table(template), mean, std,
-                   ao_table)
+                   ao_table, int(n_virtual), float(s_threshold))
 
 
 def _graph_of_nodes(batch):
@@ -166,6 +183,122 @@ def forces(out, batch, ctx: LossContext) -> Partial:
     return Partial({"se": se, "n": 3.0 * jnp.sum(mask).astype(se.dtype)}, _safe_mse)
 
 
+def qm_outputs(out, batch, ctx: LossContext, with_polarizability: bool) -> dict[str, jax.Array]:
+    """Orbital energies, dipole and polarisability of every graph's predicted full H.
+
+    Args:
+      out: model outputs (``node_h``, ``edge_h``).
+      batch: padded batch with ``globals["qm"]`` (``batching.pad_qm``).
+      ctx: the loss context.
+      with_polarizability: also the polarisability (three forward-mode derivatives).
+
+    Returns:
+      ``{"mo_energy" [G, n], "n_orbitals" [G], "dipole" [G, 3]}`` and
+      ``"polarizability" [G, 3, 3]`` if asked (:func:`helm_jax.qm.properties`).
+    """
+    q = batch.globals["qm"]
+    z = batch.nodes["species"]
+    node = stats_lib.destandardize_nodes(out["node_h"], z, ctx.node_mean, ctx.node_std,
+                                         ctx.node_layout.muls[0])
+    h = assemble.batch_full_matrices(node, out["edge_h"], q["ao_index"], ctx.node_layout,
+                                     ctx.edge_layout)
+    fn = functools.partial(qm_lib.properties, with_polarizability=with_polarizability,
+                           s_threshold=ctx.s_threshold)
+    res = jax.vmap(fn)(h, q["overlap"], q["ao_dipole"], q["ao_mask"], q["n_occ"],
+                       q["nuclear_dipole"])
+    del res["density"]
+    return res
+
+
+def _masked_sum(x, mask):
+    mask = mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
+    mask = jnp.broadcast_to(mask, x.shape)
+    return jnp.sum(jnp.where(mask, x, 0.0)), jnp.sum(mask).astype(x.dtype)
+
+
+def _mse(err, mask) -> Partial:
+    se, n = _masked_sum(err * err, mask)
+    return Partial({"se": se, "n": n}, _safe_mse)
+
+
+def _mae(abs_err, mask) -> Partial:
+    ae, n = _masked_sum(abs_err, mask)
+    return Partial({"ae": ae, "n": n}, lambda s: s["ae"] / jnp.maximum(s["n"], 1.0))
+
+
+def _orbital_error(out, batch, ctx: LossContext):
+    """Orbital-energy error ``[G, n]`` and mask: occupied + ``ctx.n_virtual`` lowest virtual."""
+    q, pred = batch.globals["qm"], out["qm"]
+    available = jnp.minimum(q["mo_energy_count"], pred["n_orbitals"])
+    limit = jnp.minimum(q["n_occ"] + ctx.n_virtual, available)  # [G]
+    mask = jnp.arange(q["mo_energy"].shape[-1])[None, :] < limit[:, None]
+    return pred["mo_energy"] - q["mo_energy"], mask
+
+
+def _gap_error(out, batch):
+    """HOMO-LUMO gap error ``[G]`` and mask."""
+    q, pred = batch.globals["qm"], out["qm"]
+    homo_lumo = jax.vmap(qm_lib.homo_lumo_gap)
+    n_occ = q["n_occ"]
+    mask = (n_occ > 0) & (q["mo_energy_count"] > n_occ) & (pred["n_orbitals"] > n_occ)
+    return homo_lumo(pred["mo_energy"], n_occ) - homo_lumo(q["mo_energy"], n_occ), mask
+
+
+def _target_error(out, batch, name: str):
+    q = batch.globals["qm"]
+    return out["qm"][name] - q[name], q[name + "_mask"]
+
+
+def orbital_energies(out, batch, ctx: LossContext) -> Partial:
+    """MSE (Eh^2) of the occupied and ``config.qm.n_virtual`` lowest virtual orbital energies."""
+    return _mse(*_orbital_error(out, batch, ctx))
+
+
+def gap(out, batch, ctx: LossContext) -> Partial:
+    """MSE (Eh^2) of the HOMO-LUMO gap."""
+    del ctx
+    return _mse(*_gap_error(out, batch))
+
+
+def dipole(out, batch, ctx: LossContext) -> Partial:
+    """MSE (au^2) over dipole components (rotation invariant: ``|mu - mu_ref|^2 / 3``)."""
+    del ctx
+    return _mse(*_target_error(out, batch, "dipole"))
+
+
+def polarizability(out, batch, ctx: LossContext) -> Partial:
+    """MSE (au^2) over the nine polarisability components."""
+    del ctx
+    return _mse(*_target_error(out, batch, "polarizability"))
+
+
+def orbital_energy_mae(out, batch, ctx: LossContext) -> Partial:
+    """MAE (Eh) over the orbital energies of :func:`orbital_energies`."""
+    err, mask = _orbital_error(out, batch, ctx)
+    return _mae(jnp.abs(err), mask)
+
+
+def gap_mae(out, batch, ctx: LossContext) -> Partial:
+    """MAE (Eh) of the HOMO-LUMO gap."""
+    del ctx
+    err, mask = _gap_error(out, batch)
+    return _mae(jnp.abs(err), mask)
+
+
+def dipole_mae(out, batch, ctx: LossContext) -> Partial:
+    """Mean over molecules of ``|mu - mu_ref|`` (au, vector norm)."""
+    del ctx
+    err, mask = _target_error(out, batch, "dipole")
+    return _mae(jnp.sqrt(jnp.sum(err * err, axis=-1)), mask)
+
+
+def polarizability_mae(out, batch, ctx: LossContext) -> Partial:
+    """MAE (au) over the nine polarisability components."""
+    del ctx
+    err, mask = _target_error(out, batch, "polarizability")
+    return _mae(jnp.abs(err), mask)
+
+
 def resolve(name: str) -> Callable[..., Partial]:
     """The loss function called ``name`` (this module, or a dotted ``module.function``)."""
     if "." in name:
@@ -178,11 +311,19 @@ def resolve(name: str) -> Callable[..., Partial]:
 
 
 def needs(weights: dict[str, float]) -> set[str]:
-    """Model outputs the weighted losses read (``hamiltonian``, ``energy``, ``forces``)."""
+    """Model outputs the weighted losses read.
+
+    ``hamiltonian``, ``energy``, ``forces``, ``qm`` (:func:`qm_outputs`) and
+    ``polarizability`` (its polarisability).
+    """
     active = {k for k, w in weights.items() if w}
     out = set()
     if any(k not in ("energy", "forces") for k in active):
         out.add("hamiltonian")
+    if active & set(QM_LOSSES + QM_METRICS):
+        out.add("qm")
+    if active & {"polarizability", "polarizability_mae"}:
+        out.add("polarizability")
     if "energy" in active:
         out.add("energy")
     if "forces" in active:

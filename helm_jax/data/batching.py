@@ -8,6 +8,9 @@ of the dataset (:func:`plan_budgets`): molecules are split into a few size bucke
 count, each with its own budget, so padding waste and the number of compiled shapes both
 stay small. A molecule that does not fit any budget raises an error naming the budgets;
 nothing is ever dropped.
+
+Graphs with quantum-chemistry labels (``MolGraph.qm``) in a budget with ``n_ao > 0`` add
+per-graph arrays padded to ``n_ao`` AOs under ``globals["qm"]`` (see :func:`pad_batch`).
 """
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ from helm_jax.data.graphs import MolGraph
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """Padded sizes of one batch shape (padding graph included)."""
+    """Padded sizes of one batch shape (padding graph included).
+
+    ``n_ao`` is the padded AO count of the per-graph quantum-chemistry arrays (0: none).
+    """
 
     n_node: int
     n_edge: int
     n_graph: int
+    n_ao: int = 0
 
     def fits(self, n_node: int, n_edge: int, n_graph: int) -> bool:
         """Whether real totals fit (one node and one graph are kept for padding)."""
@@ -132,7 +139,8 @@ def pad_batch(graphs: Sequence[MolGraph], budget: Budget, node_dim: int | None,
     Returns:
       ``GraphsTuple`` with nodes ``species [N]``, ``positions [N, 3]``, ``forces [N, 3]``,
       ``forces_mask [N]`` (and ``h [N, node_dim]``); edges ``h [E, edge_dim]``; globals
-      ``energy [G]``, ``energy_mask [G]``, ``h_mask [G]``.
+      ``energy [G]``, ``energy_mask [G]``, ``h_mask [G]`` and, if ``budget.n_ao``,
+      ``qm`` (:func:`pad_qm`).
 
     Raises:
       BudgetError: the molecules do not fit the budget together.
@@ -178,6 +186,8 @@ def pad_batch(graphs: Sequence[MolGraph], budget: Budget, node_dim: int | None,
         "energy_mask": _pad_rows(np.isfinite(energy), budget.n_graph),
         "h_mask": _pad_rows(h_mask, budget.n_graph),
     }
+    if budget.n_ao:
+        globals_["qm"] = pad_qm(graphs, budget, dtype)
     return jraph.GraphsTuple(
         nodes=nodes, edges=edges, globals=globals_,
         senders=_pad_rows(senders, budget.n_edge) + np.where(
@@ -185,6 +195,61 @@ def pad_batch(graphs: Sequence[MolGraph], budget: Budget, node_dim: int | None,
         receivers=_pad_rows(receivers, budget.n_edge) + np.where(
             np.arange(budget.n_edge) >= te, pad_node, 0).astype(np.int32),
         n_node=n_node, n_edge=n_edge)
+
+
+def pad_qm(graphs: Sequence[MolGraph], budget: Budget, dtype=np.float32) -> dict:
+    """Per-graph quantum-chemistry arrays padded to ``budget.n_ao`` AOs (``n = n_ao``).
+
+    Graphs without ``qm`` (and the padding graphs) get zeros and false masks.
+
+    Returns:
+      dict with ``ao_index`` int32 ``[G, n, n]`` (position of each entry of the graph's full
+      H in ``concat(node_blocks.ravel(), edge_blocks.ravel())`` of the batch's padded
+      ``[N, A, A]`` node and ``[E, A, A]`` edge blocks; -1: no block), ``ao_mask [G, n]``,
+      ``overlap [G, n, n]``, ``ao_dipole [G, 3, n, n]`` (bohr), ``nuclear_dipole [G, 3]``,
+      ``n_occ`` int32 ``[G]``, targets ``mo_energy [G, n]`` with ``mo_energy_count`` int32
+      ``[G]`` (how many are given), ``dipole [G, 3]``, ``polarizability [G, 3, 3]`` with
+      ``dipole_mask``/``polarizability_mask [G]``.
+
+    Raises:
+      BudgetError: a molecule has more AOs than ``budget.n_ao``.
+    """
+    g_n, n = budget.n_graph, budget.n_ao
+    out = {"ao_index": np.full((g_n, n, n), -1, np.int32), "ao_mask": np.zeros((g_n, n), bool),
+           "overlap": np.zeros((g_n, n, n)), "ao_dipole": np.zeros((g_n, 3, n, n)),
+           "nuclear_dipole": np.zeros((g_n, 3)), "n_occ": np.zeros(g_n, np.int32),
+           "mo_energy": np.zeros((g_n, n)), "mo_energy_count": np.zeros(g_n, np.int32),
+           "dipole": np.zeros((g_n, 3)), "dipole_mask": np.zeros(g_n, bool),
+           "polarizability": np.zeros((g_n, 3, 3)), "polarizability_mask": np.zeros(g_n, bool)}
+    node_off = edge_off = 0
+    for k, g in enumerate(graphs):
+        q = g.qm
+        if q is not None:
+            if q.n_ao > n:
+                raise BudgetError(f"Molecule {g.key!r} has {q.n_ao} AOs, more than the "
+                                  f"budget's n_ao={n}.")
+            m = q.n_ao
+            block, within = np.divmod(q.ao_index, q.block_size)
+            block = np.where(block < g.n_node, node_off + block,
+                             budget.n_node + edge_off + block - g.n_node)
+            out["ao_index"][k, :m, :m] = np.where(q.ao_index >= 0,
+                                                  block * q.block_size + within, -1)
+            out["ao_mask"][k, :m] = True
+            out["overlap"][k, :m, :m] = q.overlap
+            out["ao_dipole"][k, :, :m, :m] = q.ao_dipole
+            out["nuclear_dipole"][k] = q.nuclear_dipole
+            out["n_occ"][k] = q.n_occ
+            if q.mo_energy is not None:
+                count = min(len(q.mo_energy), n)
+                out["mo_energy"][k, :count] = q.mo_energy[:count]
+                out["mo_energy_count"][k] = count
+            for name in ("dipole", "polarizability"):
+                if getattr(q, name) is not None:
+                    out[name][k] = getattr(q, name)
+                    out[name + "_mask"][k] = True
+        node_off += g.n_node
+        edge_off += g.n_edge
+    return {k: v.astype(dtype) if v.dtype == np.float64 else v for k, v in out.items()}
 
 
 def node_graph_index(n_node: np.ndarray, total: int):

@@ -9,6 +9,10 @@
   batch: ``molecules_per_batch`` or ``edges_per_batch``, ``num_buckets``.
   cache_graphs: keep built graphs in memory (small datasets).
   embedded_limit: label only the first N embedded structures (quick test configs).
+
+``config.qm`` (quantum-chemistry targets): with ``enabled``, graphs carry ``QMLabels`` with
+``targets`` ("reference" or "large_basis") and, with ``self_consistent_polarizability``, the
+finite-field polarisability as target.
 """
 
 from __future__ import annotations
@@ -83,8 +87,11 @@ def load_data(config: ml_collections.ConfigDict, workdir: str | None = None) -> 
     reader = open_reader(config.data)
     elements = config.data.get("elements") or scan_elements(reader)
     template = basis_lib.make_template(elements, reader.basis, reader.ecp)
+    qm = config.qm
     spec = GraphSpec(template, cutoff=float(config.model.cutoff),
-                     reduced_nodes=bool(config.heads.reduced_nodes))
+                     reduced_nodes=bool(config.heads.reduced_nodes),
+                     qm_targets=qm.targets if qm.enabled else "",
+                     qm_polarizability_ff=bool(qm.self_consistent_polarizability))
     graphs = pipeline.GraphDataset(reader, spec, with_labels=True,
                                    cache=bool(config.data.get("cache_graphs", True)))
     split = dict(config.data.split)

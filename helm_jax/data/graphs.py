@@ -5,6 +5,11 @@ between all atom pairs closer than the cutoff (fully connected below it), and, w
 record carries a Fock matrix, its node and edge blocks as irreps
 (:class:`helm_jax.blocks.IrrepsLayout`). Validity masks are not stored: they follow from
 the atomic numbers (:func:`label_masks`), so batches stay small.
+
+With ``GraphSpec.qm_targets`` set, a graph also carries :class:`QMLabels`: what the
+differentiable quantum-chemistry losses (:mod:`helm_jax.qm`) need to assemble the predicted
+full H inside the jitted step and compare its orbital energies, dipole and polarisability
+with reference targets (see :mod:`helm_jax.data.properties`).
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import numpy as np
 
 from helm_jax import basis as basis_lib
 from helm_jax import blocks
+from helm_jax.data import properties
 from helm_jax.data.records import Record
 
 MIN_DISTANCE = 0.1  # Angstrom; closer atoms are a geometry error.
+QM_TARGETS = ("", "reference", "large_basis")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,11 +35,22 @@ class GraphSpec:
       template: the padded block template (basis of the dataset).
       cutoff: graph cutoff radius in Angstrom.
       reduced_nodes: store node labels in the reduced (unique-value) layout.
+      qm_targets: attach :class:`QMLabels` with the same-basis reference targets
+        (``"reference"``), the larger basis's ``targets_*`` (``"large_basis"``), or none
+        (``""``).
+      qm_polarizability_ff: use the self-consistent finite-field polarisability
+        (``*polarizability_ff``) as the target instead of the non-self-consistent one.
     """
 
     template: basis_lib.Template
     cutoff: float
     reduced_nodes: bool = True
+    qm_targets: str = ""
+    qm_polarizability_ff: bool = False
+
+    def __post_init__(self):
+        if self.qm_targets not in QM_TARGETS:
+            raise ValueError(f"qm_targets={self.qm_targets!r}: choose one of {QM_TARGETS}.")
 
     @property
     def node_layout(self) -> blocks.IrrepsLayout:
@@ -43,6 +61,40 @@ class GraphSpec:
     def edge_layout(self) -> blocks.IrrepsLayout:
         """Irreps layout of directed-edge (off-diagonal block) labels."""
         return blocks.irreps_layout(self.template, reduced=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class QMLabels:
+    """One molecule's inputs and targets of the quantum-chemistry losses (host numpy).
+
+    Attributes:
+      ao_index: int64 ``[N, N]`` position of each full-matrix entry in
+        ``concat(node_blocks.ravel(), edge_blocks.ravel())`` of this molecule
+        (:func:`helm_jax.blocks.full_indices`; -1 for atom pairs beyond the cutoff).
+      block_size: entries per padded block, ``A * A`` (to offset ``ao_index`` in a batch).
+      overlap: ``[N, N]`` AO overlap.
+      ao_dipole: ``[3, N, N]`` AO dipole integrals (bohr) about the origin O.
+      nuclear_dipole: ``[3]`` ``sum_A Z_A (R_A - O)`` (au; ECP cores removed from Z).
+      n_occ: doubly occupied orbitals.
+      mo_energy: ``[K]`` target orbital energies (Eh, ascending), or None.
+      dipole: ``[3]`` target dipole (au), or None.
+      polarizability: ``[3, 3]`` target polarisability (au), or None.
+    """
+
+    ao_index: np.ndarray
+    block_size: int
+    overlap: np.ndarray
+    ao_dipole: np.ndarray
+    nuclear_dipole: np.ndarray
+    n_occ: int
+    mo_energy: np.ndarray | None
+    dipole: np.ndarray | None
+    polarizability: np.ndarray | None
+
+    @property
+    def n_ao(self) -> int:
+        """Number of AOs."""
+        return int(self.overlap.shape[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +111,7 @@ class MolGraph:
       energy: total energy (Eh) or NaN.
       forces: ``[n, 3]`` Eh/Angstrom, or None.
       key: source record key.
+      qm: quantum-chemistry inputs and targets (only with ``GraphSpec.qm_targets``).
     """
 
     species: np.ndarray
@@ -70,6 +123,7 @@ class MolGraph:
     energy: float
     forces: np.ndarray | None
     key: str = ""
+    qm: QMLabels | None = None
 
     @property
     def n_node(self) -> int:
@@ -141,9 +195,43 @@ def build_graph(record: Record, spec: GraphSpec, with_labels: bool = True) -> Mo
         edge_labels = spec.edge_layout.blocks_to_irreps(edge_b)
     energy = np.nan if record.energy is None else float(record.energy)
     forces = None if record.forces is None else np.asarray(record.forces, np.float64)
+    qm = qm_labels(record, spec, senders, receivers) if spec.qm_targets else None
     return MolGraph(species=z, positions=coords, senders=senders, receivers=receivers,
                     node_labels=node_labels, edge_labels=edge_labels, energy=energy,
-                    forces=forces, key=record.key)
+                    forces=forces, key=record.key, qm=qm)
+
+
+def qm_labels(record: Record, spec: GraphSpec, senders: np.ndarray,
+              receivers: np.ndarray) -> QMLabels:
+    """The :class:`QMLabels` of a record (targets chosen by ``spec.qm_targets``).
+
+    Raises:
+      ValueError: the record lacks the overlap or AO dipole integrals, or is open shell.
+    """
+    ex = record.extras
+    if record.overlap is None or "ao_dipole" not in ex:
+        raise ValueError(
+            f"Record {record.key!r} has no overlap or AO dipole integrals, which the "
+            "quantum-chemistry losses need: label the data with `data_prep/label.py --dipole` "
+            "(and --targets_basis for large-basis targets), or set config.qm.enabled=False.")
+    if record.spin != 0:
+        raise ValueError(f"Record {record.key!r} is open shell (2S={record.spin}); the "
+                         "quantum-chemistry losses are closed-shell only.")
+    t = spec.template
+    z = np.asarray(record.elements)
+    charges = np.array([zi - t.element(zi).ecp_electrons for zi in z], np.float64)
+    origin = ex.get("dipole_origin", np.zeros(3))
+    coords_bohr = np.asarray(record.coords, np.float64) / properties.BOHR_ANGSTROM
+    prefix = "targets_" if spec.qm_targets == "large_basis" else ""
+    alpha = prefix + "polarizability" + ("_ff" if spec.qm_polarizability_ff else "")
+    return QMLabels(
+        ao_index=blocks.full_indices(z, t, senders, receivers), block_size=t.n_ao ** 2,
+        overlap=np.asarray(record.overlap, np.float64),
+        ao_dipole=np.asarray(ex["ao_dipole"], np.float64),
+        nuclear_dipole=charges @ (coords_bohr - origin),
+        n_occ=(int(round(charges.sum())) - record.charge) // 2,
+        mo_energy=ex.get(prefix + "mo_energy"), dipole=ex.get(prefix + "dipole"),
+        polarizability=ex.get(alpha))
 
 
 def slot_mask_table(template: basis_lib.Template) -> np.ndarray:

@@ -6,6 +6,8 @@ devices, padded batches stacked on a leading axis ``[n_devices, ...]``; every st
 per-device batches share one bucket budget, so each bucket compiles once. The order is a
 pure function of ``(seed, epoch)``: the iterator's state is just ``{epoch, step}``, saved in
 checkpoints and restored exactly. A background thread prefetches the next batches.
+With quantum-chemistry labels (``GraphSpec.qm_targets``) each bucket's budget also fixes the
+padded AO count ``n_ao``: that of the bucket's largest molecule unless the budget names one.
 """
 
 from __future__ import annotations
@@ -128,6 +130,9 @@ class BatchIterator:
             self.budgets, self._bucket = batching.plan_budgets(
                 sub_n, sub_e, batch.num_buckets, batch.molecules_per_batch,
                 batch.edges_per_batch)
+        if data.spec is not None and data.spec.qm_targets:
+            self.budgets = _with_n_ao(self.budgets, self._bucket,
+                                      np.array([data[i].qm.n_ao for i in self.indices]))
         with_h = data.with_labels and data.spec is not None
         self.node_dim = data.spec.node_layout.dim if with_h else None
         self.edge_dim = data.spec.edge_layout.dim if with_h else None
@@ -242,6 +247,13 @@ class BatchIterator:
         """One pass over the split (evaluation), without touching the state."""
         for bucket, per_device in self.plan(epoch):
             yield self.make_batch(bucket, per_device)
+
+
+def _with_n_ao(budgets: list[batching.Budget], bucket_of: np.ndarray,
+               n_aos: np.ndarray) -> list[batching.Budget]:
+    """Budgets with ``n_ao`` set to the largest molecule of each bucket (unless given)."""
+    return [dataclasses.replace(b, n_ao=b.n_ao or int(n_aos[bucket_of == k].max(initial=0)))
+            for k, b in enumerate(budgets)]
 
 
 def _first_fit(budgets, n, e) -> int:

@@ -3,11 +3,13 @@
 Node outputs are de-standardised (per-element l = 0 references), reduced node irreps are
 expanded, irreps become blocks, and blocks are assembled into the molecule's full matrix
 with ``(H + H^T) / 2`` (both directed edges of a pair are predicted). Atom pairs beyond the
-graph cutoff assemble to 0.
+graph cutoff assemble to 0. :func:`batch_full_matrices` does the same for every graph of a
+padded batch inside ``jax.jit``, with the gather index of ``batching.pad_qm``.
 """
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 from helm_jax import blocks
@@ -56,3 +58,25 @@ def batch_to_full(out: dict, batch, node_layout: blocks.IrrepsLayout,
                                           senders[es] - ns.start, receivers[es] - ns.start,
                                           symmetrize=True))
     return mats
+
+
+def batch_full_matrices(node_irreps, edge_irreps, ao_index, node_layout: blocks.IrrepsLayout,
+                        edge_layout: blocks.IrrepsLayout):
+    """Full symmetric H of every graph of a padded batch (jit-able).
+
+    Args:
+      node_irreps: ``[N, D_node]`` physical (de-standardised) node irreps.
+      edge_irreps: ``[E, D_edge]`` edge irreps.
+      ao_index: int ``[G, n, n]`` position of each entry in
+        ``concat(node_blocks.ravel(), edge_blocks.ravel())`` (-1: zero), from
+        ``batching.pad_qm``.
+      node_layout, edge_layout: the irreps layouts.
+
+    Returns:
+      ``[G, n, n]``, ``(H + H^T) / 2`` per graph.
+    """
+    nodes = node_layout.irreps_to_blocks(node_irreps)  # [N, A, A]
+    edges = edge_layout.irreps_to_blocks(edge_irreps)  # [E, A, A]
+    flat = jnp.concatenate([nodes.reshape(-1), edges.reshape(-1)])
+    h = jnp.where(ao_index >= 0, flat[jnp.maximum(ao_index, 0)], 0.0)
+    return (h + jnp.swapaxes(h, -1, -2)) / 2

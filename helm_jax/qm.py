@@ -1,0 +1,210 @@
+"""Differentiable quantum chemistry of a Hamiltonian: orbitals, density, dipole, polarisability.
+
+Pure ``jax.numpy``, one molecule per call (``jax.vmap`` for a padded batch), jit-able and
+differentiable. Closed shell: ``n_occ`` doubly occupied orbitals. AO matrices are ``[n, n]``
+with a boolean ``ao_mask [n]`` of the molecule's real AOs; padded slots are ignored.
+
+Generalised eigenproblem ``H C = S C e`` by canonical (Lowdin) orthogonalisation:
+``S = U L U^T``, ``X = U L^-1/2`` over the eigenvalues ``L > s_threshold``, then
+``eigh(X^T H X)``. **Guard for (near-)linearly dependent S**: an eigen-direction of S with
+``L <= s_threshold`` is dropped; its column of X is zero and it gets the eigenvalue ``shift``
+of the orthogonal-basis matrix, one more than a Gershgorin bound of all the others, so it
+sorts after every real orbital and is never occupied. Padded AO slots are zeroed in H and S,
+so they are dropped the same way. A molecule with ``n_ao`` AOs and ``d`` dropped directions
+has ``n_ao - d`` orbitals at the front of ``mo_energy`` (``n_orbitals``); the rest
+must be masked out by the caller. S is data: no derivative is taken with respect to it.
+
+Dipole (au, e bohr) about the origin of the AO dipole integrals ``r = <mu| r - O |nu>``:
+``mu = sum_A Z_A (R_A - O) - Tr(P r)``, ``P = 2 C_occ C_occ^T``.
+
+Polarisability (au) by autodiff, **non-self-consistent** (H held fixed, no response of the
+electrons' potential): ``alpha_kl = d mu_k / d E_l`` of ``H + sum_l E_l r_l``. The term
+``+E.r`` is the energy of an electron (charge -1) in the uniform field E (potential
+``-E.r``), so ``alpha = 4 sum_{i occ, a virt} r_k,ia r_l,ia / (e_a - e_i)`` is positive.
+
+Gradients stay finite for degenerate orbitals: the occupied projector ``Q`` has a custom JVP
+(perturbation theory) in which only occupied-virtual pairs appear, through
+``g_ia = 1 / (e_a - e_i)``; its first derivative has a custom JVP of its own (second divided
+differences of the occupation function, again only occupied-virtual gaps), so the gradient
+of a polarisability loss is stable too. Individual eigenvalues have the usual first-order
+derivative ``diag(V^T dH V)``. Only a vanishing HOMO-LUMO gap is singular.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+S_THRESHOLD = 1e-7  # overlap eigenvalues at or below this are dropped (linear dependence)
+
+
+class Orbitals(NamedTuple):
+    """The solution of one molecule's generalised eigenproblem.
+
+    Attributes:
+      mo_energy: ``[n]`` ascending; entries from ``n_orbitals`` on are padding.
+      density: ``[n, n]`` closed-shell density matrix ``P = 2 C_occ C_occ^T`` (AO basis).
+      mo_coeff: ``[n, n]`` orbital coefficients (columns), without gradient: use
+        ``mo_energy`` and ``density`` in losses.
+      n_orbitals: number of real orbitals (overlap eigen-directions kept).
+    """
+
+    mo_energy: jax.Array
+    density: jax.Array
+    mo_coeff: jax.Array
+    n_orbitals: jax.Array
+
+
+def orthogonalizer(s, ao_mask, s_threshold: float = S_THRESHOLD):
+    """Canonical orthogonalisation with dropped directions.
+
+    Args:
+      s: ``[n, n]`` overlap.
+      ao_mask: ``[n]`` bool, real AOs.
+      s_threshold: overlap eigenvalues ``<=`` this are dropped.
+
+    Returns:
+      ``(x [n, n], keep [n])`` with ``x^T S x = diag(keep)``; dropped columns are zero.
+    """
+    mask2 = ao_mask[:, None] & ao_mask[None, :]
+    s = jnp.where(mask2, jax.lax.stop_gradient(s), 0.0)
+    lam, u = jnp.linalg.eigh(s)
+    keep = lam > s_threshold
+    return u * jnp.where(keep, jax.lax.rsqrt(jnp.where(keep, lam, 1.0)), 0.0), keep
+
+
+def _occupied_virtual_inverse_gaps(w, occ):
+    """``g [n, n]``: ``1 / (w_j - w_i)`` for occupied i and virtual j, else 0."""
+    pair = (occ[:, None] > 0) & (occ[None, :] == 0)
+    return jnp.where(pair, 1.0 / jnp.where(pair, w[None, :] - w[:, None], 1.0), 0.0)
+
+
+def _sym(a):
+    return (a + a.T) / 2
+
+
+@jax.custom_jvp
+def _spectrum(ht, occ):
+    """Eigenvalues ``[n]`` and occupied projector ``V diag(occ) V^T`` of symmetric ``ht``."""
+    w, v = jnp.linalg.eigh(ht)
+    return w, (v * occ) @ v.T
+
+
+@_spectrum.defjvp
+def _spectrum_jvp(primals, tangents):
+    ht, occ = primals
+    dht, _ = tangents  # occupations are piecewise constant
+    w, q = _spectrum(ht, occ)  # through this rule again under higher-order transforms
+    v = jnp.linalg.eigh(ht)[1]
+    dw = jnp.einsum("pi,pq,qi->i", v, dht, v)
+    return (w, q), (dw, _projector_derivative(ht, occ, dht))
+
+
+@jax.custom_jvp
+def _projector_derivative(ht, occ, b):
+    """``d/dt Q(ht + t b)`` at ``t = 0``, ``= V (-(g + g^T) * V^T b V) V^T``."""
+    w, v = jnp.linalg.eigh(ht)
+    g = _occupied_virtual_inverse_gaps(w, occ)
+    return v @ (-(g + g.T) * (v.T @ b @ v)) @ v.T
+
+
+@_projector_derivative.defjvp
+def _projector_derivative_jvp(primals, tangents):
+    """Second derivative of Q from second divided differences of the occupations.
+
+    For a step occupation function with a gap, the divided difference
+    ``f[w_i, w_j, w_k]`` is zero unless the three orbitals are not all occupied or all
+    virtual, and then a product of two ``g`` entries; summed over ``j`` this gives
+    ``T(B, C)`` below (``B, C`` in the eigenbasis), and
+    ``d^2 Q[B, C] = V (T(B, C) + T(C, B)) V^T``.
+    """
+    ht, occ, b = primals
+    dht, _, db = tangents
+    w, v = jnp.linalg.eigh(ht)
+    g = _occupied_virtual_inverse_gaps(w, occ)
+    bt, ct = v.T @ b @ v, v.T @ dht @ v
+
+    def t(x, y):
+        gx, gy = g * x, g * y
+        return (-gx @ gy.T + gx.T @ gy + g * (gx @ y - x @ gy)
+                + g.T * (x @ gy.T - gx.T @ y))
+
+    second = v @ (t(bt, ct) + t(ct, bt)) @ v.T
+    return _projector_derivative(ht, occ, b), _projector_derivative(ht, occ, db) + second
+
+
+def solve(h, s, ao_mask, n_occ, s_threshold: float = S_THRESHOLD) -> Orbitals:
+    """Orbital energies and density matrix of one molecule.
+
+    Args:
+      h: ``[n, n]`` symmetric Hamiltonian / Fock matrix (Eh).
+      s: ``[n, n]`` overlap.
+      ao_mask: ``[n]`` bool, real AOs (padding False).
+      n_occ: number of doubly occupied orbitals (int scalar, may be traced).
+      s_threshold: linear-dependence guard (see the module docstring).
+
+    Returns:
+      The :class:`Orbitals`.
+    """
+    n = h.shape[-1]
+    assert h.shape == s.shape == (n, n) and ao_mask.shape == (n,)
+    mask2 = ao_mask[:, None] & ao_mask[None, :]
+    x, keep = orthogonalizer(s, ao_mask, s_threshold)
+    ht = _sym(x.T @ jnp.where(mask2, h, 0.0) @ x)  # [n, n]
+    shift = jax.lax.stop_gradient(jnp.max(jnp.sum(jnp.abs(ht), axis=-1))) + 1.0
+    ht = ht + jnp.diag(jnp.where(keep, 0.0, shift))
+    occ = (jnp.arange(n) < n_occ).astype(ht.dtype)
+    w, q = _spectrum(ht, occ)
+    coeff = x @ jnp.linalg.eigh(jax.lax.stop_gradient(ht))[1]
+    return Orbitals(mo_energy=w, density=2.0 * x @ q @ x.T, mo_coeff=coeff,
+                    n_orbitals=jnp.sum(keep))
+
+
+def dipole(density, ao_dipole, nuclear_dipole):
+    """``mu = nuclear_dipole - Tr(P r)``, ``[3]`` (au).
+
+    Args:
+      density: ``[n, n]`` density matrix.
+      ao_dipole: ``[3, n, n]`` AO dipole integrals (bohr) about the origin O.
+      nuclear_dipole: ``[3]`` ``sum_A Z_A (R_A - O)`` (au).
+    """
+    return nuclear_dipole - jnp.einsum("kij,ji->k", ao_dipole, density)
+
+
+def homo_lumo_gap(mo_energy, n_occ):
+    """``e_LUMO - e_HOMO`` (Eh) of ascending orbital energies ``[n]``."""
+    return mo_energy[n_occ] - mo_energy[n_occ - 1]
+
+
+def properties(h, s, ao_dipole, ao_mask, n_occ, nuclear_dipole, with_polarizability=True,
+               s_threshold: float = S_THRESHOLD) -> dict[str, jax.Array]:
+    """Orbitals, dipole and (optionally) polarisability of one molecule in one pass.
+
+    Args:
+      h, s, ao_mask, n_occ, s_threshold: as in :func:`solve`.
+      ao_dipole: ``[3, n, n]`` AO dipole integrals (bohr).
+      nuclear_dipole: ``[3]`` (au), same origin as ``ao_dipole``.
+      with_polarizability: also ``alpha [3, 3] = d mu / d E`` (forward-mode, 3 directions).
+
+    Returns:
+      ``{"mo_energy" [n], "density" [n, n], "n_orbitals" [], "dipole" [3],
+      "polarizability" [3, 3] (if asked)}``.
+    """
+    ao_dipole = jnp.where(ao_mask[:, None] & ao_mask[None, :], ao_dipole, 0.0)
+
+    def mu(field):  # [3] -> [3]
+        orb = solve(h + jnp.einsum("k,kij->ij", field, ao_dipole), s, ao_mask, n_occ,
+                    s_threshold)
+        return dipole(orb.density, ao_dipole, nuclear_dipole), orb
+
+    zero = jnp.zeros(3, h.dtype)
+    out = {}
+    if with_polarizability:
+        out["polarizability"], orb = jax.jacfwd(mu, has_aux=True)(zero)
+    else:
+        orb = mu(zero)[1]
+    out.update(mo_energy=orb.mo_energy, density=orb.density, n_orbitals=orb.n_orbitals,
+               dipole=dipole(orb.density, ao_dipole, nuclear_dipole))
+    return out
