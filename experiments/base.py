@@ -35,6 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.heads = helm.default_heads_config()
 
     c.losses = ml_collections.ConfigDict(dict(hamiltonian=1.0, energy=0.0, forces=0.0))
+    # Modules searched (after helm_jax.losses) for loss names: a fork's own losses.
+    c.loss_modules = ()
 
     # Quantum-chemistry targets of the predicted H (helm_jax/qm.py; losses orbital_energies,
     # gap, dipole, polarizability): enabled adds the labels (data from label.py --dipole);

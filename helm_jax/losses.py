@@ -19,9 +19,10 @@ To add a loss in a fork, write one function and name it in the config::
         return Partial({"ae": jnp.sum(jnp.abs(err) * mask), "n": jnp.sum(mask)},
                        lambda s: s["ae"] / s["n"])
 
-    config.losses = {"hamiltonian": 1.0, "my_fork.losses.offdiag_l1": 0.1}
+    config.loss_modules = ("my_fork.losses",)
+    config.losses.offdiag_l1 = 0.1
 
-Names without a dot are looked up in this module.
+Names are looked up in this module first, then in ``config.loss_modules``.
 
 Quantum-chemistry losses (``orbital_energies``, ``gap``, ``dipole``, ``polarizability``; DESIGN.md
 section 2, second seed) read ``out["qm"]``: the orbital energies, dipole and polarisability of
@@ -299,15 +300,25 @@ def polarizability_mae(out, batch, ctx: LossContext) -> Partial:
     return _mae(jnp.abs(err), mask)
 
 
-def resolve(name: str) -> Callable[..., Partial]:
-    """The loss function called ``name`` (this module, or a dotted ``module.function``)."""
-    if "." in name:
-        module, fn = name.rsplit(".", 1)
-        return getattr(importlib.import_module(module), fn)
-    if name.startswith("_") or not callable(globals().get(name)):
-        raise ValueError(f"Unknown loss {name!r}: define it in helm_jax/losses.py or give a "
-                         "dotted path 'package.module.function'.")
-    return globals()[name]
+def resolve(name: str, modules: tuple[str, ...] = ()) -> Callable[..., Partial]:
+    """The loss function called ``name``: from this module, else from ``modules`` in order.
+
+    Args:
+      name: function name (config keys cannot contain dots, so forks list their modules in
+        ``config.loss_modules`` instead of dotting the name).
+      modules: importable module names searched after ``helm_jax.losses``.
+
+    Raises:
+      ValueError: no such loss, naming the places searched.
+    """
+    if not name.startswith("_") and callable(globals().get(name)):
+        return globals()[name]
+    for module in modules:
+        fn = getattr(importlib.import_module(module), name, None)
+        if callable(fn):
+            return fn
+    raise ValueError(f"Unknown loss {name!r}: define it in helm_jax/losses.py, or in your own "
+                     f"module listed in config.loss_modules (searched: {list(modules)}).")
 
 
 def needs(weights: dict[str, float]) -> set[str]:

@@ -62,9 +62,9 @@ def _psum(tree):
 
 
 def make_train_step(model, tx, ctx, weights: dict[str, float], need: set[str],
-                    frozen_backbone: bool, ema_decay: float):
+                    frozen_backbone: bool, ema_decay: float, loss_modules: tuple = ()):
     """Per-device train step ``(params, opt_state, ema, batch) -> (..., metrics)``."""
-    loss_fns = {name: losses_lib.resolve(name) for name in weights}
+    loss_fns = {name: losses_lib.resolve(name, loss_modules) for name in weights}
 
     def step(params, opt_state, ema, batch):
         def loss_fn(p):
@@ -99,7 +99,8 @@ class Evaluator:
     def __init__(self, model, data: datasets.Data, config, ctx, weights, need, dtype):
         self.model, self.data, self.ctx = model, data, ctx
         self.weights, self.need = weights, need | {"energy"}
-        self.loss_fns = {name: losses_lib.resolve(name) for name in weights}
+        modules = tuple(config.get("loss_modules", ()))
+        self.loss_fns = {name: losses_lib.resolve(name, modules) for name in weights}
         if data.spec.qm_targets:
             self.need = self.need | {"qm", "polarizability"}
             self.loss_fns.update({name: losses_lib.resolve(name)
@@ -267,7 +268,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if ema_decay <= 0:
         train_state["ema"] = None
 
-    step_fn = make_train_step(model, tx, ctx, weights, need, protocol == "frozen", ema_decay)
+    step_fn = make_train_step(model, tx, ctx, weights, need, protocol == "frozen", ema_decay,
+                              tuple(config.get("loss_modules", ())))
     p_step = parallel.data_parallel(step_fn, mesh, n_replicated=3)
     params = parallel.replicate(params, mesh)
     opt_state = parallel.replicate(train_state["opt_state"], mesh)

@@ -187,3 +187,16 @@ def test_non_finite_loss_stops_with_a_clear_message(water, tmp_path):
     c.optim.update(learning_rate=1e30, clip_norm=0.0)
     with pytest.raises(FloatingPointError, match="Non-finite loss or gradient"):
         train.train_and_evaluate(c, str(tmp_path / "nan"))
+
+
+def test_a_fork_adds_a_loss_by_name(water, tmp_path):
+    c = trainlib.tiny_config(water, steps=2)
+    c.loss_modules = ("forklib",)
+    c.losses.offdiag_l1 = 0.5
+    train.train_and_evaluate(c, str(tmp_path))
+    rows = _metrics(str(tmp_path))
+    assert all(r["offdiag_l1"] > 0 for r in rows)
+    for r in rows:  # the total is the weighted sum of the named losses
+        assert r["loss"] == pytest.approx(r["hamiltonian"] + 0.5 * r["offdiag_l1"], rel=1e-5)
+    with pytest.raises(ValueError, match="Unknown loss 'nonexistent'"):
+        losses.resolve("nonexistent", ("forklib",))
