@@ -11,6 +11,7 @@ continues at its last checkpoint with the same data order and reproduces the sam
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import time
@@ -211,6 +212,30 @@ def _transfer_backbone(params, config):
     return {**params, "backbone": backbone}
 
 
+def _stored_budgets(config, data: datasets.Data, workdir: str) -> pipeline.BatchConfig:
+    """The training batch budgets, chosen from a scan once and stored in the workdir.
+
+    ``<workdir>/budgets.json`` keeps the budgets (and the size scan they came from), so a
+    resumed run packs molecules into exactly the same shapes and the same order.
+    """
+    batch_cfg = datasets.batch_config(config.data)
+    if batch_cfg.budgets:
+        return batch_cfg
+    path = os.path.join(workdir, "budgets.json")
+    if not os.path.exists(path):
+        train = data.splits["train"]
+        planned = pipeline.BatchIterator(data.graphs, train, batch_cfg, prefetch=0)
+        n_node, n_edge = (x[train] for x in data.graphs.sizes())
+        os.makedirs(workdir, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump({"budgets": [b.to_dict() for b in planned.budgets],
+                       "scan": {"molecules": int(len(train)),
+                                "atoms": [int(n_node.min()), int(n_node.max())],
+                                "edges": [int(n_edge.min()), int(n_edge.max())]}}, f, indent=1)
+    with open(path) as f:
+        return dataclasses.replace(batch_cfg, budgets=json.load(f)["budgets"])
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains a HELM model as ``config`` says, checkpointing and logging into ``workdir``.
 
@@ -239,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                         data.stats, n_virtual=config.qm.n_virtual,
                                         s_threshold=config.qm.s_threshold)
     train_it = pipeline.BatchIterator(
-        data.graphs, data.splits["train"], datasets.batch_config(config.data),
+        data.graphs, data.splits["train"], _stored_budgets(config, data, workdir),
         n_devices=mesh.size, seed=int(config.seed), stats=data.stats, dtype=dtype,
         prefetch=int(config.data.get("prefetch", 2)))
     num_steps = int(config.train.num_steps)
