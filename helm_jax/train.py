@@ -84,7 +84,7 @@ def make_train_step(model, tx, ctx, weights: dict[str, float], need: set[str],
         params = optax.apply_updates(params, updates)
         if ema is not None:
             ema = ema_update(ema, params, ema_decay)
-        return params, opt_state, ema, {"loss": loss, "grad_norm": optax.global_norm(grads),
+        return params, opt_state, ema, {"loss": loss, "grad_norm": optax.tree.norm(grads),
                                         **values}
 
     return step
