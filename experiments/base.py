@@ -69,6 +69,16 @@ def tiny_model(c: ml_collections.ConfigDict, l_max: int) -> None:
     c.heads.update(hidden=32, energy_hidden=32)
 
 
+def small_variant(c: ml_collections.ConfigDict, l_max: int, steps: int) -> None:
+    """The ``small`` variant of a config: tiny float32 model, few steps (in place)."""
+    c.name += "_small"
+    tiny_model(c, l_max=l_max)
+    c.model.update(dtype="float32", param_dtype="float32")
+    c.data.split.update(train=0.6, val=0.2, test=None)
+    c.train.update(num_steps=steps, eval_every=steps // 2, checkpoint_every=steps // 2,
+                   log_every=5)
+
+
 def variant_tokens(variant: str) -> tuple[list[str], dict[str, str]]:
     """Splits ``"a,b,k=v"`` (the text after ``config.py:``) into flags and key=values."""
     flags, values = [], {}

@@ -55,9 +55,5 @@ def get_config(variant: str = "ethanol"):
         c.data.split.update(train=k, val=max(5, k // 10), test=None)
         c.train.update(num_steps=3000, eval_every=250, checkpoint_every=250, log_every=50)
     if small:
-        c.name += "_small"
-        base.tiny_model(c, l_max=4)
-        c.model.update(dtype="float32", param_dtype="float32")
-        c.data.split.update(train=0.6, val=0.2, test=None)
-        c.train.update(num_steps=20, eval_every=10, checkpoint_every=10, log_every=5)
+        base.small_variant(c, l_max=4, steps=20)
     return c

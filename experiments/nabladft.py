@@ -32,9 +32,5 @@ def get_config(variant: str = "2k"):
     c.data.split.update(train=int(SIZES[size] * 0.9), val=SIZES[size] // 10, test=None)
     c.train.update(num_steps=50000, eval_every=1000, checkpoint_every=1000, log_every=100)
     if "small" in flags:
-        c.name += "_small"
-        base.tiny_model(c, l_max=4)
-        c.model.update(dtype="float32", param_dtype="float32")
-        c.data.split.update(train=0.6, val=0.2, test=None)
-        c.train.update(num_steps=10, eval_every=5, checkpoint_every=5, log_every=5)
+        base.small_variant(c, l_max=4, steps=10)
     return c
