@@ -82,3 +82,12 @@ def test_nabladft_small(tmp_path):
     c.data.split.update(train=2, val=1, test=None)
     result = train.train_and_evaluate(c, str(tmp_path / "w"))
     assert np.isfinite(result["val"]["h_mae"])
+
+
+@pytest.mark.parametrize("variant", ["h_only", "reduced_basis"])
+def test_qm_targets_small(variant, tmp_path):
+    c = _short(load_config("qm_targets", f"{variant},small"))
+    c.data.path = trainlib.label_water_qm(str(tmp_path / "water_qm.h5"))
+    result = train.train_and_evaluate(c, str(tmp_path / "w"))
+    for name in ("h_mae", "orbital_energy_mae", "gap_mae", "dipole_mae", "polarizability_mae"):
+        assert np.isfinite(result["val"][name]), name

@@ -23,6 +23,18 @@ def label_water(out: str) -> str:
     return out
 
 
+def label_water_qm(out: str) -> str:
+    """HF/def2-SVP labels of the water frames with AO dipole integrals, reference targets and
+    def2-TZVP targets (``label.py --dipole --targets_basis=def2-tzvp``)."""
+    from helm_jax.data import labelling
+    if not os.path.exists(out):
+        labelling.label_file(WATER_XYZ, out, labelling.LevelOfTheory(method="HF",
+                                                                     basis="def2-svp"),
+                             progress=False, props=labelling.Properties(
+                                 dipole=True, targets_basis="def2-tzvp"))
+    return out
+
+
 def tiny_config(data_path: str, steps: int = 4):
     """A tiny Hamiltonian run on ``data_path`` (fast to compile on CPU)."""
     c = base.get_config()
