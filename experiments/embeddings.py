@@ -46,18 +46,6 @@ MIN_UMAP_POINTS = 10
 MAX_ENV_COLOURS = 14  # the most frequent environments get colours; the rest are "other"
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("checkpoint", None, "label=path of a workdir or checkpoint dir "
-                          "(repeat for several); a bare path uses its directory name.")
-flags.DEFINE_string("data", None, "Structures to embed: 'embedded' (the shipped geometries), "
-                    "an xyz / extended-xyz / ASE db file, or any dataset file "
-                    "helm_jax.data.readers opens (default: the first checkpoint's data).")
-flags.DEFINE_string("out", "embeddings", "Output directory.")
-flags.DEFINE_enum("projection", "auto", ["auto", "umap", "pca"],
-                  "auto: UMAP when importable and there are enough atoms, else PCA.")
-flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint of a workdir.")
-flags.DEFINE_integer("max_structures", None, "Embed only the first N structures.")
-flags.DEFINE_integer("seed", 0, "Seed of the UMAP projection.")
-flags.mark_flags_as_required(["checkpoint"])
 
 
 # -- structures ---------------------------------------------------------------------------
@@ -400,6 +388,7 @@ def run(checkpoints: dict[str, str], data: str | None, out: str, projection: str
 
 
 def main(argv):
+    """Embeds ``--data`` with each ``--checkpoint``; writes projections and plots to ``--out``."""
     del argv
     logging.set_verbosity(logging.ERROR)  # orbax warns about read-only managers
     run(parse_checkpoints(FLAGS.checkpoint), FLAGS.data, FLAGS.out, FLAGS.projection,
@@ -408,5 +397,23 @@ def main(argv):
           "summary.json.")
 
 
+def define_flags() -> None:
+    """The command line's flags (defined only when run as a script, so that importing this
+    module next to another experiments/ script defines no duplicate flags)."""
+    flags.DEFINE_multi_string("checkpoint", None, "label=path of a workdir or checkpoint dir "
+                              "(repeat for several); a bare path uses its directory name.")
+    flags.DEFINE_string("data", None, "Structures to embed: 'embedded' (the shipped "
+                        "geometries), an xyz / extended-xyz / ASE db file, or any dataset file "
+                        "helm_jax.data.readers opens (default: the first checkpoint's data).")
+    flags.DEFINE_string("out", "embeddings", "Output directory.")
+    flags.DEFINE_enum("projection", "auto", ["auto", "umap", "pca"],
+                      "auto: UMAP when importable and there are enough atoms, else PCA.")
+    flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint of a workdir.")
+    flags.DEFINE_integer("max_structures", None, "Embed only the first N structures.")
+    flags.DEFINE_integer("seed", 0, "Seed of the UMAP projection.")
+    flags.mark_flags_as_required(["checkpoint"])
+
+
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

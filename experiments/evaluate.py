@@ -33,6 +33,7 @@ flags.mark_flags_as_required(["checkpoint"])
 
 
 def main(argv):
+    """Evaluates ``--checkpoint`` on ``--split`` and writes metrics, CSV and plots to ``--out``."""
     del argv
     logging.set_verbosity(logging.ERROR)  # orbax warns about read-only managers
     from helm_jax import evaluate

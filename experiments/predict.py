@@ -24,6 +24,7 @@ flags.mark_flags_as_required(["checkpoint", "xyz", "out"])
 
 
 def main(argv):
+    """Predicts every structure of ``--xyz`` into the HDF5 file ``--out``."""
     del argv
     logging.set_verbosity(logging.ERROR)  # orbax warns about read-only managers
     from helm_jax import predict

@@ -214,6 +214,7 @@ class ProjectH5Reader(Reader):
         self._keys = ds.keys
 
     def converged_indices(self) -> np.ndarray:
+        """int64 ``[m]`` indices of the structures stored with ``converged=True``."""
         return self._ds.converged_indices()
 
     def _read(self, i: int) -> Record:
