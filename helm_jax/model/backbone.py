@@ -16,6 +16,16 @@ with ``a = avg_degree``. Node updates never read edge embeddings, so
 ``compute_edges=False`` (energy-only path) skips all edge work. Padded nodes and edges
 are masked to zero after every update, and padded edge vectors are replaced before any
 norm (``so3.edge_frames``), so they change nothing and receive zero gradient.
+
+Memory (``edge_chunk_size``, ``chunk_edges_above``, ``remat``): above the edge threshold
+both edge passes of a layer run over fixed-size edge chunks (``flax.linen.scan`` with the
+parameters broadcast, so the parameter tree is the same as unchunked): the node update
+accumulates ``segment_sum`` of each chunk's messages into a carry ``[N, K, C]``, the edge
+update maps each chunk of ``e`` to its new value. Each chunk body is rematerialised, so the
+backward pass keeps only chunk inputs; peak activation memory is then
+``O(edge_chunk_size * K * C)`` per intermediate plus the ``[E, K, C]`` edge stream itself.
+The Wigner blocks of the edge frames are computed once per forward pass and sliced per
+chunk (never recomputed per layer).
 """
 
 from __future__ import annotations
@@ -51,6 +61,13 @@ def default_model_config() -> ml_collections.ConfigDict:
         # e.g. 'bfloat16': matmul inputs in bf16, results cast to dtype; None: dtype.
         matmul_dtype=ml_collections.FieldReference(None, field_type=str),
         remat=False,  # rematerialise each layer in the backward pass
+        # Edge-chunked message passing (bounded memory on large graphs): when a batch has
+        # more than chunk_edges_above edges, messages are computed edge_chunk_size edges at
+        # a time (a scan; node sums accumulated with segment_sum, each chunk rematerialised
+        # in the backward pass), so activation memory no longer grows with E x (l_max+1)^2
+        # x C per intermediate. 0 disables chunking. Same parameters, same outputs.
+        edge_chunk_size=2048,
+        chunk_edges_above=8192,
     ))
 
 
@@ -77,8 +94,22 @@ class _EdgeMessage(nn.Module):
         return so3.rotate_inverse(wigner, x)
 
 
+def _chunk_edges(arrays, num_chunks: int, chunk: int):
+    """Pads every ``[E, ...]`` array of a pytree to ``num_chunks * chunk`` rows (zeros) and
+    reshapes it to ``[num_chunks, chunk, ...]``."""
+    def one(x):
+        pad = num_chunks * chunk - x.shape[0]
+        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+        return x.reshape((num_chunks, chunk) + x.shape[1:])
+    return jax.tree.map(one, arrays)
+
+
 class HELMLayer(nn.Module):
-    """One node update and, if ``compute_edges``, one edge update (see module docstring)."""
+    """One node update and, if ``compute_edges``, one edge update (see module docstring).
+
+    With ``edge_chunk_size > 0`` and more than ``chunk_edges_above`` edges, both edge passes
+    run over chunks of ``edge_chunk_size`` edges (same parameters, same outputs).
+    """
     l_max: int
     m_max: int
     channels: int
@@ -89,6 +120,34 @@ class HELMLayer(nn.Module):
     dtype: layers.Dtype
     param_dtype: layers.Dtype
     matmul_dtype: Optional[layers.Dtype]
+    edge_chunk_size: int = 0
+    chunk_edges_above: int = 0
+
+    def _kw(self):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        mkw = dict(l_max=self.l_max, m_max=self.m_max, channels=self.channels,
+                   radial_hidden=self.edge_channels_hidden, matmul_dtype=self.matmul_dtype, **kw)
+        fkw = dict(l_max=self.l_max, hidden=self.ffn_channels, features=self.channels,
+                   matmul_dtype=self.matmul_dtype, **kw)
+        return kw, mkw, fkw
+
+    def _node_messages(self, hn, wigner, edge_scalars, edge_weight, senders, receivers):
+        """Sum over edges of the weighted node messages; ``[N, K, C]`` (submodules are
+        created in the calling module's scope, so chunked and unchunked paths share them)."""
+        _, mkw, _ = self._kw()
+        pair = jnp.concatenate([hn[senders], hn[receivers]], axis=-1)  # [E, K, 2C]
+        message = _EdgeMessage(name='node_message', **mkw)(pair, wigner, edge_scalars)
+        message = message * edge_weight[:, None, None].astype(message.dtype)
+        return jax.ops.segment_sum(message, receivers, num_segments=hn.shape[0])
+
+    def _edge_update(self, e, h, wigner, edge_scalars, senders, receivers):
+        """``e + N(message)`` then ``+ FFN(N(e))`` for the given edges; ``[E, K, C]``."""
+        kw, mkw, fkw = self._kw()
+        pair = jnp.concatenate([h[senders], h[receivers]], axis=-1)  # [E, K, 2C]
+        message = _EdgeMessage(name='edge_message', **mkw)(pair, wigner, edge_scalars)
+        e = e + layers.EquivariantRMSNorm(self.l_max, name='edge_norm_message', **kw)(message)
+        return e + layers.FeedForward(name='edge_ffn', **fkw)(
+            layers.EquivariantRMSNorm(self.l_max, name='edge_norm_ffn', **kw)(e))
 
     @nn.compact
     def __call__(
@@ -103,31 +162,46 @@ class HELMLayer(nn.Module):
         node_mask: jax.Array,  # [N]
         edge_mask: jax.Array,  # [E]
     ) -> tuple[jax.Array, Optional[jax.Array]]:
-        num_nodes = h.shape[0]
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        mkw = dict(l_max=self.l_max, m_max=self.m_max, channels=self.channels,
-                   radial_hidden=self.edge_channels_hidden, matmul_dtype=self.matmul_dtype, **kw)
-        fkw = dict(l_max=self.l_max, hidden=self.ffn_channels, features=self.channels,
-                   matmul_dtype=self.matmul_dtype, **kw)
+        """Updates node (and edge) features; returns ``(h [N, K, C], e [E, K, C] or None)``."""
+        num_nodes, num_edges = h.shape[0], senders.shape[0]
+        kw, _, fkw = self._kw()
         node_keep = node_mask[:, None, None].astype(self.dtype)
         edge_keep = edge_mask[:, None, None].astype(self.dtype)
+        chunk = self.edge_chunk_size
+        chunked = chunk > 0 and num_edges > max(self.chunk_edges_above, chunk)
+        num_chunks = -(-num_edges // chunk) if chunked else 1
+        edge_inputs = (senders, receivers, wigner, edge_scalars, edge_weight)
+        if chunked:  # padded rows: weight 0, features finite (zero Wigner blocks)
+            edge_chunks = _chunk_edges(edge_inputs, num_chunks, chunk)
 
         hn = layers.EquivariantRMSNorm(self.l_max, name='node_norm_message', **kw)(h)
-        pair = jnp.concatenate([hn[senders], hn[receivers]], axis=-1)  # [E, K, 2C]
-        message = _EdgeMessage(name='node_message', **mkw)(pair, wigner, edge_scalars)
-        message = message * edge_weight[:, None, None]
-        h = h + jax.ops.segment_sum(message, receivers, num_segments=num_nodes) / self.avg_degree
+        if chunked:
+            def node_body(mdl, acc, xs, hn):
+                s, r, wig, sc, w = xs
+                return acc + mdl._node_messages(hn, wig, sc, w, s, r), None
+            scan = nn.scan(nn.remat(node_body, prevent_cse=False), variable_broadcast='params',
+                           split_rngs={'params': False}, in_axes=(0, nn.broadcast))
+            summed, _ = scan(self, jnp.zeros_like(h), edge_chunks, hn)
+        else:
+            summed = self._node_messages(hn, wigner, edge_scalars, edge_weight, senders,
+                                         receivers)
+        h = h + summed / self.avg_degree
         h = h + layers.FeedForward(name='node_ffn', **fkw)(
             layers.EquivariantRMSNorm(self.l_max, name='node_norm_ffn', **kw)(h))
         h = h * node_keep
 
         if not self.compute_edges:
             return h, None
-        pair = jnp.concatenate([h[senders], h[receivers]], axis=-1)  # [E, K, 2C]
-        message = _EdgeMessage(name='edge_message', **mkw)(pair, wigner, edge_scalars)
-        e = e + layers.EquivariantRMSNorm(self.l_max, name='edge_norm_message', **kw)(message)
-        e = e + layers.FeedForward(name='edge_ffn', **fkw)(
-            layers.EquivariantRMSNorm(self.l_max, name='edge_norm_ffn', **kw)(e))
+        if chunked:
+            def edge_body(mdl, carry, xs, h):
+                (s, r, wig, sc, _), e_chunk = xs
+                return carry, mdl._edge_update(e_chunk, h, wig, sc, s, r)
+            scan = nn.scan(nn.remat(edge_body, prevent_cse=False), variable_broadcast='params',
+                           split_rngs={'params': False}, in_axes=(0, nn.broadcast))
+            _, e = scan(self, (), (edge_chunks, _chunk_edges(e, num_chunks, chunk)), h)
+            e = e.reshape((num_chunks * chunk,) + e.shape[2:])[:num_edges]
+        else:
+            e = self._edge_update(e, h, wigner, edge_scalars, senders, receivers)
         return h, e * edge_keep
 
 
@@ -152,6 +226,8 @@ class HELMBackbone(nn.Module):
     param_dtype: layers.Dtype = 'float32'
     matmul_dtype: Optional[layers.Dtype] = None
     remat: bool = False
+    edge_chunk_size: int = 2048
+    chunk_edges_above: int = 8192
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> 'HELMBackbone':
@@ -232,7 +308,8 @@ class HELMBackbone(nn.Module):
                 l_max=self.l_max, m_max=self.m_max, channels=self.channels,
                 edge_channels_hidden=self.edge_channels_hidden, ffn_channels=self.ffn_channels,
                 avg_degree=self.avg_degree, compute_edges=compute_edges,
-                matmul_dtype=matmul_dtype, name=f'layer_{i}', **kw)(
+                matmul_dtype=matmul_dtype, edge_chunk_size=self.edge_chunk_size,
+                chunk_edges_above=self.chunk_edges_above, name=f'layer_{i}', **kw)(
                     h, e, wigner, edge_scalars, edge_weight, senders, receivers, node_mask,
                     edge_mask)
 
