@@ -279,22 +279,18 @@ def element_labels(species: np.ndarray) -> list[str]:
 def plot_one(path: str, coords: np.ndarray, labels: Sequence[str], title: str,
              top: int | None, legend_cols: int) -> None:
     """One projection coloured by ``labels``, saved as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 5))
-    _scatter(ax, coords, labels, title, top, legend_cols)
+    from matplotlib.figure import Figure  # no pyplot: no backend switch in notebooks
+    fig = Figure(figsize=(7, 5))
+    _scatter(fig.subplots(), coords, labels, title, top, legend_cols)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_grid(path: str, results: dict[str, dict]) -> None:
     """All checkpoints (rows) coloured by element and environment (columns)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(len(results), 2, figsize=(14, 4.6 * len(results)), squeeze=False)
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(14, 4.6 * len(results)))
+    axes = fig.subplots(len(results), 2, squeeze=False)
     for row, (label, r) in enumerate(results.items()):
         how = r["projection"].upper()
         _scatter(axes[row, 0], r["coords"], element_labels(r["species"]),
@@ -304,7 +300,6 @@ def plot_grid(path: str, results: dict[str, dict]) -> None:
                  MAX_ENV_COLOURS, 1)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # -- driver -------------------------------------------------------------------------------

@@ -260,21 +260,25 @@ def write_outputs(report: Report, summary: dict, out: str) -> list[str]:
 
 
 def plot(report: Report, summary: dict, out: str) -> list[str]:
-    """H parity, H MAE by element pair, and orbital-energy errors as PNGs in ``out``."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """H parity, H MAE by element pair, and orbital-energy errors as PNGs in ``out``.
+
+    Bare ``matplotlib.figure.Figure`` objects: no pyplot state, no backend switch.
+    """
+    from matplotlib.figure import Figure
 
     paths = []
+
+    def new_axes(figsize):
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots()
 
     def save(fig, name):
         fig.tight_layout()
         paths.append(os.path.join(out, name))
         fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
 
     ref, pred = (np.asarray(x) for x in report.parity)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = new_axes((5, 5))
     if ref.size:
         lim = [min(ref.min(), pred.min()), max(ref.max(), pred.max())]
         ax.plot(lim, lim, "k-", lw=0.5)
@@ -284,14 +288,14 @@ def plot(report: Report, summary: dict, out: str) -> list[str]:
     save(fig, "h_parity.png")
 
     pairs = sorted(summary.get("element_pairs", {}).items(), key=lambda kv: -kv[1]["mae_ueh"])
-    fig, ax = plt.subplots(figsize=(max(5, 0.3 * len(pairs)), 4))
+    fig, ax = new_axes((max(5, 0.3 * len(pairs)), 4))
     ax.bar([k for k, _ in pairs], [v["mae_ueh"] for _, v in pairs])
     ax.set(ylabel="H MAE (uEh)", yscale="log",
            title="H MAE by element pair\n(one symbol: on-site blocks)")
     ax.tick_params(axis="x", rotation=90)
     save(fig, "h_mae_pairs.png")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_axes((6, 4))
     for k, (e_ref, e_pred) in enumerate(report.eps):
         err = (e_pred - e_ref) * MEV
         ax.scatter(e_ref[:-1] * metrics_lib.HARTREE_EV, err[:-1], s=6, c="C0",

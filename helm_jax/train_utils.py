@@ -169,12 +169,15 @@ class MetricsLogger:
         return line
 
     def plot(self) -> str:
-        """Writes ``learning_curve.png`` (train loss, validation loss and H MAE)."""
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        """Writes ``learning_curve.png`` (train loss, validation loss and H MAE).
+
+        Draws on a bare ``matplotlib.figure.Figure``: no pyplot state and no backend switch,
+        so a notebook's inline plots keep working after training.
+        """
+        from matplotlib.figure import Figure
         path = os.path.join(self.workdir, "learning_curve.png")
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        fig = Figure(figsize=(10, 4))
+        axes = fig.subplots(1, 2)
         for split, style in (("train", "-"), ("val", "o-")):
             rows = [r for r in self.history if r["split"] == split]
             if rows:
@@ -190,7 +193,6 @@ class MetricsLogger:
                 ax.legend()
         fig.tight_layout()
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         return path
 
     def close(self) -> None:
