@@ -170,7 +170,7 @@ class EquivariantRMSNorm(nn.Module):
                            self.param_dtype).astype(self.dtype)
         bias = self.param('bias', nn.initializers.zeros, (channels,),
                           self.param_dtype).astype(self.dtype)
-        y = x * jax.lax.rsqrt(ms + self.eps) * scale[degree]
+        y = x * jax.lax.rsqrt(ms + self.eps) * expand_degrees(scale, self.l_max)
         return y.at[..., 0, :].add(bias)
 
 
@@ -194,8 +194,21 @@ def gate(
     if l_max == 0:
         return nn.silu(x)
     g = jax.nn.sigmoid(gates.reshape(gates.shape[:-1] + (l_max, channels)))
-    g = jnp.take(g, so3.degree_index(l_max)[1:] - 1, axis=-2)  # [..., K-1, C]
-    return jnp.concatenate([nn.silu(x[..., :1, :]), x[..., 1:, :] * g], axis=-2)
+    return jnp.concatenate(
+        [nn.silu(x[..., :1, :])] + [x[..., l * l:(l + 1) ** 2, :] * g[..., l - 1:l, :]
+                                    for l in range(1, l_max + 1)], axis=-2)
+
+
+def expand_degrees(a: jax.Array, l_max: int) -> jax.Array:
+    """Per-degree values ``[..., l_max+1, C]`` -> per-coefficient ``[..., (l_max+1)^2, C]``.
+
+    Equals ``a[..., so3.degree_index(l_max), :]`` but with broadcasts and one concatenation
+    (a gather's gradient is a scatter-add, slow on XLA:CPU).
+    """
+    assert a.shape[-2] == l_max + 1, (a.shape, l_max)
+    return jnp.concatenate([jnp.broadcast_to(a[..., l:l + 1, :], a.shape[:-2] + (2 * l + 1,)
+                                             + a.shape[-1:]) for l in range(l_max + 1)],
+                           axis=-2)
 
 
 class SO3Linear(nn.Module):
@@ -221,8 +234,11 @@ class SO3Linear(nn.Module):
         kernel = self.param('kernel', init, (self.l_max + 1, x.shape[-1], self.features),
                             self.param_dtype)
         in_dtype = self.dtype if self.matmul_dtype is None else self.matmul_dtype
-        y = jnp.einsum('...kc,kcd->...kd', x.astype(in_dtype),
-                       kernel[so3.degree_index(self.l_max)].astype(in_dtype)).astype(self.dtype)
+        x, kernel = x.astype(in_dtype), kernel.astype(in_dtype)
+        # One matmul per degree on a static slice: no gather of the kernel to [K, C, D]
+        # (whose gradient is a scatter-add) and no batched dot over k.
+        y = jnp.concatenate([jnp.matmul(x[..., l * l:(l + 1) ** 2, :], kernel[l])
+                             for l in range(self.l_max + 1)], axis=-2).astype(self.dtype)
         if self.use_bias:
             bias = self.param('bias', nn.initializers.zeros, (self.features,), self.param_dtype)
             y = y.at[..., 0, :].add(bias.astype(self.dtype))

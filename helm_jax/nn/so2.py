@@ -34,26 +34,6 @@ def _order_indices(l_max: int, m: int) -> tuple[np.ndarray, np.ndarray]:
     return ls * ls + ls + m, ls * ls + ls - m
 
 
-def _assembly_index(l_max: int, m_max: int) -> np.ndarray:
-    """Gather index from the stacked per-m outputs back to the coefficient layout.
-
-    The stacked outputs are ``[y_0 (l=0..l_max), y_{+1}, y_{-1}, ..., y_{-m_max}, zero]``;
-    coefficients with ``|m| > m_max`` point at the trailing zero row.
-    """
-    index = np.zeros(so3.num_coefficients(l_max), dtype=np.int32)
-    offset = 0
-    for m in range(m_max + 1):
-        plus, minus = _order_indices(l_max, m)
-        index[plus] = offset + np.arange(len(plus))
-        offset += len(plus)
-        if m > 0:
-            index[minus] = offset + np.arange(len(minus))
-            offset += len(minus)
-    orders = so3.order_index(l_max)
-    index[np.abs(orders) > m_max] = offset
-    return index
-
-
 class SO2Convolution(nn.Module):
     """SO(2)-equivariant linear map of edge-frame features.
 
@@ -99,11 +79,13 @@ class SO2Convolution(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, matmul_dtype=self.matmul_dtype)
 
         # Per m: inputs [E, 2, (l_max+1-m) C] holding (+m, -m); m = 0 has a single row.
+        # Static single-row slices and concatenations, not gathers: their gradients are
+        # pads and adds instead of scatter-adds (slow on XLA:CPU).
         inputs = []
         for m in range(m_max + 1):
-            plus, minus = _order_indices(l_max, m)
-            rows = [plus] if m == 0 else [plus, minus]
-            inputs.append(jnp.stack([x[:, r].reshape(num_edges, -1) for r in rows], axis=1))
+            rows = _order_indices(l_max, m)[:1 if m == 0 else 2]
+            inputs.append(jnp.stack([_rows(x, r).reshape(num_edges, -1) for r in rows],
+                                    axis=1))
         if self.radial_hidden is not None:
             sizes = [(l_max + 1 - m) * channels for m in range(m_max + 1)]
             radial = layers.RadialMLP(self.radial_hidden, sum(sizes), name='radial', **kw)(
@@ -115,7 +97,9 @@ class SO2Convolution(nn.Module):
         width0 = (l_max + 1) * self.features
         y0 = layers.Dense(width0 + self.num_gates, name='m0', **kw)(inputs[0][:, 0])
         gates = y0[:, width0:]
-        outputs = [y0[:, :width0].reshape(num_edges, l_max + 1, self.features)]
+        # by_order[m] = (y_{+m}, y_{-m}), each [E, l_max+1-m, features] over l = m..l_max.
+        y0 = y0[:, :width0].reshape(num_edges, l_max + 1, self.features)
+        by_order = [(y0, y0)]
         for m in range(1, m_max + 1):
             width = (l_max + 1 - m) * self.features
             # One kernel [W_r | W_i] applied to both rows; 1/sqrt(2): y sums two products.
@@ -124,9 +108,25 @@ class SO2Convolution(nn.Module):
             real, imag = ym[..., :width], ym[..., width:]
             y_plus = real[:, 0] - imag[:, 1]
             y_minus = real[:, 1] + imag[:, 0]
-            outputs += [y.reshape(num_edges, l_max + 1 - m, self.features)
-                        for y in (y_plus, y_minus)]
-        if m_max < l_max:
-            outputs.append(jnp.zeros((num_edges, 1, self.features), self.dtype))
-        stacked = jnp.concatenate(outputs, axis=1)
-        return jnp.take(stacked, _assembly_index(l_max, m_max), axis=1), gates
+            by_order.append(tuple(y.reshape(num_edges, l_max + 1 - m, self.features)
+                                  for y in (y_plus, y_minus)))
+        zero = jnp.zeros((num_edges, 1, self.features), self.dtype)
+        rows = []  # coefficient layout k = l*l + l + m (static slices, no gather)
+        for l in range(l_max + 1):
+            for m in range(-l, l + 1):
+                if abs(m) > m_max:
+                    rows.append(zero)
+                else:
+                    y = by_order[abs(m)][0 if m >= 0 else 1]
+                    rows.append(y[:, l - abs(m):l - abs(m) + 1])
+        return jnp.concatenate(rows, axis=1), gates
+
+
+def _rows(x: jax.Array, index: np.ndarray) -> jax.Array:
+    """``x[:, index]`` for a static index array, as slices of runs of consecutive rows."""
+    parts, start = [], 0
+    for i in range(1, len(index) + 1):
+        if i == len(index) or index[i] != index[i - 1] + 1:
+            parts.append(x[:, int(index[start]):int(index[i - 1]) + 1])
+            start = i
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
