@@ -41,6 +41,10 @@ def parse_args(argv=None):
     p.add_argument("--remat", action="store_true", help="rematerialise each layer")
     p.add_argument("--l_max", type=int, default=None, help="override l_max (scaling tables)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--edge_chunk_size", type=int, default=None,
+                   help="override config.model.edge_chunk_size (0: never chunk)")
+    p.add_argument("--chunk_edges_above", type=int, default=None,
+                   help="override config.model.chunk_edges_above")
     return p.parse_args(argv)
 
 
@@ -66,8 +70,20 @@ def molecule(name: str):
     return np.concatenate(zs)[:n], np.concatenate(xs)[:n]
 
 
-def setup(config: str, dtype: str, l_max: int | None = None, remat: bool = False):
-    """``(config, template)`` of a benchmark configuration (md17 or omol)."""
+def setup(config: str, dtype: str, l_max: int | None = None, remat: bool = False,
+          **model_overrides):
+    """``(config, template)`` of a benchmark configuration (md17 or omol).
+
+    Args:
+      config: ``md17`` (l_max 4, def2-SVP template) or ``omol`` (l_max 6, def2-TZVPD).
+      dtype: compute and parameter dtype.
+      l_max: override l_max (and m_max); the template is reduced to irreps that fit.
+      remat: rematerialise each layer.
+      **model_overrides: other ``config.model`` fields (None values are ignored).
+
+    Returns:
+      ``(config, template)``.
+    """
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "experiments"))
     import base
     from helm_jax import basis
@@ -85,11 +101,18 @@ def setup(config: str, dtype: str, l_max: int | None = None, remat: bool = False
             counts = tuple(template.counts[: l_max // 2 + 1])
             template = basis.Template(template.basis, template.ecp, template.elements, counts)
     c.model.update(dtype=dtype, param_dtype=dtype, remat=remat)
+    c.model.update({k: v for k, v in model_overrides.items() if v is not None})
     return c, template
 
 
 def build(args):
-    """Model, parameters, one padded batch and the step function of the case."""
+    """Model, parameters, one padded batch and the step function of the case.
+
+    Returns:
+      ``(run, info)``: ``run()`` performs one step (forward, energy-only forward or train
+      step with the optimiser update) and returns its outputs; ``info`` has atoms, edges,
+      template and parameter count.
+    """
     import jax
     import numpy as np
     from helm_jax import losses, parallel
@@ -99,7 +122,9 @@ def build(args):
     from helm_jax.train import make_train_step
     from helm_jax.train_utils import build_optimizer
 
-    c, template = setup(args.config, args.dtype, args.l_max, args.remat)
+    c, template = setup(args.config, args.dtype, args.l_max, args.remat,
+                        edge_chunk_size=args.edge_chunk_size,
+                        chunk_edges_above=args.chunk_edges_above)
     z, pos = molecule(args.molecule)
     spec = graphs.GraphSpec(template, float(c.model.cutoff))
     g = graphs.build_graph(Record(elements=z, coords=pos), spec, with_labels=False)
@@ -149,6 +174,7 @@ def peak_memory_gib() -> tuple[float, str]:
 
 
 def main(argv=None):
+    """Builds the case, times ``--steps`` steps after warm-up and prints one JSON line."""
     args = parse_args(argv)
     if hasattr(os, "sched_setaffinity"):
         cpus = sorted(os.sched_getaffinity(0))[: args.threads]
@@ -173,7 +199,8 @@ def main(argv=None):
     out = {**vars(args), **info, "device": str(jax.devices()[0].device_kind),
            "compile_s": round(compile_s, 2), "median_ms": round(1e3 * float(np.median(times)), 1),
            "min_ms": round(1e3 * min(times), 1), "max_ms": round(1e3 * max(times), 1),
-           "peak_memory_gib": round(mem, 3), "memory_kind": mem_kind}
+           "peak_memory_gib": round(mem, 3), "memory_kind": mem_kind,
+           "loadavg": [round(x, 2) for x in os.getloadavg()]}
     print(json.dumps(out))
     return out
 
