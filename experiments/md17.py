@@ -13,7 +13,8 @@ Energy transfer on rMD17's own (ORCA) energies and forces with K training confor
         --config.transfer.init_from=workdirs/md17_ethanol
 
 Variants: a molecule (ethanol, malonaldehyde, uracil), ``energy`` with a protocol (direct,
-frozen, finetune) and ``k=K``, ``small`` for a quick CPU run, ``float32``.
+frozen, finetune) and ``k=K``, ``small`` for a quick CPU run, ``float32``, ``study`` for the
+CPU-sized model and budgets of the pretraining study (``experiments/rmd17_study.py``).
 """
 
 import os
@@ -54,6 +55,32 @@ def get_config(variant: str = "ethanol"):
         c.data.path = f"data/rmd17/{mol}_train_01.xyz"
         c.data.split.update(train=k, val=max(5, k // 10), test=None)
         c.train.update(num_steps=3000, eval_every=250, checkpoint_every=250, log_every=50)
+    if "study" in flags:
+        study_variant(c, energy="energy" in flags)
     if small:
         base.small_variant(c, l_max=4, steps=20)
     return c
+
+
+def study_variant(c, energy: bool) -> None:
+    """The rMD17 pretraining study's settings (in place), identical for every protocol.
+
+    Model: C=64, 2 layers, l_max=4, m_max=2, 32 radial Gaussians, cutoff 8 A (every atom
+    pair of these molecules), float32. Hamiltonian pretraining: 3,000 Adam steps of 5
+    molecules (cosine 1e-3 -> 1e-5). Energy runs: 1,500 Adam steps of 5 molecules (cosine
+    1e-3 -> 1e-5, 50 warm-up steps), loss E + F (per-atom force MSE weighted 1), finetune
+    backbone at 0.1x the learning rate; no test split inside the run (the study evaluates
+    on rMD17's test file).
+    """
+    c.model.update(channels=64, num_layers=2, l_max=4, m_max=2, num_rbf=32, cutoff=8.0,
+                   edge_channels_hidden=64, ffn_channels=64, dtype="float32",
+                   param_dtype="float32")
+    c.heads.update(hidden=64, energy_hidden=64)
+    c.optim.update(name="adam", learning_rate=1e-3, schedule="cosine", warmup_steps=50,
+                   final_lr_fraction=0.01, weight_decay=0.0)
+    if energy:
+        c.train.update(num_steps=1500, eval_every=250, checkpoint_every=250, log_every=50)
+        c.data.split.test = 0
+    else:
+        c.data.split.update(train=450, val=50, test=0)
+        c.train.update(num_steps=3000, eval_every=500, checkpoint_every=500, log_every=50)

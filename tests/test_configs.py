@@ -67,7 +67,7 @@ def test_md17_small(tmp_path):
 
 def test_md17_energy_small(tmp_path):
     c = _short(load_config("md17", "ethanol,energy,direct,k=2,small"))
-    c.data.path = os.path.join(trainlib.ROOT, "tests", "data", "ethanol_train_01_first3.xyz")
+    c.data.path = os.path.join(trainlib.ROOT, "tests", "data", "ethanol_train_01_first12.xyz")
     c.data.split.update(train=2, val=1, test=0)
     result = train.train_and_evaluate(c, str(tmp_path))
     assert np.isfinite(result["val"]["energy_ae"]) and np.isfinite(result["val"]["forces_ae"])

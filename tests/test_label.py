@@ -22,7 +22,7 @@ from helm_jax.data import geometry, h5format  # pylint: disable=wrong-import-pos
 
 DATA = os.path.join(ROOT, "tests", "data")
 WATER = os.path.join(DATA, "water_frames.xyz")  # 8 distorted water molecules
-ETHANOL = os.path.join(DATA, "ethanol_train_01_first3.xyz")  # rMD17 frames 0-2
+ETHANOL = os.path.join(DATA, "ethanol_train_01_first12.xyz")  # rMD17 frames 0-11
 HF_STO3G = labelling.LevelOfTheory(method="HF", basis="sto-3g", conv_tol=1e-10)
 PBE_SVP = labelling.LevelOfTheory(method="pbe", basis="def2-svp", grid_level=1, conv_tol=1e-9)
 WATER_O_H_H = [[0.0, 0.0, 0.117], [0.0, 0.757, -0.469], [0.0, -0.757, -0.469]]

@@ -307,9 +307,9 @@ def test_record_errors(tmp_path, svp):
 
 
 def test_xyz_reader_energies_and_forces_in_hartree():
-    path = os.path.join(os.path.dirname(__file__), "data", "ethanol_train_01_first3.xyz")
+    path = os.path.join(os.path.dirname(__file__), "data", "ethanol_train_01_first12.xyz")
     ds = readers.open_dataset(path)
-    assert ds.kind == "xyz" and len(ds) == 3 and ds.basis == "def2-svp"
+    assert ds.kind == "xyz" and len(ds) == 12 and ds.basis == "def2-svp"
     rec = ds[0]
     # First rMD17 ethanol frame: Energy=-4209.783455217897 eV, first force -0.7652595851791331 eV/A.
     assert rec.energy == pytest.approx(-4209.783455217897 / 27.211386245988, rel=1e-14)
