@@ -50,7 +50,7 @@ def get_config(variant: str = "h_only"):
     c.qm.update(enabled=True, n_virtual=4)
     c.optim.update(name="adam", learning_rate=1e-3, weight_decay=0.0, schedule="cosine",
                    warmup_steps=50, final_lr_fraction=0.01)
-    c.train.update(num_steps=1500, eval_every=250, checkpoint_every=250, log_every=25)
+    c.train.update(num_steps=500, eval_every=250, checkpoint_every=250, log_every=25)
     if name == "h_orbital_dipole":
         c.losses.update(orbital_energies=100.0, dipole=10.0)
     if name == "reduced_basis":
