@@ -1,0 +1,137 @@
+"""The comparison table of the quantum-chemistry-target runs (experiments/qm_targets.py).
+
+    python experiments/qm_report.py --runs=workdirs/qm_h_only,workdirs/qm_h_orbital_dipole,\
+workdirs/qm_reduced_basis --out=workdirs/qm_report
+
+Each run's best checkpoint is evaluated on its test split against both target sets: the
+same-basis reference (PySCF def2-SVP) and the large-basis targets (def2-TZVP, from
+``label.py --targets_basis``). A last row is the exact def2-SVP Fock matrix of the labels
+against the large-basis targets: the basis-set error a reduced-basis model has to beat.
+Errors: orbital energies (occupied + ``config.qm.n_virtual`` lowest virtual) and HOMO-LUMO
+gap MAE in meV, dipole |mu - mu_ref| in mDebye, polarisability MAE over the nine components
+in bohr^3 (atomic units), H MAE in uEh (same basis only). Writes ``qm_report.json`` and
+``qm_report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("runs", None, "Workdirs of experiments/qm_targets.py runs.")
+flags.DEFINE_string("out", "workdirs/qm_report", "Output folder.")
+flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint of each workdir.")
+flags.mark_flags_as_required(["runs"])
+
+HARTREE_MEV = 27.211386245988e3
+AU_DEBYE = 2.541746473
+TARGETS = ("reference", "large_basis")
+
+
+def evaluate_run(workdir: str, targets: str, which: str = "best") -> dict[str, float]:
+    """Test-split metrics of a run's checkpoint against ``targets`` (Eh / au)."""
+    import numpy as np
+
+    from helm_jax import checkpoint, losses, train
+    from helm_jax.data import datasets
+    from helm_jax.model import helm
+    loaded = checkpoint.load_model(workdir, which=which)
+    config = loaded.config
+    with config.unlocked():
+        config.qm.update(enabled=True, targets=targets)
+    data = datasets.load_data(config, workdir)  # the run's statistics and splits
+    model = helm.build_model(config, data.template, energy_scale=data.stats.energy_std)
+    weights = {k: float(v) for k, v in config.losses.items() if float(v)}
+    ctx = losses.LossContext.create(data.spec.node_layout, data.spec.edge_layout, data.stats,
+                                    n_virtual=config.qm.n_virtual,
+                                    s_threshold=config.qm.s_threshold)
+    evaluator = train.Evaluator(model, data, config, ctx, weights, losses.needs(weights),
+                                np.dtype(config.model.dtype))
+    return evaluator(loaded.params, "test")
+
+
+def basis_error(workdir: str, n_virtual: int) -> dict[str, float]:
+    """Exact same-basis labels (orbital energies, dipole, polarisability) against the
+    large-basis targets on the run's test split (Eh / au)."""
+    import numpy as np
+
+    from helm_jax import checkpoint
+    from helm_jax.data import datasets
+    config = checkpoint.load_model(workdir).config
+    data = datasets.load_data(config, workdir)
+    orb, gap, dip, pol = [], [], [], []
+    for i in data.splits["test"]:
+        rec = data.reader[int(i)]
+        ex = rec.extras
+        z = np.asarray(rec.elements)
+        core = sum(data.template.element(int(zi)).ecp_electrons for zi in z)
+        n_occ = (int(z.sum()) - core - rec.charge) // 2
+        n = min(n_occ + n_virtual, len(ex["mo_energy"]), len(ex["targets_mo_energy"]))
+        e, t = ex["mo_energy"], ex["targets_mo_energy"]
+        orb.extend(np.abs(e[:n] - t[:n]))
+        gap.append(abs((e[n_occ] - e[n_occ - 1]) - (t[n_occ] - t[n_occ - 1])))
+        dip.append(np.linalg.norm(ex["dipole"] - ex["targets_dipole"]))
+        pol.extend(np.abs(ex["polarizability"] - ex["targets_polarizability"]).ravel())
+    return {"orbital_energy_mae": float(np.mean(orb)), "gap_mae": float(np.mean(gap)),
+            "dipole_mae": float(np.mean(dip)), "polarizability_mae": float(np.mean(pol))}
+
+
+def row(name: str, targets: str, m: dict) -> dict:
+    """One table row in reporting units."""
+    return {"model": name, "targets": targets,
+            "h_mae_ueh": m["h_mae"] * 1e6 if "h_mae" in m and targets == "reference" else None,
+            "orbital_energy_mae_mev": m["orbital_energy_mae"] * HARTREE_MEV,
+            "gap_mae_mev": m["gap_mae"] * HARTREE_MEV,
+            "dipole_mae_mdebye": m["dipole_mae"] * AU_DEBYE * 1e3,
+            "polarizability_mae_au": m["polarizability_mae"]}
+
+
+def markdown(rows: list[dict]) -> str:
+    """The comparison table."""
+    out = ["| model | targets | H MAE (uEh) | orbital energies (meV) | gap (meV) | "
+           "dipole (mD) | polarisability (bohr^3) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        h = "-" if r["h_mae_ueh"] is None else f"{r['h_mae_ueh']:.0f}"
+        out.append(f"| {r['model']} | {r['targets']} | {h} | "
+                   f"{r['orbital_energy_mae_mev']:.1f} | {r['gap_mae_mev']:.1f} | "
+                   f"{r['dipole_mae_mdebye']:.1f} | {r['polarizability_mae_au']:.3f} |")
+    return "\n".join(out) + "\n"
+
+
+def report(runs: list[str], out: str, which: str = "best") -> list[dict]:
+    """Evaluates every run against both target sets; writes JSON and markdown."""
+    from helm_jax import checkpoint
+    rows = []
+    for run in runs:
+        name = checkpoint.load_model(run, which=which).config.name
+        for targets in TARGETS:
+            rows.append(row(name, targets, evaluate_run(run, targets, which)))
+    n_virtual = int(checkpoint.load_model(runs[0]).config.qm.n_virtual)
+    rows.append(row("def2-SVP label H (exact)", "large_basis", basis_error(runs[0], n_virtual)))
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "qm_report.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    table = markdown(rows)
+    with open(os.path.join(out, "qm_report.md"), "w") as f:
+        f.write(table)
+    print(table)
+    return rows
+
+
+def main(argv):
+    del argv
+    from absl import logging
+    logging.set_verbosity(logging.ERROR)
+    report(FLAGS.runs, FLAGS.out, FLAGS.which)
+
+
+if __name__ == "__main__":
+    app.run(main)
