@@ -49,8 +49,8 @@ def get_config(variant: str = "h_only"):
     c.data.batch.num_buckets = 1
     c.qm.update(enabled=True, n_virtual=4)
     c.optim.update(name="adam", learning_rate=1e-3, weight_decay=0.0, schedule="cosine",
-                   warmup_steps=50, final_lr_fraction=0.01)
-    c.train.update(num_steps=500, eval_every=250, checkpoint_every=250, log_every=25)
+                   warmup_steps=30, final_lr_fraction=0.01)
+    c.train.update(num_steps=300, eval_every=150, checkpoint_every=150, log_every=25)
     if name == "h_orbital_dipole":
         c.losses.update(orbital_energies=100.0, dipole=10.0)
     if name == "reduced_basis":
