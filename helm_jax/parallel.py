@@ -14,6 +14,7 @@ import os
 from typing import Any, Callable
 
 import jax
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 AXIS = "data"
@@ -42,14 +43,35 @@ def make_mesh(n_devices: int | None = None) -> jax.sharding.Mesh:
     return jax.sharding.Mesh(devices[:n], (AXIS,))
 
 
+def _put(tree: Any, sharding: NamedSharding) -> Any:
+    """``device_put`` on one process; with several, each process fills its own devices.
+
+    Every process holds the same global value (the batch iterator and the initialisation
+    are deterministic), and :func:`jax.make_array_from_callback` asks each process only for
+    the slices of its addressable devices: no cross-process transfer or equality check.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def one(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.tree.map(one, jax.device_get(tree))
+
+
 def shard(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     """Places arrays with a leading device axis on the mesh (one slice per device)."""
-    return jax.device_put(tree, NamedSharding(mesh, P(AXIS)))
+    return _put(tree, NamedSharding(mesh, P(AXIS)))
 
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     """Places arrays on every device of the mesh."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    return _put(tree, NamedSharding(mesh, P()))
+
+
+def is_main_process() -> bool:
+    """Whether this process writes logs and files (process 0; always with one process)."""
+    return jax.process_index() == 0
 
 
 def data_parallel(fn: Callable, mesh: jax.sharding.Mesh, n_replicated: int = 1,

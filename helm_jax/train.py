@@ -222,18 +222,21 @@ def _stored_budgets(config, data: datasets.Data, workdir: str) -> pipeline.Batch
     if batch_cfg.budgets:
         return batch_cfg
     path = os.path.join(workdir, "budgets.json")
-    if not os.path.exists(path):
-        train = data.splits["train"]
-        planned = pipeline.BatchIterator(data.graphs, train, batch_cfg, prefetch=0)
+    if os.path.exists(path):
+        with open(path) as f:
+            return dataclasses.replace(batch_cfg, budgets=json.load(f)["budgets"])
+    train = data.splits["train"]
+    planned = pipeline.BatchIterator(data.graphs, train, batch_cfg, prefetch=0)
+    budgets = [b.to_dict() for b in planned.budgets]
+    if parallel.is_main_process():  # the others planned the same budgets
         n_node, n_edge = (x[train] for x in data.graphs.sizes())
         os.makedirs(workdir, exist_ok=True)
         with open(path, "w") as f:
-            json.dump({"budgets": [b.to_dict() for b in planned.budgets],
+            json.dump({"budgets": budgets,
                        "scan": {"molecules": int(len(train)),
                                 "atoms": [int(n_node.min()), int(n_node.max())],
                                 "edges": [int(n_edge.min()), int(n_edge.max())]}}, f, indent=1)
-    with open(path) as f:
-        return dataclasses.replace(batch_cfg, budgets=json.load(f)["budgets"])
+    return dataclasses.replace(batch_cfg, budgets=budgets)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -300,7 +303,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     opt_state = parallel.replicate(train_state["opt_state"], mesh)
     ema = parallel.replicate(train_state["ema"], mesh) if ema_decay > 0 else None
     evaluator = Evaluator(model, data, config, ctx, weights, need, dtype)
-    logger = MetricsLogger(workdir, num_steps, start_step=step)
+    logger = MetricsLogger(workdir, num_steps, start_step=step,
+                           active=parallel.is_main_process())
 
     if step == 0:
         initial = evaluator(params, "test")
@@ -371,7 +375,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if result["test"]:
             logger.write(step, "test", result["test"])
         logger.plot()
-        _print_summary(result)
+        if parallel.is_main_process():
+            _print_summary(result)
         return result
     finally:
         if in_main:

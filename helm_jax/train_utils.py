@@ -111,10 +111,14 @@ class Plateau:
 
 
 class MetricsLogger:
-    """Progress line, TensorBoard events, ``metrics.jsonl`` and ``learning_curve.png``."""
+    """Progress line, TensorBoard events, ``metrics.jsonl`` and ``learning_curve.png``.
 
-    def __init__(self, workdir: str, num_steps: int, start_step: int = 0):
-        self.workdir, self.num_steps = workdir, num_steps
+    ``active=False`` (every process but the first of a multi-process run) keeps the history
+    in memory and writes and prints nothing.
+    """
+
+    def __init__(self, workdir: str, num_steps: int, start_step: int = 0, active: bool = True):
+        self.workdir, self.num_steps, self.active = workdir, num_steps, active
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.history = self._load(start_step)
@@ -127,6 +131,8 @@ class MetricsLogger:
         with open(self.path) as f:
             rows = [json.loads(line) for line in f if line.strip()]
         rows = [r for r in rows if r["step"] <= start_step]  # drop what a resume redoes
+        if not self.active:
+            return rows
         with open(self.path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         return rows
@@ -144,6 +150,8 @@ class MetricsLogger:
         row = {"step": int(step), "split": split,
                **{k: float(v) for k, v in values.items()}}
         self.history.append(row)
+        if not self.active:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         for k, v in values.items():
@@ -165,7 +173,8 @@ class MetricsLogger:
             parts.append(f"E RMSE {np.sqrt(values['energy']) * 27211.386:.1f} meV")
         parts += [f"{self._mols / dt:.2f} mol/s", f"ETA {_hms(eta)}"]
         line = " | ".join(parts)
-        print(line, file=sys.stderr, flush=True)
+        if self.active:
+            print(line, file=sys.stderr, flush=True)
         return line
 
     def plot(self) -> str:
@@ -176,6 +185,8 @@ class MetricsLogger:
         """
         from matplotlib.figure import Figure
         path = os.path.join(self.workdir, "learning_curve.png")
+        if not self.active:
+            return path
         fig = Figure(figsize=(10, 4))
         axes = fig.subplots(1, 2)
         for split, style in (("train", "-"), ("val", "o-")):

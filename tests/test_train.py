@@ -200,3 +200,47 @@ def test_a_fork_adds_a_loss_by_name(water, tmp_path):
         assert r["loss"] == pytest.approx(r["hamiltonian"] + 0.5 * r["offdiag_l1"], rel=1e-5)
     with pytest.raises(ValueError, match="Unknown loss 'nonexistent'"):
         losses.resolve("nonexistent", ("forklib",))
+
+
+PROCESS_SCRIPT = r"""
+import os, sys
+sys.path.insert(0, {tests!r})
+import jax
+if {nproc} > 1:
+    jax.distributed.initialize(coordinator_address="localhost:{port}", num_processes={nproc},
+                               process_id=int(sys.argv[1]))
+import trainlib
+from helm_jax import train
+c = trainlib.tiny_config({data!r}, steps=3)
+train.train_and_evaluate(c, {workdir!r})
+"""
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process_with_two_devices(water, tmp_path):
+    """Multi-host data parallelism: 2 processes x 1 CPU device (jax.distributed, Gloo)
+    train exactly as 1 process x 2 devices; only process 0 writes logs."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    tests = os.path.dirname(__file__)
+    one = str(tmp_path / "one")
+    script = PROCESS_SCRIPT.format(tests=tests, nproc=1, port=0, data=water, workdir=one)
+    subprocess.run([sys.executable, "-c", script, "0"], check=True, cwd=trainlib.ROOT,
+                   env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    two = str(tmp_path / "two")
+    script = PROCESS_SCRIPT.format(tests=tests, nproc=2, port=_free_port(), data=water,
+                                   workdir=two)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], cwd=trainlib.ROOT,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    assert trainlib.max_diff(trainlib.final_params(one), trainlib.final_params(two)) < 1e-6
+    assert len(_metrics(two)) == len(_metrics(one)) == 3  # written once, not once per process
+    assert "step 3/3" in outs[0] and "step 3/3" not in outs[1]

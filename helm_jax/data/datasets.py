@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -102,7 +103,7 @@ def load_data(config: ml_collections.ConfigDict, workdir: str | None = None) -> 
         stats = Statistics.load(stats_path)
     else:
         stats = compute_statistics((graphs[i] for i in splits["train"]), spec.node_layout)
-        if stats_path:
+        if stats_path and jax.process_index() == 0:  # every process computed the same
             os.makedirs(workdir, exist_ok=True)
             stats.save(stats_path)
             with open(os.path.join(workdir, "splits.json"), "w") as f:
