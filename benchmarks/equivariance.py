@@ -23,6 +23,7 @@ sys.path.insert(0, HERE)
 
 
 def main(argv=None):
+    """Prints the relative equivariance errors of the full model (JSON)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", choices=["md17", "omol"], default="md17")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
@@ -45,6 +46,7 @@ def main(argv=None):
     dtype = np.dtype(args.dtype)
 
     def run(coords, params=None):
+        """Model outputs (and params) for the molecule at ``coords``."""
         g = graphs.build_graph(Record(elements=z, coords=coords), spec, with_labels=False)
         b = batching.pad_batch([g], batching.Budget(g.n_node + 1, g.n_edge, 2), None, None,
                                dtype)

@@ -18,6 +18,7 @@ from helm_jax import sph  # noqa: E402
 
 
 def main():
+    """Prints the rotation errors of PySCF Fock/overlap blocks per convention case."""
     for case, ((symbols, coords), basis, ecp) in sorted(tr.CASES.items()):
         mol0 = molecules.pyscf_mol(symbols, coords, basis, ecp)
         f0, s0 = tr._hf_fock(mol0), mol0.intor("int1e_ovlp")
