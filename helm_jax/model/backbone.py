@@ -94,10 +94,23 @@ class _EdgeMessage(nn.Module):
         return so3.rotate_inverse(wigner, x)
 
 
+def _chunk_shape(num_edges: int, chunk: int) -> tuple[int, int]:
+    """``(num_chunks, chunk_size)`` for ``num_edges`` edges and at most ``chunk`` per chunk.
+
+    Prefers the largest divisor of ``num_edges`` in ``[chunk / 2, chunk]`` (no padding, so
+    the chunked views of the ``[E, K, C]`` edge stream are free reshapes instead of padded
+    copies); otherwise ``chunk`` with the last chunk padded.
+    """
+    for size in range(chunk, (chunk + 1) // 2 - 1, -1):
+        if size > 0 and num_edges % size == 0:
+            return num_edges // size, size
+    return -(-num_edges // chunk), chunk
+
+
 def _chunk_edges(arrays, num_chunks: int, chunk: int):
     """Pads every ``[E, ...]`` array of a pytree to ``num_chunks * chunk`` rows (zeros) and
     reshapes it to ``[num_chunks, chunk, ...]``."""
-    def one(x):
+    def one(x):  # [E, ...] -> [num_chunks, chunk, ...]
         pad = num_chunks * chunk - x.shape[0]
         x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
         return x.reshape((num_chunks, chunk) + x.shape[1:])
@@ -169,14 +182,14 @@ class HELMLayer(nn.Module):
         edge_keep = edge_mask[:, None, None].astype(self.dtype)
         chunk = self.edge_chunk_size
         chunked = chunk > 0 and num_edges > max(self.chunk_edges_above, chunk)
-        num_chunks = -(-num_edges // chunk) if chunked else 1
+        num_chunks, chunk = _chunk_shape(num_edges, chunk) if chunked else (1, num_edges)
         edge_inputs = (senders, receivers, wigner, edge_scalars, edge_weight)
         if chunked:  # padded rows: weight 0, features finite (zero Wigner blocks)
             edge_chunks = _chunk_edges(edge_inputs, num_chunks, chunk)
 
         hn = layers.EquivariantRMSNorm(self.l_max, name='node_norm_message', **kw)(h)
         if chunked:
-            def node_body(mdl, acc, xs, hn):
+            def node_body(mdl, acc, xs, hn):  # acc [N, K, C]; xs: one chunk of edges
                 s, r, wig, sc, w = xs
                 return acc + mdl._node_messages(hn, wig, sc, w, s, r), None
             scan = nn.scan(nn.remat(node_body, prevent_cse=False), variable_broadcast='params',
@@ -193,7 +206,7 @@ class HELMLayer(nn.Module):
         if not self.compute_edges:
             return h, None
         if chunked:
-            def edge_body(mdl, carry, xs, h):
+            def edge_body(mdl, carry, xs, h):  # xs: one chunk of edges and of e
                 (s, r, wig, sc, _), e_chunk = xs
                 return carry, mdl._edge_update(e_chunk, h, wig, sc, s, r)
             scan = nn.scan(nn.remat(edge_body, prevent_cse=False), variable_broadcast='params',
