@@ -45,6 +45,9 @@ def evaluate_run(workdir: str, targets: str, which: str = "best") -> dict[str, f
     from helm_jax.model import helm
     loaded = checkpoint.load_model(workdir, which=which)
     config = loaded.config
+    if config.model.dtype == "float64":  # as the training run did (before tracing anything)
+        import jax
+        jax.config.update("jax_enable_x64", True)
     with config.unlocked():
         config.qm.update(enabled=True, targets=targets)
     data = datasets.load_data(config, workdir)  # the run's statistics and splits
