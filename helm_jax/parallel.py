@@ -87,9 +87,16 @@ def data_parallel(fn: Callable, mesh: jax.sharding.Mesh, n_replicated: int = 1,
         batches = jax.tree.map(lambda x: x[0], batches)
         return fn(*reps, *batches)
 
+    # On a one-device mesh every value is trivially replicated: without the replication
+    # (vma) check JAX does not insert the psum of the gradients of replicated parameters,
+    # an all-reduce that XLA:CPU executes as a full copy of every gradient (measured 92 ms
+    # of a 920 ms MD17 train step, 1.5 s of an 8.5 s OMol step). Explicit psums still run.
+    check_vma = mesh.devices.size > 1
+
     def wrapped(*args):
         in_specs = tuple([P()] * n_replicated + [P(AXIS)] * (len(args) - n_replicated))
-        mapped = jax.shard_map(per_device, mesh=mesh, in_specs=in_specs, out_specs=P())
+        mapped = jax.shard_map(per_device, mesh=mesh, in_specs=in_specs, out_specs=P(),
+                               check_vma=check_vma)
         return mapped(*args)
 
     return jax.jit(wrapped, donate_argnums=donate)

@@ -203,7 +203,8 @@ def _transfer_backbone(params, config):
     loaded = ckpt_lib.load_model(config.transfer.init_from)
     mine, theirs = config.model.to_dict(), loaded.config.model.to_dict()
     diff = {k: (mine.get(k), theirs.get(k)) for k in set(mine) | set(theirs)
-            if mine.get(k) != theirs.get(k) and k not in ("remat", "matmul_dtype")}
+            if mine.get(k) != theirs.get(k)
+            and k not in ("remat", "matmul_dtype", "edge_chunk_size", "chunk_edges_above")}
     if diff:
         raise ValueError(f"config.model differs from the pretrained checkpoint "
                          f"{config.transfer.init_from}: {diff} (mine, theirs).")
