@@ -130,6 +130,7 @@ def report(runs: list[str], out: str, which: str = "best") -> list[dict]:
 
 
 def main(argv):
+    """Writes the report of --runs to --out."""
     del argv
     from absl import logging
     logging.set_verbosity(logging.ERROR)

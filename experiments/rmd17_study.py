@@ -231,6 +231,7 @@ def run_study(molecule: str, rmd17: str, labels: str, workdir: str, ks: list[int
 
 
 def main(argv):
+    """Runs the study for --molecule (flags above)."""
     del argv
     from absl import logging
     logging.set_verbosity(logging.WARNING)
