@@ -44,10 +44,20 @@ def _xp(x):
     return jnp
 
 
+def _take(xp, values, index):
+    """``xp.take(values, index, axis=-1)`` with int32 indices.
+
+    A fixed index dtype keeps jax's cached ``take`` traces valid when a process switches
+    ``jax_enable_x64`` on after tracing in 32-bit mode (a float64 run after a float32 one):
+    int64 numpy indices become int32 in one mode and int64 in the other.
+    """
+    return xp.take(values, np.asarray(index, np.int32), axis=-1)
+
+
 def _gather(values, index):
     """``values[..., index]`` with ``index == -1`` giving 0 (static ``index``)."""
     xp = _xp(values)
-    out = xp.take(values, np.maximum(index, 0), axis=-1)
+    out = _take(xp, values, np.maximum(index, 0))
     return xp.where(index >= 0, out, xp.zeros((), out.dtype))
 
 
@@ -306,9 +316,9 @@ class IrrepsLayout:
         flat = blocks.reshape(blocks.shape[:-2] + (-1,))
         parts = []
         for _, idx, m in self._types:
-            x = xp.take(flat, idx, axis=-1)  # [..., P, n]
+            x = _take(xp, flat, idx)  # [..., P, n]
             parts.append((x @ xp.asarray(m.T, dtype=x.dtype)).reshape(x.shape[:-2] + (-1,)))
-        return xp.take(xp.concatenate(parts, axis=-1), self._perm, axis=-1)
+        return _take(xp, xp.concatenate(parts, axis=-1), self._perm)
 
     def irreps_to_blocks(self, irreps):
         """``[..., dim]`` irreps -> ``[..., A, A]`` blocks (exact inverse)."""
@@ -317,14 +327,14 @@ class IrrepsLayout:
             return self._full_layout().irreps_to_blocks(irreps)
         xp = _xp(irreps)
         a = self.template.n_ao
-        z = xp.take(irreps, self._inv_perm, axis=-1)
+        z = _take(xp, irreps, self._inv_perm)
         parts, start = [], 0
         for _, idx, m in self._types:
             size = idx.size
             zt = z[..., start:start + size].reshape(z.shape[:-1] + idx.shape)
             parts.append((zt @ xp.asarray(m, dtype=zt.dtype)).reshape(z.shape[:-1] + (size,)))
             start += size
-        flat = xp.take(xp.concatenate(parts, axis=-1), self._block_pos, axis=-1)
+        flat = _take(xp, xp.concatenate(parts, axis=-1), self._block_pos)
         return flat.reshape(flat.shape[:-1] + (a, a))
 
     def _full_layout(self) -> "IrrepsLayout":
@@ -355,7 +365,7 @@ class IrrepsLayout:
             return irreps
         xp = _xp(irreps)
         src, sign = self._expand_tables
-        return xp.take(irreps, src, axis=-1) * xp.asarray(sign, dtype=irreps.dtype)
+        return _take(xp, irreps, src) * xp.asarray(sign, dtype=irreps.dtype)
 
     def valid_mask(self, slot_mask1, slot_mask2):
         """Validity of each irreps component given the two atoms' shell-slot masks.
@@ -368,8 +378,8 @@ class IrrepsLayout:
           bool ``[..., dim]``.
         """
         xp = _xp(slot_mask1)
-        return (xp.take(slot_mask1, self.comp_slot1, axis=-1)
-                & xp.take(slot_mask2, self.comp_slot2, axis=-1))
+        return (_take(xp, slot_mask1, self.comp_slot1)
+                & _take(xp, slot_mask2, self.comp_slot2))
 
     def split_by_l(self, irreps) -> list:
         """``[..., dim]`` -> list over l of ``[..., mul_l, 2l+1]`` (empty l included)."""
