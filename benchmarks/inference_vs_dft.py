@@ -24,6 +24,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
+import step_time  # noqa: E402
+
 
 def atoms_of(name: str):
     """An ``ase.Atoms``: the shipped rMD17 frames (ethanol, uracil) or ``ase.build.molecule``."""
@@ -44,8 +46,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=os.path.join(HERE, "results", "inference_vs_dft.json"))
     args = p.parse_args(argv)
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.threads]))
+    step_time.pin_threads(args.threads)
     import jax
     import numpy as np
     import pyscf
@@ -54,7 +55,6 @@ def main(argv=None):
     from helm_jax.model import helm
     from helm_jax.predict import Predictor
     from helm_jax.data.records import Record
-    import step_time
 
     pyscf.lib.num_threads(args.threads)
     c, template = step_time.setup("md17", "float32")

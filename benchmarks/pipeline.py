@@ -24,6 +24,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import step_time  # noqa: E402
 
 
 def model_step_rate(results: str) -> dict:
@@ -54,8 +57,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--results", default=os.path.join(HERE, "results", "cpu.json"))
     args = p.parse_args(argv)
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.threads]))
+    step_time.pin_threads(args.threads)
     import jax
     import numpy as np
     from helm_jax import basis

@@ -30,8 +30,7 @@ def main(argv=None):
     """Profiles the case given by step_time.py arguments; prints the tables."""
     import step_time
     args = step_time.parse_args(argv)
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.threads]))
+    step_time.pin_threads(args.threads)
     import jax
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)

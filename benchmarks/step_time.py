@@ -182,13 +182,18 @@ def peak_memory_gib() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "host peak RSS"
 
 
+def pin_threads(threads: int) -> None:
+    """Pins this process to its first ``threads`` CPUs (XLA:CPU's thread pool follows the
+    affinity) and sets ``OMP_NUM_THREADS`` (PySCF) if unset; call before importing jax."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:threads]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
 def main(argv=None):
     """Builds the case, times ``--steps`` steps after warm-up and prints one JSON line."""
     args = parse_args(argv)
-    if hasattr(os, "sched_setaffinity"):
-        cpus = sorted(os.sched_getaffinity(0))[: args.threads]
-        os.sched_setaffinity(0, set(cpus))
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    pin_threads(args.threads)
     import jax
     import numpy as np
     if args.dtype == "float64":

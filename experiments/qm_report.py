@@ -38,26 +38,16 @@ TARGETS = ("reference", "large_basis")
 
 def evaluate_run(workdir: str, targets: str, which: str = "best") -> dict[str, float]:
     """Test-split metrics of a run's checkpoint against ``targets`` (Eh / au)."""
-    import numpy as np
-
-    from helm_jax import checkpoint, losses, train
+    from helm_jax import checkpoint, train
     from helm_jax.data import datasets
-    from helm_jax.model import helm
     loaded = checkpoint.load_model(workdir, which=which)
     config = loaded.config
-    if config.model.dtype == "float64":  # as the training run did (before tracing anything)
-        import jax
-        jax.config.update("jax_enable_x64", True)
+    dtype = train.precision(config)  # as the training run did (before tracing anything)
     with config.unlocked():
         config.qm.update(enabled=True, targets=targets)
     data = datasets.load_data(config, workdir)  # the run's statistics and splits
-    model = helm.build_model(config, data.template, energy_scale=data.stats.energy_std)
-    weights = {k: float(v) for k, v in config.losses.items() if float(v)}
-    ctx = losses.LossContext.create(data.spec.node_layout, data.spec.edge_layout, data.stats,
-                                    n_virtual=config.qm.n_virtual,
-                                    s_threshold=config.qm.s_threshold)
-    evaluator = train.Evaluator(model, data, config, ctx, weights, losses.needs(weights),
-                                np.dtype(config.model.dtype))
+    model, weights, need, ctx = train.model_and_losses(config, data)
+    evaluator = train.Evaluator(model, data, config, ctx, weights, need, dtype)
     return evaluator(loaded.params, "test")
 
 

@@ -160,10 +160,9 @@ def markdown(table: dict, ks: list[int], molecule: str) -> str:
 
 def plot(table: dict, ks: list[int], molecule: str, path: str) -> None:
     """Error versus K, one line per protocol, error bars over seeds."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    from matplotlib.figure import Figure  # no pyplot: no backend switch in notebooks
+    fig = Figure(figsize=(9, 3.6))
+    axes = fig.subplots(1, 2)
     for protocol, by_k in table.items():
         kk = [k for k in ks if str(k) in by_k]
         for ax, key in zip(axes, ("energy", "forces")):
@@ -181,7 +180,6 @@ def plot(table: dict, ks: list[int], molecule: str, path: str) -> None:
     fig.suptitle(f"rMD17 {molecule}: Hamiltonian pretraining vs direct")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def run_study(molecule: str, rmd17: str, labels: str, workdir: str, ks: list[int],

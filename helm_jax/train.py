@@ -181,11 +181,28 @@ class Evaluator:
         return result
 
 
-def _precision(config) -> np.dtype:
+def precision(config) -> np.dtype:
+    """The run's compute dtype; turns on ``jax_enable_x64`` for float64 (before tracing)."""
     dtype = np.dtype(config.model.dtype)
     if dtype == np.float64 and not jax.config.jax_enable_x64:
         jax.config.update("jax_enable_x64", True)
     return dtype
+
+
+def model_and_losses(config, data: datasets.Data):
+    """``(model, weights, need, ctx)`` of a run: the model, the nonzero loss weights, what the
+    losses need from the forward pass, and their context (layouts, statistics, QM settings).
+    """
+    weights = {k: float(v) for k, v in config.losses.items() if float(v)}
+    need = losses_lib.needs(weights)
+    if "qm" in need and not data.spec.qm_targets:
+        raise ValueError(f"The losses {sorted(weights)} need quantum-chemistry labels: set "
+                         "config.qm.enabled=True (data labelled with data_prep/label.py --dipole).")
+    model = helm.build_model(config, data.template, energy_scale=data.stats.energy_std)
+    ctx = losses_lib.LossContext.create(data.spec.node_layout, data.spec.edge_layout,
+                                        data.stats, n_virtual=config.qm.n_virtual,
+                                        s_threshold=config.qm.s_threshold)
+    return model, weights, need, ctx
 
 
 def _init_params(model, batch, seed: int):
@@ -253,20 +270,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       force errors in Eh and Eh/A).
     """
     t_start = time.time()
-    dtype = _precision(config)
+    dtype = precision(config)
     parallel.initialize_distributed()
     mesh = parallel.make_mesh(config.get("num_devices"))
     data = datasets.load_data(config, workdir)
-    weights = {k: float(v) for k, v in config.losses.items() if float(v)}
-    need = losses_lib.needs(weights)
     protocol = config.transfer.protocol
-    model = helm.build_model(config, data.template, energy_scale=data.stats.energy_std)
-    if "qm" in need and not data.spec.qm_targets:
-        raise ValueError(f"The losses {sorted(weights)} need quantum-chemistry labels: set "
-                         "config.qm.enabled=True (data labelled with data_prep/label.py --dipole).")
-    ctx = losses_lib.LossContext.create(data.spec.node_layout, data.spec.edge_layout,
-                                        data.stats, n_virtual=config.qm.n_virtual,
-                                        s_threshold=config.qm.s_threshold)
+    model, weights, need, ctx = model_and_losses(config, data)
     train_it = pipeline.BatchIterator(
         data.graphs, data.splits["train"], _stored_budgets(config, data, workdir),
         n_devices=mesh.size, seed=int(config.seed), stats=data.stats, dtype=dtype,

@@ -21,11 +21,11 @@ import dataclasses
 import json
 import os
 
-import jax
 import ml_collections
 import numpy as np
 
 from helm_jax import basis as basis_lib
+from helm_jax import parallel
 from helm_jax.data import embedded, pipeline, readers
 from helm_jax.data.graphs import GraphSpec
 from helm_jax.data.statistics import Statistics, compute_statistics
@@ -103,7 +103,7 @@ def load_data(config: ml_collections.ConfigDict, workdir: str | None = None) -> 
         stats = Statistics.load(stats_path)
     else:
         stats = compute_statistics((graphs[i] for i in splits["train"]), spec.node_layout)
-        if stats_path and jax.process_index() == 0:  # every process computed the same
+        if stats_path and parallel.is_main_process():  # every process computed the same
             os.makedirs(workdir, exist_ok=True)
             stats.save(stats_path)
             with open(os.path.join(workdir, "splits.json"), "w") as f:
