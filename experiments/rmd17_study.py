@@ -195,6 +195,10 @@ def run_study(molecule: str, rmd17: str, labels: str, workdir: str, ks: list[int
                 "(from data_prep/label.py, see this file's docstring).")
     root = os.path.join(workdir, molecule)
     os.makedirs(root, exist_ok=True)
+    import jax
+    if not jax.config.jax_compilation_cache_dir:
+        # The 12 runs of a protocol compile the same programs: compile them once.
+        jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
     from helm_jax import train
     pre_dir = os.path.join(root, "pretrain")
     done = os.path.join(pre_dir, "result.json")
