@@ -24,6 +24,7 @@ def load_config(name: str, variant: str):
 
 def _short(c, steps=4):
     c.train.update(num_steps=steps, eval_every=steps, checkpoint_every=steps, log_every=2)
+    c.model.num_layers = 1  # half the compile time; layer stacking: tests/test_backbone.py
     c.data.prefetch = 0
     return c
 
@@ -41,12 +42,16 @@ def embedded_pretrained(tmp_path_factory):
     os.environ.pop("HELM_JAX_CACHE")
 
 
+# One worker runs every test of the shared pretrained fixture (with ``--dist loadgroup``),
+# so the fixture's run happens once, not once per xdist worker.
+@pytest.mark.xdist_group("embedded_pretrained")
 def test_omol_pretrain_small(embedded_pretrained):
     _, result = embedded_pretrained
     assert result["step"] == 4
     assert np.isfinite(result["val"]["h_mae"]) and result["val"]["h_mae"] > 0
 
 
+@pytest.mark.xdist_group("embedded_pretrained")
 @pytest.mark.parametrize("protocol", ["direct", "frozen", "finetune"])
 def test_energy_transfer_small(embedded_pretrained, protocol, tmp_path):
     workdir, _ = embedded_pretrained

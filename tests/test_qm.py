@@ -275,3 +275,19 @@ def test_labeller_stores_reference_and_large_basis_targets(tmp_path):
                 del f["0000000"][name]
     labelling.label_file(water, out, level, limit=2, progress=False)
     assert [readers.open_dataset(out)[i].extras for i in range(2)] == [{}, {}]
+
+
+def test_finite_field_polarizability_with_direct_scf():
+    """With too little max_memory for in-core ERIs PySCF runs direct SCF; the finite-field
+    copies must work there too (they failed on PySCF's dropped screening cache), and give
+    the in-core result."""
+    from pyscf import scf
+    mol = molecules.pyscf_mol(*molecules.WATER, "def2-svp")
+    incore = scf.RHF(mol).run(conv_tol=1e-11)
+    direct = scf.RHF(mol)
+    direct.max_memory = 1  # MB: forces the direct (integral-screened) path
+    direct.run(conv_tol=1e-11)
+    a_in = properties.finite_field_polarizability(incore)
+    a_direct = properties.finite_field_polarizability(direct)
+    assert np.all(np.isfinite(a_direct)) and np.trace(a_in) > 1.0
+    np.testing.assert_allclose(a_direct, a_in, atol=1e-5)

@@ -94,6 +94,10 @@ def finite_field_polarizability(mf, step: float = FIELD_STEP) -> np.ndarray:
         mus = []
         for sign in (1.0, -1.0):
             field = copy.copy(mf)
+            # PySCF's copy goes through its pickle methods, which set the direct-SCF
+            # integral-screening cache to None; direct SCF (chosen when the in-core ERIs do
+            # not fit in max_memory) then fails on it. Give the copy a fresh cache.
+            field._opt = {None: None}
             h1 = h0 + sign * step * r[l]
             field.get_hcore = lambda *_, h1=h1: h1
             field.conv_tol_grad = FIELD_CONV_TOL_GRAD
