@@ -25,49 +25,53 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
+from helm_jax import metrics  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("runs", None, "Workdirs of experiments/qm_targets.py runs.")
 flags.DEFINE_string("out", "workdirs/qm_report", "Output folder.")
 flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint of each workdir.")
 flags.mark_flags_as_required(["runs"])
 
-HARTREE_MEV = 27.211386245988e3
+HARTREE_MEV = metrics.HARTREE_EV * 1e3
 AU_DEBYE = 2.541746473
 TARGETS = ("reference", "large_basis")
 
 
-def evaluate_run(workdir: str, targets: str, which: str = "best") -> dict[str, float]:
-    """Test-split metrics of a run's checkpoint against ``targets`` (Eh / au)."""
-    from helm_jax import checkpoint, train
+def _run_data(config, workdir: str, targets: str):
+    """A copy of a run's config with quantum-chemistry ``targets``, and its data (the run's
+    statistics and splits)."""
+    import copy
+
     from helm_jax.data import datasets
-    loaded = checkpoint.load_model(workdir, which=which)
-    config = loaded.config
-    dtype = train.precision(config)  # as the training run did (before tracing anything)
+    config = copy.deepcopy(config)
     with config.unlocked():
         config.qm.update(enabled=True, targets=targets)
-    data = datasets.load_data(config, workdir)  # the run's statistics and splits
+    return config, datasets.load_data(config, workdir)
+
+
+def evaluate_run(loaded, workdir: str, targets: str) -> dict[str, float]:
+    """Test-split metrics of a loaded checkpoint (``checkpoint.load_model``) of the run in
+    ``workdir`` against ``targets`` (Eh / au)."""
+    from helm_jax import train
+    dtype = train.precision(loaded.config)  # as the training run did (before tracing)
+    config, data = _run_data(loaded.config, workdir, targets)
     model, weights, need, ctx = train.model_and_losses(config, data)
     evaluator = train.Evaluator(model, data, config, ctx, weights, need, dtype)
     return evaluator(loaded.params, "test")
 
 
-def basis_error(workdir: str, n_virtual: int) -> dict[str, float]:
+def basis_error(config, workdir: str) -> dict[str, float]:
     """Exact same-basis labels (orbital energies, dipole, polarisability) against the
-    large-basis targets on the run's test split (Eh / au)."""
+    large-basis targets on the test split of the run in ``workdir`` (config ``config``),
+    in Eh / au."""
     import numpy as np
-
-    from helm_jax import checkpoint
-    from helm_jax.data import datasets
-    config = checkpoint.load_model(workdir).config
-    data = datasets.load_data(config, workdir)
+    config, data = _run_data(config, workdir, "large_basis")
     orb, gap, dip, pol = [], [], [], []
     for i in data.splits["test"]:
-        rec = data.reader[int(i)]
-        ex = rec.extras
-        z = np.asarray(rec.elements)
-        core = sum(data.template.element(int(zi)).ecp_electrons for zi in z)
-        n_occ = (int(z.sum()) - core - rec.charge) // 2
-        n = min(n_occ + n_virtual, len(ex["mo_energy"]), len(ex["targets_mo_energy"]))
+        ex = data.reader[int(i)].extras
+        n_occ = data.graphs[int(i)].qm.n_occ
+        n = min(n_occ + config.qm.n_virtual, len(ex["mo_energy"]), len(ex["targets_mo_energy"]))
         e, t = ex["mo_energy"], ex["targets_mo_energy"]
         orb.extend(np.abs(e[:n] - t[:n]))
         gap.append(abs((e[n_occ] - e[n_occ - 1]) - (t[n_occ] - t[n_occ - 1])))
@@ -102,13 +106,13 @@ def markdown(rows: list[dict]) -> str:
 def report(runs: list[str], out: str, which: str = "best") -> list[dict]:
     """Evaluates every run against both target sets; writes JSON and markdown."""
     from helm_jax import checkpoint
-    rows = []
+    rows, first = [], None
     for run in runs:
-        name = checkpoint.load_model(run, which=which).config.name
+        loaded = checkpoint.load_model(run, which=which)
+        first = first or loaded.config
         for targets in TARGETS:
-            rows.append(row(name, targets, evaluate_run(run, targets, which)))
-    n_virtual = int(checkpoint.load_model(runs[0]).config.qm.n_virtual)
-    rows.append(row("def2-SVP label H (exact)", "large_basis", basis_error(runs[0], n_virtual)))
+            rows.append(row(loaded.config.name, targets, evaluate_run(loaded, run, targets)))
+    rows.append(row("def2-SVP label H (exact)", "large_basis", basis_error(first, runs[0])))
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "qm_report.json"), "w") as f:
         json.dump(rows, f, indent=1)
