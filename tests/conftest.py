@@ -10,6 +10,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 
+# Cache every compiled program, however small or quick to compile.
+_CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
 def pytest_configure(config):
     """One fresh XLA compilation cache per test session, shared by the xdist workers and the
     subprocesses the tests start: many tests compile the same tiny programs, and compiling
@@ -20,9 +25,7 @@ def pytest_configure(config):
     import tempfile
     path = tempfile.mkdtemp(prefix="helm_jax_xla_cache_")
     config._helm_xla_cache = path
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    os.environ.update(_CACHE_ENV, JAX_COMPILATION_CACHE_DIR=path)
 
 
 def pytest_unconfigure(config):
@@ -30,4 +33,5 @@ def pytest_unconfigure(config):
     if path:
         import shutil
         shutil.rmtree(path, ignore_errors=True)
-        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+        for key in ("JAX_COMPILATION_CACHE_DIR", *_CACHE_ENV):
+            os.environ.pop(key, None)
