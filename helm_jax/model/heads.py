@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from helm_jax import blocks
-from helm_jax.nn import layers
+from helm_jax.nn import layers, so3
 
 
 class IrrepsHead(nn.Module):
@@ -59,10 +59,12 @@ class IrrepsHead(nn.Module):
         dtype = jnp.dtype(self.dtype)
         kw = dict(dtype=dtype, param_dtype=jnp.dtype(self.param_dtype),
                   matmul_dtype=self.matmul_dtype)
-        s = x[:, 0, :].astype(dtype)  # [R, C]
+        xs = so3.split_degrees(x, l_max, axis=1)  # [R, 2l+1, C]; see so3.split
+        s = xs[0][:, 0, :].astype(dtype)  # [R, C]
         hidden = nn.silu(layers.Dense(self.hidden, name="scalar_mlp_0", **kw)(s))
         out = layers.Dense(c + top * c, name="scalar_mlp_1", **kw)(hidden)
-        scalars, gates = out[:, :c], out[:, c:].reshape(rows, top, c)  # [R, C], [R, top, C]
+        scalars, gates = so3.split(out, [c, top * c], axis=1)
+        gates = so3.split_rows(gates.reshape(rows, top, c), axis=1)  # top x [R, 1, C]
         parts = []
         for l, mul in enumerate(self.muls):
             if l == 0:
@@ -71,8 +73,7 @@ class IrrepsHead(nn.Module):
             if mul == 0:
                 parts.append(jnp.zeros((rows, 0, 2 * l + 1), dtype))
                 continue
-            xl = x[:, l * l:(l + 1) ** 2, :].astype(dtype)  # [R, 2l+1, C]
-            xl = xl * jax.nn.sigmoid(gates[:, l - 1, None, :])
+            xl = xs[l].astype(dtype) * jax.nn.sigmoid(gates[l - 1])  # [R, 2l+1, C]
             w = self.param(f"linear_l{l}", nn.initializers.lecun_normal(),
                            (c, mul), jnp.dtype(self.param_dtype))
             y = layers.matmul(xl, w, dtype, self.matmul_dtype)  # [R, 2l+1, mul]

@@ -160,8 +160,8 @@ class EquivariantRMSNorm(nn.Module):
         assert x.shape[-2] == size, (x.shape, self.l_max)
         channels = x.shape[-1]
         x = x.astype(self.dtype)
-        x0 = x[..., :1, :]
-        x = jnp.concatenate([x0 - jnp.mean(x0, axis=-1, keepdims=True), x[..., 1:, :]], axis=-2)
+        x0, rest = so3.split(x, [1, size - 1], axis=-2)
+        x = jnp.concatenate([x0 - jnp.mean(x0, axis=-1, keepdims=True), rest], axis=-2)
         degree = so3.degree_index(self.l_max)
         balance = jnp.asarray(1.0 / ((2 * degree + 1) * (self.l_max + 1)), self.dtype)
         ms = jnp.mean(jnp.sum(balance[:, None] * x * x, axis=-2, keepdims=True),
@@ -193,10 +193,11 @@ def gate(
     assert gates.shape[-1] == l_max * channels, (gates.shape, x.shape)
     if l_max == 0:
         return nn.silu(x)
-    g = jax.nn.sigmoid(gates.reshape(gates.shape[:-1] + (l_max, channels)))
-    return jnp.concatenate(
-        [nn.silu(x[..., :1, :])] + [x[..., l * l:(l + 1) ** 2, :] * g[..., l - 1:l, :]
-                                    for l in range(1, l_max + 1)], axis=-2)
+    g = so3.split_rows(jax.nn.sigmoid(gates.reshape(gates.shape[:-1] + (l_max, channels))),
+                       axis=-2)
+    xs = so3.split_degrees(x, l_max)
+    return jnp.concatenate([nn.silu(xs[0])] + [xs[l] * g[l - 1] for l in range(1, l_max + 1)],
+                           axis=-2)
 
 
 def expand_degrees(a: jax.Array, l_max: int) -> jax.Array:
@@ -206,9 +207,8 @@ def expand_degrees(a: jax.Array, l_max: int) -> jax.Array:
     (a gather's gradient is a scatter-add, slow on XLA:CPU).
     """
     assert a.shape[-2] == l_max + 1, (a.shape, l_max)
-    return jnp.concatenate([jnp.broadcast_to(a[..., l:l + 1, :], a.shape[:-2] + (2 * l + 1,)
-                                             + a.shape[-1:]) for l in range(l_max + 1)],
-                           axis=-2)
+    return jnp.concatenate([jnp.broadcast_to(al, a.shape[:-2] + (2 * l + 1,) + a.shape[-1:])
+                            for l, al in enumerate(so3.split_rows(a, axis=-2))], axis=-2)
 
 
 class SO3Linear(nn.Module):
@@ -235,10 +235,11 @@ class SO3Linear(nn.Module):
                             self.param_dtype)
         in_dtype = self.dtype if self.matmul_dtype is None else self.matmul_dtype
         x, kernel = x.astype(in_dtype), kernel.astype(in_dtype)
-        # One matmul per degree on a static slice: no gather of the kernel to [K, C, D]
-        # (whose gradient is a scatter-add) and no batched dot over k.
-        y = jnp.concatenate([jnp.matmul(x[..., l * l:(l + 1) ** 2, :], kernel[l])
-                             for l in range(self.l_max + 1)], axis=-2).astype(self.dtype)
+        # One matmul per degree on a split (not a slice: see so3.split): no gather of the
+        # kernel to [K, C, D] (whose gradient is a scatter-add) and no batched dot over k.
+        y = jnp.concatenate([jnp.matmul(xl, kl[0]) for xl, kl in
+                             zip(so3.split_degrees(x, self.l_max), so3.split_rows(kernel, 0))],
+                            axis=-2).astype(self.dtype)
         if self.use_bias:
             bias = self.param('bias', nn.initializers.zeros, (self.features,), self.param_dtype)
             y = y.at[..., 0, :].add(bias.astype(self.dtype))
@@ -267,7 +268,8 @@ class FeedForward(nn.Module):
         kw = dict(l_max=self.l_max, dtype=self.dtype, param_dtype=self.param_dtype,
                   matmul_dtype=self.matmul_dtype)
         gates = Dense(self.l_max * self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
-                      matmul_dtype=self.matmul_dtype, name='gate_scalars')(x[..., 0, :])
+                      matmul_dtype=self.matmul_dtype,
+                      name='gate_scalars')(so3.split(x, [1, x.shape[-2] - 1], -2)[0][..., 0, :])
         h = SO3Linear(features=self.hidden, name='linear_in', **kw)(x)
         h = gate(h, gates)
         return SO3Linear(features=self.features, name='linear_out', **kw)(h)

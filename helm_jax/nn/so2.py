@@ -79,54 +79,46 @@ class SO2Convolution(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, matmul_dtype=self.matmul_dtype)
 
         # Per m: inputs [E, 2, (l_max+1-m) C] holding (+m, -m); m = 0 has a single row.
-        # Static single-row slices and concatenations, not gathers: their gradients are
-        # pads and adds instead of scatter-adds (slow on XLA:CPU).
+        # One split into rows and concatenations, not gathers or slices: the gradient is
+        # one concatenation, not a scatter-add or a full-size pad per row (see so3.split).
+        x_rows = so3.split_rows(x, axis=1)
         inputs = []
         for m in range(m_max + 1):
             rows = _order_indices(l_max, m)[:1 if m == 0 else 2]
-            inputs.append(jnp.stack([_rows(x, r).reshape(num_edges, -1) for r in rows],
-                                    axis=1))
+            inputs.append(jnp.stack(
+                [jnp.concatenate([x_rows[int(k)] for k in r], axis=1).reshape(num_edges, -1)
+                 for r in rows], axis=1))
         if self.radial_hidden is not None:
             sizes = [(l_max + 1 - m) * channels for m in range(m_max + 1)]
             radial = layers.RadialMLP(self.radial_hidden, sum(sizes), name='radial', **kw)(
                 edge_scalars.astype(self.dtype))
-            splits = np.cumsum(sizes)[:-1]
             inputs = [xm * wm[:, None, :]
-                      for xm, wm in zip(inputs, jnp.split(radial, splits, axis=-1))]
+                      for xm, wm in zip(inputs, so3.split(radial, sizes, axis=-1))]
 
         width0 = (l_max + 1) * self.features
         y0 = layers.Dense(width0 + self.num_gates, name='m0', **kw)(inputs[0][:, 0])
-        gates = y0[:, width0:]
-        # by_order[m] = (y_{+m}, y_{-m}), each [E, l_max+1-m, features] over l = m..l_max.
-        y0 = y0[:, :width0].reshape(num_edges, l_max + 1, self.features)
+        y0, gates = so3.split(y0, [width0, self.num_gates], axis=1)
+        # by_order[m] = (y_{+m}, y_{-m}), each split into its rows l = m..l_max of
+        # [E, 1, features].
+        y0 = so3.split_rows(y0.reshape(num_edges, l_max + 1, self.features), axis=1)
         by_order = [(y0, y0)]
         for m in range(1, m_max + 1):
             width = (l_max + 1 - m) * self.features
             # One kernel [W_r | W_i] applied to both rows; 1/sqrt(2): y sums two products.
             ym = layers.Dense(2 * width, use_bias=False, init_scale=0.5, name=f'm{m}', **kw)(
                 inputs[m])  # [E, 2, 2 width]
-            real, imag = ym[..., :width], ym[..., width:]
-            y_plus = real[:, 0] - imag[:, 1]
-            y_minus = real[:, 1] + imag[:, 0]
-            by_order.append(tuple(y.reshape(num_edges, l_max + 1 - m, self.features)
-                                  for y in (y_plus, y_minus)))
+            (r0, i0), (r1, i1) = (so3.split(y, [width, width], axis=-1)
+                                  for y in so3.split_rows(ym, axis=1))  # [E, 1, width]
+            y_plus, y_minus = r0 - i1, r1 + i0
+            by_order.append(tuple(
+                so3.split_rows(y.reshape(num_edges, l_max + 1 - m, self.features), axis=1)
+                for y in (y_plus, y_minus)))
         zero = jnp.zeros((num_edges, 1, self.features), self.dtype)
-        rows = []  # coefficient layout k = l*l + l + m (static slices, no gather)
+        rows = []  # coefficient layout k = l*l + l + m
         for l in range(l_max + 1):
             for m in range(-l, l + 1):
                 if abs(m) > m_max:
                     rows.append(zero)
                 else:
-                    y = by_order[abs(m)][0 if m >= 0 else 1]
-                    rows.append(y[:, l - abs(m):l - abs(m) + 1])
+                    rows.append(by_order[abs(m)][0 if m >= 0 else 1][l - abs(m)])
         return jnp.concatenate(rows, axis=1), gates
-
-
-def _rows(x: jax.Array, index: np.ndarray) -> jax.Array:
-    """``x[:, index]`` for a static index array, as slices of runs of consecutive rows."""
-    parts, start = [], 0
-    for i in range(1, len(index) + 1):
-        if i == len(index) or index[i] != index[i - 1] + 1:
-            parts.append(x[:, int(index[start]):int(index[i - 1]) + 1])
-            start = i
-    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
