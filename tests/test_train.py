@@ -10,6 +10,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from helm_jax import basis, losses, train
@@ -107,6 +108,20 @@ for n_dev in (1, 2):  # one process: the 1-device mesh is the first of the 2 dev
     np.savez(os.path.join({out!r}, f"p{{n_dev}}.npz"), loss=np.asarray(m["loss"]),
              **{{str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(p))}})
 """
+
+
+def test_clip_by_global_norm_matches_optax():
+    from helm_jax import train_utils
+    rng = np.random.default_rng(1)
+    grads = {"a": jnp.asarray(rng.normal(size=(7, 5))), "b": [jnp.asarray(rng.normal(size=3))]}
+    norm = float(np.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads))))
+    for max_norm in (0.5 * norm, 2.0 * norm):  # clipped, untouched
+        ours, _ = train_utils.clip_by_global_norm(max_norm).update(grads, ())
+        ref, _ = optax.clip_by_global_norm(max_norm).update(grads, ())
+        for x, y in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+            np.testing.assert_allclose(x, y, rtol=1e-6, atol=0)
+        clipped = float(np.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(ours))))
+        assert abs(clipped - min(norm, max_norm)) < 1e-5 * norm
 
 
 def test_two_devices_equal_one_device(water, tmp_path):
