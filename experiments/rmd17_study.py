@@ -161,6 +161,7 @@ def markdown(table: dict, ks: list[int], molecule: str) -> str:
 def plot(table: dict, ks: list[int], molecule: str, path: str) -> None:
     """Error versus K, one line per protocol, error bars over seeds."""
     from matplotlib.figure import Figure  # no pyplot: no backend switch in notebooks
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
     fig = Figure(figsize=(9, 3.6))
     axes = fig.subplots(1, 2)
     for protocol, by_k in table.items():
@@ -173,6 +174,9 @@ def plot(table: dict, ks: list[int], molecule: str, path: str) -> None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(ks, [str(k) for k in ks])
+        ax.xaxis.set_minor_formatter(NullFormatter())  # only the K ticks are labelled
+        ax.yaxis.set_major_formatter(ScalarFormatter())  # plain numbers, not powers of ten
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
         ax.set_xlabel("K energy-labelled conformers")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
