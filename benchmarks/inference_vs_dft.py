@@ -33,7 +33,9 @@ def atoms_of(name: str):
     import ase.io
     path = os.path.join(HERE, f"{name}_frame0.xyz")
     if os.path.exists(path):
-        return ase.io.read(path)
+        atoms = ase.io.read(path)
+        atoms.pbc = False  # the rMD17 extxyz frames carry a cell; these are molecules
+        return atoms
     return ase.build.molecule(name)
 
 

@@ -157,7 +157,8 @@ def build(args):
         return (lambda: fwd(params, inputs)), info
     mesh = parallel.make_mesh(1)
     tx = build_optimizer(c.optim, 100, "none", params)
-    ctx = losses.LossContext.create(spec.node_layout, spec.edge_layout, None)
+    ctx = (losses.LossContext.create(spec.node_layout, spec.edge_layout, None)
+           if args.l_max is None else occupied_context(spec))
     step = parallel.data_parallel(make_train_step(model, tx, ctx, {"hamiltonian": 1.0},
                                                   {"hamiltonian"}, False, 0.0), mesh, 3,
                                   donate=(0, 1))
@@ -170,6 +171,24 @@ def build(args):
         state["p"], state["o"], _, metrics = step(state["p"], state["o"], None, stacked)
         return metrics
     return run, info
+
+
+def occupied_context(spec):
+    """Loss context in which every element occupies every shell slot and AO.
+
+    The l_max sweep cuts the template's shells to the irreps that fit, so C and O's real
+    basis (with its d and f shells) no longer fits and ``LossContext.create`` refuses it.
+    The masks are data: all-true tables give the same arrays, and the same cost, as the real
+    ones.
+    """
+    import numpy as np
+    from helm_jax import losses
+    template = spec.node_layout.template
+    mul0 = spec.node_layout.muls[0]
+    return losses.LossContext(spec.node_layout, spec.edge_layout,
+                              np.ones((119, len(template.slot_l)), bool),
+                              np.zeros((119, mul0)), np.ones((119, mul0)),
+                              np.ones((119, template.n_ao), bool))
 
 
 def peak_memory_gib() -> tuple[float, str]:

@@ -67,7 +67,7 @@ def default_model_config() -> ml_collections.ConfigDict:
         # in the backward pass), so activation memory no longer grows with E x (l_max+1)^2
         # x C per intermediate. 0 disables chunking. Same parameters, same outputs.
         edge_chunk_size=2048,
-        chunk_edges_above=8192,
+        chunk_edges_above=2048,
     ))
 
 
@@ -240,7 +240,7 @@ class HELMBackbone(nn.Module):
     matmul_dtype: Optional[layers.Dtype] = None
     remat: bool = False
     edge_chunk_size: int = 2048
-    chunk_edges_above: int = 8192
+    chunk_edges_above: int = 2048
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> 'HELMBackbone':
