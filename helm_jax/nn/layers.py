@@ -267,9 +267,9 @@ class FeedForward(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:  # [..., K, C] -> [..., K, features]
         kw = dict(l_max=self.l_max, dtype=self.dtype, param_dtype=self.param_dtype,
                   matmul_dtype=self.matmul_dtype)
+        scalars = so3.split_degrees(x, self.l_max)[0][..., 0, :]  # l = 0, [..., C]
         gates = Dense(self.l_max * self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
-                      matmul_dtype=self.matmul_dtype,
-                      name='gate_scalars')(so3.split(x, [1, x.shape[-2] - 1], -2)[0][..., 0, :])
+                      matmul_dtype=self.matmul_dtype, name='gate_scalars')(scalars)
         h = SO3Linear(features=self.hidden, name='linear_in', **kw)(x)
         h = gate(h, gates)
         return SO3Linear(features=self.features, name='linear_out', **kw)(h)
