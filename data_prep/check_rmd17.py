@@ -23,8 +23,8 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 from helm_jax.data import labelling  # pylint: disable=wrong-import-position
 from helm_jax.data import geometry  # pylint: disable=wrong-import-position
+from helm_jax.units import HARTREE_EV  # pylint: disable=wrong-import-position
 
-HARTREE_EV = 27.211386245988
 ENERGY_TARGET_MEV = 15.0  # |E_pyscf - E_orca| per frame
 FORCE_TARGET_MEV_A = 3.0  # force MAE
 DEFAULT_XYZ = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",

@@ -26,6 +26,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 from helm_jax import metrics  # noqa: E402
+from helm_jax.units import HARTREE_MEV  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("runs", None, "Workdirs of experiments/qm_targets.py runs.")
@@ -33,7 +34,6 @@ flags.DEFINE_string("out", "workdirs/qm_report", "Output folder.")
 flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint of each workdir.")
 flags.mark_flags_as_required(["runs"])
 
-HARTREE_MEV = metrics.HARTREE_EV * 1e3
 AU_DEBYE = 2.541746473
 TARGETS = ("reference", "large_basis")
 

@@ -12,8 +12,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from helm_jax import basis as basis_lib
+from helm_jax.units import HARTREE_EV  # noqa: F401  (re-exported)
 
-HARTREE_EV = 27.211386245988
 MICRO = 1e6
 
 

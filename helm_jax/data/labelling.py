@@ -43,8 +43,8 @@ import numpy as np
 import tqdm
 
 from helm_jax.data import geometry, h5format, properties as properties_lib
+from helm_jax.units import BOHR_ANGSTROM
 
-BOHR_ANGSTROM = 0.52917721092  # PySCF's lib.param.BOHR
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _PART_RE = re.compile(r"^(\d{7})\.h5$")
 
