@@ -181,7 +181,8 @@ def split_indices(config: ml_collections.ConfigDict, reader, split: str,
     if saved is not None:
         return np.asarray(saved[split], np.int64)
     sizes = datasets.split_sizes(len(reader.converged_indices()), dict(config.data.split))
-    splits = reader.splits(seed=int(config.data.split_seed), sizes=sizes)
+    splits = reader.splits(seed=int(config.data.split_seed), sizes=sizes,
+                           order=config.data.get("split_order", "random"))
     if split not in splits:
         raise ValueError(f"Unknown split {split!r}: choose one of {sorted(splits)} or 'all'.")
     return splits[split]

@@ -235,6 +235,10 @@ def test_project_h5_overlap_splits_and_verify_cli(tmp_path, svp):
     assert all(np.array_equal(parts[k], again[k]) for k in parts)
     with pytest.raises(ValueError, match="at most one size may be None"):
         ds.splits(0, (None, None))
+    ordered = ds.splits(sizes=(2, 1, None), order="contiguous")  # file order, converged only
+    assert [ordered[k].tolist() for k in ("train", "val", "test")] == [[0, 1], [3], [4]]
+    with pytest.raises(ValueError, match="split order 'sorted'"):
+        ds.splits(sizes=(2, None), order="sorted")
     with pytest.raises(NotImplementedError, match="defines no split"):
         ds.published_splits()
     out = subprocess.run([sys.executable, "data_prep/verify.py", f"--data={path}", "--n=2"],

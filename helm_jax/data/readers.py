@@ -40,10 +40,9 @@ from helm_jax import basis as basis_lib
 from helm_jax import conventions
 from helm_jax.data import geometry, h5format
 from helm_jax.data.records import Record
+from helm_jax.units import BOHR_ANGSTROM, HARTREE_EV  # noqa: F401
 
-BOHR_ANGSTROM = 0.529177210903  # CODATA 2018 bohr radius in Angstrom.
 KINDS = ("h5", "omol_csh", "schnorb", "nabladft", "qh9", "xyz")
-HARTREE_EV = 27.211386245988
 _SPLIT_NAME = re.compile(r"(?<![a-z])(train|valid|val|test)\w*$")  # file stem "..._test_all"
 _LMDB_ENVS: dict[tuple[int, str], Any] = {}  # (pid, real path) -> open lmdb.Environment
 
@@ -117,13 +116,16 @@ class Reader:
 
     def splits(self, seed: int = 0,
                sizes: Mapping[str, int | None] | Sequence[int | None] = (None,),
-               ) -> dict[str, np.ndarray]:
-        """Random disjoint splits of the converged records, deterministic in ``seed``.
+               order: str = "random") -> dict[str, np.ndarray]:
+        """Disjoint splits of the converged records.
 
         Args:
-          seed: seed of the permutation.
+          seed: seed of the permutation (``order="random"``).
           sizes: ``{name: count}`` or counts for ``("train", "val", "test")`` in order; at most
             one count may be None, meaning "all remaining records".
+          order: ``"random"`` (a seeded permutation) or ``"contiguous"`` (file order: the
+            first records train, the next validate, ...; published splits such as "frames
+            0-249 train, 250-299 validation" and the HELM reference's keys-list slices).
 
         Returns:
           ``{name: sorted int64 indices}``.
@@ -131,7 +133,11 @@ class Reader:
         if not isinstance(sizes, Mapping):
             names = ("train", "val", "test", *[f"split{k}" for k in range(3, len(sizes))])
             sizes = dict(zip(names, sizes))
-        pool = np.random.default_rng(seed).permutation(self.converged_indices())
+        if order not in ("random", "contiguous"):
+            raise ValueError(f"split order {order!r}: use 'random' or 'contiguous'")
+        pool = self.converged_indices()
+        if order == "random":
+            pool = np.random.default_rng(seed).permutation(pool)
         fixed = sum(int(n) for n in sizes.values() if n is not None)
         if sum(n is None for n in sizes.values()) > 1 or fixed > len(pool) or any(
                 n is not None and n < 0 for n in sizes.values()):
