@@ -85,9 +85,8 @@ def setup(config: str, dtype: str, l_max: int | None = None, remat: bool = False
     Returns:
       ``(config, template)``.
     """
-    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "experiments"))
-    import base
     from helm_jax import basis
+    from helm_jax.configs import base
 
     c = base.get_config()
     if config == "md17":

@@ -1,38 +1,7 @@
 """Hamiltonian pretraining with the paper's OMol_CSH settings (DESIGN.md section 1).
 
-    python experiments/run.py --config=experiments/omol_pretrain.py
-    python experiments/run.py --config=experiments/omol_pretrain.py:small   # quick CPU run
-    python experiments/run.py --config=experiments/omol_pretrain.py \
-        --config.data.path=/data/omol_csh_58k_train.h5 --config.data.batch.molecules_per_batch=None \
-        --config.data.batch.edges_per_batch=18000
-
-The data path defaults to the embedded dataset (labelled on first use), so the command runs
-on a fresh machine.
+The command-line handle of ``helm_jax/configs/omol_pretrain.py`` (settings, variants and usage are
+documented there): ``python experiments/run.py --config=experiments/omol_pretrain.py[:variant]``.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import base  # noqa: E402
-
-
-def get_config(variant: str = ""):
-    """OMol settings: C=128, 3 layers, l_max=m_max=6, 128 Gaussians on 0-12 A, cutoff 12 A,
-    float32, AdamW lr 1e-3 wd 1e-4, reduce-on-plateau x0.5 patience 10."""
-    c = base.get_config()
-    c.name = "omol_pretrain"
-    c.model.update(channels=128, num_layers=3, l_max=6, m_max=6, num_rbf=128, cutoff=12.0,
-                   dtype="float32")
-    c.optim.update(name="adamw", learning_rate=1e-3, weight_decay=1e-4, schedule="plateau",
-                   plateau_factor=0.5, plateau_patience=10)
-    # The embedded molecules (3-9 atoms) are alike in size: one bucket, one compiled shape.
-    c.data.batch.num_buckets = 1
-    c.train.update(num_steps=500, eval_every=100, checkpoint_every=100, log_every=10)
-    if "small" in variant.split(","):
-        c.name = "omol_pretrain_small"
-        base.tiny_model(c, l_max=6)
-        c.data.embedded_limit = 40
-        c.train.update(num_steps=60, eval_every=30, checkpoint_every=30, log_every=10)
-    return c
+from helm_jax.configs.omol_pretrain import get_config  # noqa: F401

@@ -22,7 +22,6 @@ import sys
 from absl import app, flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 from helm_jax import metrics  # noqa: E402

@@ -9,7 +9,7 @@ One command per molecule runs everything, resuming whatever an interrupted run f
     python experiments/rmd17_study.py --molecule=ethanol --rmd17=/path/to/rmd17 \
         --workdir=workdirs/rmd17_study
 
-Steps (settings in ``md17.study_variant``: the same model and optimiser budget for every
+Steps (settings in ``helm_jax.configs.md17.study_variant``: the same model and optimiser budget for every
 protocol):
 
 1. Hamiltonian pretraining on the labelled PBE/def2-SVP Fock matrices (``--labels``).
@@ -35,7 +35,6 @@ import time
 from absl import app, flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 FLAGS = flags.FLAGS
@@ -56,7 +55,7 @@ MEV = 1e3
 
 def pretrain_config(molecule: str, labels: str, small: bool, steps: int | None):
     """Hamiltonian pretraining config of the study."""
-    import md17
+    from helm_jax.configs import md17
     c = md17.get_config(f"{molecule},study" + (",small" if small else ""))
     c.data.path = labels
     if small:
@@ -70,7 +69,7 @@ def pretrain_config(molecule: str, labels: str, small: bool, steps: int | None):
 def energy_config(molecule: str, protocol: str, k: int, seed: int, train_xyz: str,
                   pretrained: str, small: bool, steps: int | None):
     """Energy + force config of one (protocol, K, seed) run."""
-    import md17
+    from helm_jax.configs import md17
     c = md17.get_config(f"{molecule},energy,{protocol},k={k},study" + (",small" if small
                                                                         else ""))
     c.data.path = train_xyz

@@ -12,7 +12,7 @@ from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_HERE))  # helm_jax without installing
-sys.path.insert(0, _HERE)  # so a fork's config file can `import omol_pretrain`
+sys.path.insert(0, _HERE)  # so a fork's config file beside these can import its neighbours
 sys.path.insert(0, os.getcwd())  # so a fork's modules (e.g. my_fork.losses) import
 
 FLAGS = flags.FLAGS

@@ -261,7 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Trains a HELM model as ``config`` says, checkpointing and logging into ``workdir``.
 
     Args:
-      config: run configuration (see ``experiments/base.py`` for every field).
+      config: run configuration (see ``helm_jax/configs/base.py`` for every field).
       workdir: directory for checkpoints, statistics, logs and plots; a checkpoint there is
         resumed automatically.
 

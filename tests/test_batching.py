@@ -132,23 +132,36 @@ def test_epochs_are_complete_deterministic_and_resumable(reader):
     assert first[0].nodes["species"].shape[0] == 2  # stacked for 2 devices
 
 
-def test_statistics_standardise_per_element(reader):
+@pytest.mark.parametrize("reference", ["shift", "standardize"])
+def test_statistics_reference_per_element(reader, reference):
     gs = [graphs.build_graph(reader[i], SPEC) for i in range(len(reader))]
-    st = statistics.compute_statistics(gs, SPEC.node_layout)
+    st = statistics.compute_statistics(gs, SPEC.node_layout, node_reference=reference)
     mul0 = SPEC.node_layout.muls[0]
+    raw = np.concatenate([g.node_labels for g in gs])
     y = np.concatenate([statistics.standardize_nodes(g.node_labels, g.species, st.node_mean,
                                                      st.node_std, mul0) for g in gs])
     z = np.concatenate([g.species for g in gs])
     table = graphs.slot_mask_table(TEMPLATE)
     m = graphs.label_masks(z, z, SPEC.node_layout, table)[:, :mul0]
+    checked = 0
     for el in (1, 6, 8):
         sel = z == el
         for k in range(mul0):
-            col = y[sel, k][m[sel, k]]
-            if len(col) > 1 and st.node_std[el, k] != 1.0:
-                assert abs(col.mean()) < 1e-10 and abs(col.std() - 1) < 1e-10
+            col, rcol = y[sel, k][m[sel, k]], raw[sel, k][m[sel, k]]
+            if len(col) < 2 or rcol.std() < statistics.SIGMA_FLOOR:
+                continue
+            checked += 1
+            assert abs(col.mean()) < 1e-10  # both references centre every component
+            want = 1.0 if reference == "standardize" else rcol.std()  # shift keeps the scale
+            assert abs(col.std() - want) < 1e-10 * max(1.0, want)
+    assert checked >= 3
+    if reference == "shift":
+        assert np.all(st.node_std == 1.0)
+    assert np.abs(y[:, mul0:] - raw[:, mul0:]).max() == 0.0  # l > 0 untouched
     back = statistics.destandardize_nodes(y, z, st.node_mean, st.node_std, mul0)
-    assert np.abs(back - np.concatenate([g.node_labels for g in gs])).max() < 1e-12
+    assert np.abs(back - raw).max() < 1e-12
+    with pytest.raises(ValueError, match="node_reference='scale'"):
+        statistics.compute_statistics(gs, SPEC.node_layout, node_reference="scale")
 
 
 def test_energy_reference_recovers_a_linear_model():

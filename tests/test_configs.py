@@ -126,3 +126,29 @@ def test_qm_targets_small(variant, tmp_path):
     assert rows[2]["orbital_energy_mae_mev"] == pytest.approx(orb * qm_report.HARTREE_MEV,
                                                               rel=1e-9)
     assert dip > 1e-3  # def2-SVP and def2-TZVP dipoles differ: the comparison is not vacuous
+
+
+@pytest.mark.parametrize("name,variant,match", [
+    ("md17", "ethanl", "unknown variant word 'ethanl'.*valid: .*ethanol, "),
+    ("md17", "ethanol,uracil", "'ethanol' and 'uracil'.*both molecule choices"),
+    ("md17", "ethanol,frozen", "names a protocol or k without 'energy'"),
+    ("md17", "ethanol,energy,k=many", "k='many' is not a int"),
+    ("md17", "ethanol,energy,n=3", "unknown variant key 'n'.*k=<int>"),
+    ("omol_pretrain", "smal", "unknown variant word 'smal'.*valid: small"),
+    ("energy_transfer", "frozen,finetune", "both protocol choices"),
+    ("nabladft", "3k", "valid: 10k, 2k, 5k, small"),
+    ("qm_targets", "h_only,small,extra", "unknown variant word 'extra'"),
+])
+def test_variants_are_parsed_strictly(name, variant, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(name, variant)
+
+
+def test_variant_choices_and_defaults():
+    c = load_config("md17", "uracil,energy,finetune,k=25")
+    assert (c.name, c.transfer.protocol, c.data.split.train) == (
+        "md17_uracil_finetune_k25", "finetune", 25)
+    assert load_config("md17", "").name == "md17_ethanol"
+    from helm_jax.configs import md17  # the package and the command-line handle agree
+    assert md17.get_config("malonaldehyde,curve").to_dict() == load_config(
+        "md17", "malonaldehyde,curve").to_dict()

@@ -1,14 +1,12 @@
 """Shared fixtures for training tests: a small labelled dataset and tiny configs."""
 
 import os
-import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "experiments"))
+from helm_jax.configs import base
 
-import base  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WATER_XYZ = os.path.join(ROOT, "tests", "data", "water_frames.xyz")
 

@@ -6,6 +6,9 @@
   elements: atomic numbers of the template (None: scanned from the data; OMol_CSH: its 58).
   split_seed, split: sizes (ints) or fractions (floats < 1) of train/val/test; ``None`` for
     test means the rest.
+  node_reference: per-element reference of the l = 0 node labels, ``"shift"`` (mean) or
+    ``"standardize"`` (mean and standard deviation); see ``helm_jax.data.statistics``.
+  split_order: ``"random"`` (seeded by split_seed) or ``"contiguous"`` (file order).
   batch: ``molecules_per_batch`` or ``edges_per_batch``, ``num_buckets``.
   cache_graphs: keep built graphs in memory (small datasets).
   embedded_limit: label only the first N embedded structures (quick test configs).
@@ -97,12 +100,14 @@ def load_data(config: ml_collections.ConfigDict, workdir: str | None = None) -> 
                                    cache=bool(config.data.get("cache_graphs", True)))
     split = dict(config.data.split)
     splits = reader.splits(seed=int(config.data.split_seed),
-                           sizes=split_sizes(len(reader.converged_indices()), split))
+                           sizes=split_sizes(len(reader.converged_indices()), split),
+                           order=config.data.get("split_order", "random"))
     stats_path = os.path.join(workdir, "statistics.json") if workdir else None
     if stats_path and os.path.exists(stats_path):
         stats = Statistics.load(stats_path)
     else:
-        stats = compute_statistics((graphs[i] for i in splits["train"]), spec.node_layout)
+        stats = compute_statistics((graphs[i] for i in splits["train"]), spec.node_layout,
+                                   node_reference=config.data.get("node_reference", "shift"))
         if stats_path and parallel.is_main_process():  # every process computed the same
             os.makedirs(workdir, exist_ok=True)
             stats.save(stats_path)

@@ -1,4 +1,4 @@
-"""The shared base of every experiment config; experiment files override a few fields.
+"""The shared base of every experiment config; the other configs override a few fields.
 
 Every field used anywhere in helm_jax is listed here with its meaning, so
 ``--config.<field>=...`` overrides (checked by ``lock_config=True``) are discoverable.
@@ -23,6 +23,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.elements = ml_collections.FieldReference(None, field_type=list)  # None: scan
     c.data.embedded_limit = ml_collections.FieldReference(None, field_type=int)
     c.data.split_seed = 0
+    # l = 0 node labels minus the per-element mean ("shift") or also divided by its standard
+    # deviation ("standardize", the paper's form); see helm_jax/data/statistics.py.
+    c.data.node_reference = "shift"
+    c.data.split_order = "random"  # or "contiguous": file order (train first, then val, test)
     c.data.split = ml_collections.ConfigDict(dict(train=0.8, val=0.1, test=None))
     c.data.batch = ml_collections.ConfigDict(dict(
         molecules_per_batch=ml_collections.FieldReference(4, field_type=int),
@@ -77,18 +81,6 @@ def small_variant(c: ml_collections.ConfigDict, l_max: int, steps: int) -> None:
     c.data.split.update(train=0.6, val=0.2, test=None)
     c.train.update(num_steps=steps, eval_every=steps // 2, checkpoint_every=steps // 2,
                    log_every=5)
-
-
-def variant_tokens(variant: str) -> tuple[list[str], dict[str, str]]:
-    """Splits ``"a,b,k=v"`` (the text after ``config.py:``) into flags and key=values."""
-    flags, values = [], {}
-    for tok in filter(None, (t.strip() for t in (variant or "").split(","))):
-        if "=" in tok:
-            k, v = tok.split("=", 1)
-            values[k] = v
-        else:
-            flags.append(tok)
-    return flags, values
 
 
 def md17_model(c: ml_collections.ConfigDict) -> None:

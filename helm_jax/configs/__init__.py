@@ -1,0 +1,82 @@
+"""Experiment configurations as an importable package.
+
+Each module's ``get_config(variant)`` returns an ``ml_collections.ConfigDict``; ``base`` holds
+every field with its default and meaning, the others override a few. The command-line
+handles are the files in ``experiments/`` (``--config=experiments/md17.py:ethanol,curve``),
+which re-export these functions, so a fork can also ``from helm_jax.configs import md17``.
+
+Variants (the text after ``config.py:``) are parsed strictly by :func:`parse_variant`: an
+unknown word or key is an error that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A parsed variant: the word chosen in each group, the flags set, the key=value pairs,
+    and which groups and keys the text named (the rest are at their defaults)."""
+
+    choice: dict[str, str]
+    flags: frozenset[str]
+    values: dict[str, Any]
+    named: frozenset[str]
+
+    def __contains__(self, flag: str) -> bool:
+        return flag in self.flags
+
+
+def parse_variant(text: str | None, *, groups: Mapping[str, tuple[str, ...]] | None = None,
+                  flags: tuple[str, ...] = (), keys: Mapping[str, tuple[type, Any]] | None = None,
+                  config: str = "config") -> Variant:
+    """Parses ``"word,word,key=value"`` against the words a config accepts.
+
+    Args:
+      text: the variant (``None`` or ``""``: every group at its default).
+      groups: ``{group: (default, other, ...)}``: at most one word of each group; the first
+        is the default.
+      flags: independent on/off words.
+      keys: ``{key: (type, default)}`` for ``key=value`` tokens.
+      config: the config's name, for error messages.
+
+    Raises:
+      ValueError: for an unknown word or key, two words of one group, or a value that does
+        not convert; the message lists what is valid.
+    """
+    groups, keys = dict(groups or {}), dict(keys or {})
+    owner = {w: g for g, words in groups.items() for w in words}
+    choice: dict[str, str] = {}
+    seen: set[str] = set()
+    values = {k: d for k, (_, d) in keys.items()}
+    valid = (sorted(owner) + sorted(flags) + [f"{k}=<{t.__name__}>" for k, (t, _) in
+                                              sorted(keys.items())])
+    for tok in filter(None, (t.strip() for t in (text or "").split(","))):
+        if "=" in tok:
+            k, v = tok.split("=", 1)
+            if k not in keys:
+                raise ValueError(f"{config}: unknown variant key {k!r} in {text!r}; valid: "
+                                 f"{', '.join(valid) or 'none'}.")
+            seen.add(k)
+            try:
+                values[k] = keys[k][0](v)
+            except ValueError as err:
+                raise ValueError(f"{config}: {k}={v!r} is not a {keys[k][0].__name__}") from err
+        elif tok in owner:
+            g = owner[tok]
+            if g in choice and choice[g] != tok:
+                raise ValueError(f"{config}: {choice[g]!r} and {tok!r} in {text!r} are both "
+                                 f"{g} choices ({', '.join(groups[g])}); give one.")
+            choice[g] = tok
+            seen.add(g)
+        elif tok in flags:
+            seen.add(tok)
+        else:
+            raise ValueError(f"{config}: unknown variant word {tok!r} in {text!r}; valid: "
+                             f"{', '.join(valid) or 'none'}.")
+    for g, words in groups.items():
+        choice.setdefault(g, words[0])
+    return Variant(choice=choice, flags=frozenset(seen & set(flags)), values=values,
+                   named=frozenset(seen - set(flags)))
