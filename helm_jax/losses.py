@@ -1,33 +1,40 @@
 """Losses chosen by name from the config, correct under padding and data parallelism.
 
-A loss is a function ``loss(out, batch, ctx) -> Partial``:
+A loss is a function ``loss(out, batch, ctx) -> LossSums`` registered under a name with the
+model outputs it reads (:func:`register`):
 
-* ``out``: the model outputs (``node_h``, ``edge_h``, ``energy``, ``forces``, ...);
+* ``out``: the model outputs (``node_h``, ``edge_h``, ``energy``, ``forces``, ``qm``);
 * ``batch``: the padded ``jraph.GraphsTuple`` of one device;
 * ``ctx``: :class:`LossContext` (label layouts, per-element statistics, mask tables).
 
-It returns masked *sums* (``Partial.sums``) and a ``combine`` function applied to the sums
+It returns masked *sums* (``LossSums.sums``) and a ``combine`` function applied to the sums
 after they are added up over all devices, so means divide by the global number of real
 entries exactly once (mace-jax style). The total loss is ``sum_name weight[name] *
-combine(psum(sums))`` with weights from ``config.losses`` (``{name: weight}``).
+combine(psum(sums))`` with weights from ``config.losses`` (``{name: weight}``); the forward
+pass computes the union of the outputs the weighted losses declare (:func:`needs`).
 
-To add a loss in a fork, write one function and name it in the config::
+To add a loss in a fork, register one function and name it in the config::
 
     # my_fork/losses.py
-    def offdiag_l1(out, batch, ctx):
-        err, mask = edge_error(out, batch, ctx)
-        return Partial({"ae": jnp.sum(jnp.abs(err) * mask), "n": jnp.sum(mask)},
-                       lambda s: s["ae"] / s["n"])
+    from helm_jax import losses
 
-    config.loss_modules = ("my_fork.losses",)
+    @losses.register("offdiag_l1", needs=("hamiltonian",))
+    def offdiag_l1(out, batch, ctx):
+        err, mask = losses.edge_error(out, batch, ctx)
+        return losses.LossSums({"ae": jnp.sum(jnp.abs(err) * mask), "n": jnp.sum(mask)},
+                               lambda s: s["ae"] / s["n"])
+
+    config.loss_modules = ("my_fork.losses",)   # imported before the names are resolved
     config.losses.offdiag_l1 = 0.1
 
-Names are looked up in this module first, then in ``config.loss_modules``.
+Outputs a loss may declare: ``hamiltonian`` (``node_h``, ``edge_h``), ``energy``,
+``forces`` (``-dE/dR``, implies ``energy``), ``qm`` (orbital energies, dipole of the
+predicted H, :func:`qm_outputs`; implies ``hamiltonian``) and ``polarizability`` (implies
+``qm``).
 
-Quantum-chemistry losses (``orbital_energies``, ``gap``, ``dipole``, ``polarizability``; DESIGN.md
-section 2, second seed) read ``out["qm"]``: the orbital energies, dipole and polarisability of
-every graph's predicted full H, computed once per step by :func:`qm_outputs` from batches
-with ``globals["qm"]`` (``config.qm.enabled``). Their weights mix with the others, e.g.
+Quantum-chemistry losses (``orbital_energies``, ``gap``, ``dipole``, ``polarizability``; the
+second seed paper's indirect targets) read ``out["qm"]`` from batches with
+``globals["qm"]`` (``config.qm.enabled``). Their weights mix with the others, e.g.
 ``config.losses = {"hamiltonian": 1.0, "orbital_energies": 1e-2, "dipole": 1e-3}``.
 """
 
@@ -48,16 +55,63 @@ from helm_jax.data import graphs as graphs_lib
 from helm_jax.data import statistics as stats_lib
 from helm_jax.model import assemble
 
-QM_LOSSES = ("orbital_energies", "gap", "dipole", "polarizability")
 QM_METRICS = ("orbital_energy_mae", "gap_mae", "dipole_mae", "polarizability_mae")
 
 
+OUTPUTS = ("hamiltonian", "energy", "forces", "qm", "polarizability")
+_IMPLIES = {"forces": {"energy"}, "qm": {"hamiltonian"}, "polarizability": {"qm", "hamiltonian"}}
+
+
 @dataclasses.dataclass(frozen=True)
-class Partial:
+class LossSums:
     """Masked sums of one loss and how to turn their global totals into the loss value."""
 
     sums: dict[str, jax.Array]
     combine: Callable[[dict[str, jax.Array]], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisteredLoss:
+    """A loss function and the model outputs it reads."""
+
+    fn: Callable[..., LossSums]
+    needs: frozenset[str]
+
+
+_REGISTRY: dict[str, RegisteredLoss] = {}
+
+
+def register(name: str | None = None, *, needs: tuple[str, ...]):
+    """Decorator: registers a loss (or metric) under ``name`` (default: the function's name).
+
+    Args:
+      name: the name configs use in ``config.losses``.
+      needs: the model outputs it reads, from :data:`OUTPUTS`.
+
+    Raises:
+      ValueError: an unknown output, or a name registered by another function.
+    """
+    unknown = set(needs) - set(OUTPUTS)
+    if unknown:
+        raise ValueError(f"register: unknown outputs {sorted(unknown)}; choose from {OUTPUTS}")
+
+    def wrap(fn):
+        key = name or fn.__name__
+        old = _REGISTRY.get(key)
+        if old is not None and old.fn.__qualname__ != fn.__qualname__:
+            raise ValueError(f"A loss named {key!r} is already registered ({old.fn.__module__}"
+                             f".{old.fn.__qualname__}); choose another name.")
+        full = set(needs)
+        for n in needs:
+            full |= _IMPLIES.get(n, set())
+        _REGISTRY[key] = RegisteredLoss(fn, frozenset(full))
+        return fn
+    return wrap
+
+
+def registered() -> list[str]:
+    """Names of every registered loss and metric."""
+    return sorted(_REGISTRY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +177,8 @@ def edge_error(out, batch, ctx: LossContext):
     return out["edge_h"] - batch.edges["h"], mask
 
 
-def hamiltonian(out, batch, ctx: LossContext) -> Partial:
+@register(needs=("hamiltonian",))
+def hamiltonian(out, batch, ctx: LossContext) -> LossSums:
     """``sqrt(MSE) + MSE`` over all valid node (standardised l = 0) and edge label entries.
 
     The irreps maps are orthogonal, so the MSE over irreps equals the MSE over block entries.
@@ -132,7 +187,7 @@ def hamiltonian(out, batch, ctx: LossContext) -> Partial:
     ee, me = edge_error(out, batch, ctx)
     se = jnp.sum(jnp.where(mn, en * en, 0.0)) + jnp.sum(jnp.where(me, ee * ee, 0.0))
     n = jnp.sum(mn) + jnp.sum(me)
-    return Partial({"se": se, "n": n.astype(se.dtype)},
+    return LossSums({"se": se, "n": n.astype(se.dtype)},
                    lambda s: _safe_mse(s) + jnp.sqrt(_safe_mse(s) + 1e-30))
 
 
@@ -140,7 +195,8 @@ def _safe_mse(s):
     return s["se"] / jnp.maximum(s["n"], 1.0)
 
 
-def hamiltonian_mae(out, batch, ctx: LossContext) -> Partial:
+@register(needs=("hamiltonian",))
+def hamiltonian_mae(out, batch, ctx: LossContext) -> LossSums:
     """Mean absolute error (Eh) over the valid entries of the graph's H blocks.
 
     Irreps are mapped back to blocks (physical units, node l = 0 references restored), so
@@ -163,25 +219,27 @@ def hamiltonian_mae(out, batch, ctx: LossContext) -> Partial:
     ae = (jnp.sum(jnp.where(mask_n, jnp.abs(pred_n - ref_n), 0.0))
           + jnp.sum(jnp.where(mask_e, jnp.abs(err_e), 0.0)))
     n = (jnp.sum(mask_n) + jnp.sum(mask_e)).astype(ae.dtype)
-    return Partial({"ae": ae, "n": n}, lambda s: s["ae"] / jnp.maximum(s["n"], 1.0))
+    return LossSums({"ae": ae, "n": n}, lambda s: s["ae"] / jnp.maximum(s["n"], 1.0))
 
 
-def energy(out, batch, ctx: LossContext) -> Partial:
+@register(needs=("energy",))
+def energy(out, batch, ctx: LossContext) -> LossSums:
     """MSE of per-molecule energies (Eh, per-element reference removed) over labelled graphs."""
     del ctx
     mask = batch.globals["energy_mask"]
     err = out["energy"] - batch.globals["energy"]
     se = jnp.sum(jnp.where(mask, err * err, 0.0))
-    return Partial({"se": se, "n": jnp.sum(mask).astype(se.dtype)}, _safe_mse)
+    return LossSums({"se": se, "n": jnp.sum(mask).astype(se.dtype)}, _safe_mse)
 
 
-def forces(out, batch, ctx: LossContext) -> Partial:
+@register(needs=("forces",))
+def forces(out, batch, ctx: LossContext) -> LossSums:
     """MSE of force components (Eh/A) over atoms with force labels."""
     del ctx
     mask = batch.nodes["forces_mask"] & (batch.nodes["species"] > 0)
     err = out["forces"] - batch.nodes["forces"]
     se = jnp.sum(jnp.where(mask[:, None], err * err, 0.0))
-    return Partial({"se": se, "n": 3.0 * jnp.sum(mask).astype(se.dtype)}, _safe_mse)
+    return LossSums({"se": se, "n": 3.0 * jnp.sum(mask).astype(se.dtype)}, _safe_mse)
 
 
 def qm_outputs(out, batch, ctx: LossContext, with_polarizability: bool) -> dict[str, jax.Array]:
@@ -217,14 +275,14 @@ def _masked_sum(x, mask):
     return jnp.sum(jnp.where(mask, x, 0.0)), jnp.sum(mask).astype(x.dtype)
 
 
-def _mse(err, mask) -> Partial:
+def _mse(err, mask) -> LossSums:
     se, n = _masked_sum(err * err, mask)
-    return Partial({"se": se, "n": n}, _safe_mse)
+    return LossSums({"se": se, "n": n}, _safe_mse)
 
 
-def _mae(abs_err, mask) -> Partial:
+def _mae(abs_err, mask) -> LossSums:
     ae, n = _masked_sum(abs_err, mask)
-    return Partial({"ae": ae, "n": n}, lambda s: s["ae"] / jnp.maximum(s["n"], 1.0))
+    return LossSums({"ae": ae, "n": n}, lambda s: s["ae"] / jnp.maximum(s["n"], 1.0))
 
 
 def _orbital_error(out, batch, ctx: LossContext):
@@ -250,99 +308,93 @@ def _target_error(out, batch, name: str):
     return out["qm"][name] - q[name], q[name + "_mask"]
 
 
-def orbital_energies(out, batch, ctx: LossContext) -> Partial:
+@register(needs=("qm",))
+def orbital_energies(out, batch, ctx: LossContext) -> LossSums:
     """MSE (Eh^2) of the occupied and ``config.qm.n_virtual`` lowest virtual orbital energies."""
     return _mse(*_orbital_error(out, batch, ctx))
 
 
-def gap(out, batch, ctx: LossContext) -> Partial:
+@register(needs=("qm",))
+def gap(out, batch, ctx: LossContext) -> LossSums:
     """MSE (Eh^2) of the HOMO-LUMO gap."""
     del ctx
     return _mse(*_gap_error(out, batch))
 
 
-def dipole(out, batch, ctx: LossContext) -> Partial:
+@register(needs=("qm",))
+def dipole(out, batch, ctx: LossContext) -> LossSums:
     """MSE (au^2) over dipole components (rotation invariant: ``|mu - mu_ref|^2 / 3``)."""
     del ctx
     return _mse(*_target_error(out, batch, "dipole"))
 
 
-def polarizability(out, batch, ctx: LossContext) -> Partial:
+@register(needs=("polarizability",))
+def polarizability(out, batch, ctx: LossContext) -> LossSums:
     """MSE (au^2) over the nine polarisability components."""
     del ctx
     return _mse(*_target_error(out, batch, "polarizability"))
 
 
-def orbital_energy_mae(out, batch, ctx: LossContext) -> Partial:
+@register(needs=("qm",))
+def orbital_energy_mae(out, batch, ctx: LossContext) -> LossSums:
     """MAE (Eh) over the orbital energies of :func:`orbital_energies`."""
     err, mask = _orbital_error(out, batch, ctx)
     return _mae(jnp.abs(err), mask)
 
 
-def gap_mae(out, batch, ctx: LossContext) -> Partial:
+@register(needs=("qm",))
+def gap_mae(out, batch, ctx: LossContext) -> LossSums:
     """MAE (Eh) of the HOMO-LUMO gap."""
     del ctx
     err, mask = _gap_error(out, batch)
     return _mae(jnp.abs(err), mask)
 
 
-def dipole_mae(out, batch, ctx: LossContext) -> Partial:
+@register(needs=("qm",))
+def dipole_mae(out, batch, ctx: LossContext) -> LossSums:
     """Mean over molecules of ``|mu - mu_ref|`` (au, vector norm)."""
     del ctx
     err, mask = _target_error(out, batch, "dipole")
     return _mae(jnp.sqrt(jnp.sum(err * err, axis=-1)), mask)
 
 
-def polarizability_mae(out, batch, ctx: LossContext) -> Partial:
+@register(needs=("polarizability",))
+def polarizability_mae(out, batch, ctx: LossContext) -> LossSums:
     """MAE (au) over the nine polarisability components."""
     del ctx
     err, mask = _target_error(out, batch, "polarizability")
     return _mae(jnp.abs(err), mask)
 
 
-def resolve(name: str, modules: tuple[str, ...] = ()) -> Callable[..., Partial]:
-    """The loss function called ``name``: from this module, else from ``modules`` in order.
-
-    Args:
-      name: function name (config keys cannot contain dots, so forks list their modules in
-        ``config.loss_modules`` instead of dotting the name).
-      modules: importable module names searched after ``helm_jax.losses``.
+def resolve(name: str, modules: tuple[str, ...] = ()) -> Callable[..., LossSums]:
+    """The loss registered as ``name``, after importing ``modules`` (a fork's losses).
 
     Raises:
-      ValueError: no such loss, naming the places searched.
+      ValueError: no such loss, listing the registered names and the modules imported.
     """
-    if not name.startswith("_") and callable(globals().get(name)):
-        return globals()[name]
+    return _lookup(name, modules).fn
+
+
+def _lookup(name: str, modules: tuple[str, ...]) -> RegisteredLoss:
     for module in modules:
-        fn = getattr(importlib.import_module(module), name, None)
-        if callable(fn):
-            return fn
-    raise ValueError(f"Unknown loss {name!r}: define it in helm_jax/losses.py, or in your own "
-                     f"module listed in config.loss_modules (searched: {list(modules)}).")
+        importlib.import_module(module)  # registers the fork's losses
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown loss {name!r}: registered are {registered()}. Register it "
+                         "with @helm_jax.losses.register(needs=...) in a module listed in "
+                         f"config.loss_modules (imported: {list(modules)}).")
+    return _REGISTRY[name]
 
 
-def needs(weights: dict[str, float]) -> set[str]:
-    """Model outputs the weighted losses read.
-
-    ``hamiltonian``, ``energy``, ``forces``, ``qm`` (:func:`qm_outputs`) and
-    ``polarizability`` (its polarisability).
-    """
-    active = {k for k, w in weights.items() if w}
-    out = set()
-    if any(k not in ("energy", "forces") for k in active):
-        out.add("hamiltonian")
-    if active & set(QM_LOSSES + QM_METRICS):
-        out.add("qm")
-    if active & {"polarizability", "polarizability_mae"}:
-        out.add("polarizability")
-    if "energy" in active:
-        out.add("energy")
-    if "forces" in active:
-        out.update({"energy", "forces"})
+def needs(weights: dict[str, float], modules: tuple[str, ...] = ()) -> set[str]:
+    """The model outputs the nonzero-weighted losses declare (:data:`OUTPUTS`)."""
+    out: set[str] = set()
+    for name, w in weights.items():
+        if w:
+            out |= _lookup(name, modules).needs
     return out
 
 
-def total_loss(partials: dict[str, Partial], weights: dict[str, float],
+def total_loss(partials: dict[str, LossSums], weights: dict[str, float],
                reduce: Callable[[Any], Any] = lambda x: x) -> tuple[jax.Array, dict]:
     """Weighted sum of losses after ``reduce`` (e.g. ``psum`` over devices) of their sums.
 

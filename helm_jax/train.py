@@ -194,7 +194,7 @@ def model_and_losses(config, data: datasets.Data):
     losses need from the forward pass, and their context (layouts, statistics, QM settings).
     """
     weights = {k: float(v) for k, v in config.losses.items() if float(v)}
-    need = losses_lib.needs(weights)
+    need = losses_lib.needs(weights, tuple(config.get("loss_modules", ())))
     if "qm" in need and not data.spec.qm_targets:
         raise ValueError(f"The losses {sorted(weights)} need quantum-chemistry labels: set "
                          "config.qm.enabled=True (data labelled with data_prep/label.py --dipole).")

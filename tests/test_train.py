@@ -209,8 +209,29 @@ def test_a_fork_adds_a_loss_by_name(water, tmp_path):
     assert all(r["offdiag_l1"] > 0 for r in rows)
     for r in rows:  # the total is the weighted sum of the named losses
         assert r["loss"] == pytest.approx(r["hamiltonian"] + 0.5 * r["offdiag_l1"], rel=1e-5)
-    with pytest.raises(ValueError, match="Unknown loss 'nonexistent'"):
+    with pytest.raises(ValueError, match="Unknown loss 'nonexistent': registered are .*"
+                                         "'force_l1'.*'hamiltonian'"):
         losses.resolve("nonexistent", ("forklib",))
+
+
+def test_a_fork_loss_that_needs_forces_gets_them(water, tmp_path):
+    c = trainlib.tiny_config(water, steps=2)
+    c.loss_modules = ("forklib",)
+    c.losses.force_l1 = 2.0  # neither "energy" nor "forces" is weighted: only the fork asks
+    assert losses.needs({"hamiltonian": 1.0, "force_l1": 2.0}, ("forklib",)) == {
+        "hamiltonian", "energy", "forces"}
+    train.train_and_evaluate(c, str(tmp_path))
+    rows = [r for r in _metrics(str(tmp_path)) if "force_l1" in r]
+    assert rows and all(0 < r["force_l1"] < 10 for r in rows)  # Eh/A, finite and real
+    for r in rows:
+        assert r["loss"] == pytest.approx(r["hamiltonian"] + 2.0 * r["force_l1"], rel=1e-5)
+
+
+def test_loss_registry_rejects_clashes_and_unknown_outputs():
+    with pytest.raises(ValueError, match="already registered"):
+        losses.register("hamiltonian", needs=("hamiltonian",))(lambda out, batch, ctx: None)
+    with pytest.raises(ValueError, match="unknown outputs \\['dipoles'\\]"):
+        losses.register("x", needs=("dipoles",))
 
 
 PROCESS_SCRIPT = r"""
