@@ -226,7 +226,7 @@ def _g2(name: str) -> Callable[[], Atoms]:
 # Handbook / NIST CCCBDB, entered by hand); "calc" = typical computed value where
 # the molecule is not well characterised in the gas phase; "G2" = ASE's G2
 # collection (MP2/6-31G* geometries).
-# n_conformers was chosen from measured labelling times (see README.md):
+# n_conformers was chosen from measured labelling times (see docs/data.md):
 # cheap molecules get more conformers, the expensive ones 3.
 MOLECULES: list[MoleculeSpec] = [
     MoleculeSpec("water", _g2("H2O"), 6, "G2"),

@@ -23,7 +23,7 @@ flags.DEFINE_string("workdir", None, "Where checkpoints and logs go "
 flags.DEFINE_bool("distributed", False, "Multi-process run (several hosts, a TPU pod slice): "
                   "call jax.distributed.initialize() first, with the process layout detected "
                   "from the cluster (SLURM, Open MPI, Cloud TPU) or given by the flags below. "
-                  "The data pipeline is single-host: see README, Devices.")
+                  "The data pipeline is single-host: see docs/devices.md.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies "
                     "--distributed); with --num_processes and --process_id.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (one per host).")

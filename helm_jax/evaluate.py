@@ -1,4 +1,4 @@
-"""Evaluation of predicted Hamiltonians on a dataset split (DESIGN.md section 5).
+"""Evaluation of predicted Hamiltonians on a dataset split (docs/using_a_checkpoint.md).
 
     summary = evaluate_checkpoint("workdirs/omol_pretrain", split="test", out="eval/")
 

@@ -1,4 +1,4 @@
-"""Field-standard metrics (DESIGN.md section 5), per molecule, on full matrices.
+"""Field-standard metrics (docs/using_a_checkpoint.md), per molecule, on full matrices.
 
 * H MAE: mean ``|H_pred - H_ref|`` over all entries of the full matrix, per molecule, and
   over the atom-diagonal and off-diagonal blocks; reported in 1e-6 Eh (micro-Hartree).

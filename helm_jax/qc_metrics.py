@@ -1,4 +1,4 @@
-"""Quantum-chemistry metrics of a predicted H (DESIGN.md section 5), numpy + PySCF.
+"""Quantum-chemistry metrics of a predicted H (docs/using_a_checkpoint.md), numpy + PySCF.
 
 All functions take full AO matrices in PySCF order and the REFERENCE overlap ``S``:
 
@@ -31,7 +31,7 @@ from helm_jax.metrics import HARTREE_EV
 
 MEV = HARTREE_EV * 1e3  # meV per Eh
 SAME_ENERGY_TOL = 1e-6  # Eh; two SCF runs "converge to the same state"
-#: Levels of theory of the public datasets without a level in their files (DESIGN.md 4).
+#: Levels of theory of the public datasets without a level in their files (docs/data.md).
 DATASET_LEVELS = {
     "omol_csh": dict(method="wb97m-v", basis="def2-tzvpd", ecp="def2-tzvpd"),
     "schnorb": dict(method="pbe", basis="def2-svp"),

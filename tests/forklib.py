@@ -1,5 +1,5 @@
-"""A research fork's own losses, as the README shows: one registered function each, named in
-a config."""
+"""A research fork's own losses, as docs/model_and_training.md shows: one registered function
+each, named in a config."""
 
 import jax.numpy as jnp
 

@@ -2,7 +2,7 @@
 
 D is built from e3nn-jax Wigner matrices and the PySCF <-> e3nn change of basis
 (``helm_jax.sph``). Hartree-Fock is used for Fock matrices because DFT grids are not
-rotation invariant (see DESIGN.md section 3).
+rotation invariant (see docs/orbital_algebra.md, "Rotation errors").
 """
 
 import numpy as np

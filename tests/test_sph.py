@@ -26,7 +26,8 @@ def test_change_of_basis_is_orthogonal_and_maps_pyscf_aos(l):
 
 
 def test_change_of_basis_pinned_values():
-    # p: identity (PySCF px, py, pz == e3nn x, y, z). d, f: general rotations (DESIGN.md).
+    # p: identity (PySCF px, py, pz == e3nn x, y, z). d, f: general rotations
+    # (docs/orbital_algebra.md).
     np.testing.assert_array_equal(sph.pyscf_to_e3nn(1), np.eye(3))
     q2 = sph.pyscf_to_e3nn(2)
     np.testing.assert_allclose(np.sort(np.abs(q2[q2 != 0])),

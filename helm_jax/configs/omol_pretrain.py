@@ -1,4 +1,5 @@
-"""Hamiltonian pretraining with the paper's OMol_CSH settings (DESIGN.md section 1).
+"""Hamiltonian pretraining with the paper's OMol_CSH settings (HELM, arXiv 2510.00224;
+docs/model_and_training.md).
 
     python experiments/run.py --config=experiments/omol_pretrain.py
     python experiments/run.py --config=experiments/omol_pretrain.py:small   # quick CPU run

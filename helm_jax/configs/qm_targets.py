@@ -1,7 +1,7 @@
 """Training against quantum-chemistry targets of the predicted H (helm_jax/qm.py).
 
 Orbital energies, HOMO-LUMO gap, dipole and polarisability are computed from the predicted
-full H inside the jitted step (DESIGN.md section 2, second seed). Data: rMD17 ethanol at
+full H inside the jitted step (docs/qm_targets.md). Data: rMD17 ethanol at
 PBE/def2-SVP with AO dipole integrals, same-basis reference targets and def2-TZVP targets:
 
     python data_prep/label.py --input=/work/shared/data/rmd17/ethanol_train_01.xyz \
