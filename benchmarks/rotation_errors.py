@@ -1,5 +1,6 @@
 """Prints max |S(R) - D S D^T| and max |F(R) - D F D^T| for the molecules of
-tests/test_rotation.py (PySCF Hartree-Fock, conv_tol 1e-13), the README's convention table.
+tests/test_rotation.py (PySCF Hartree-Fock, conv_tol 1e-13): the convention table of
+docs/orbital_algebra.md.
 
     python benchmarks/rotation_errors.py
 """

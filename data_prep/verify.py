@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as `python data_prep/verify.py`
 
 import numpy as np  # pylint: disable=wrong-import-position
 
-from helm_jax import conventions  # pylint: disable=wrong-import-position
+from helm_jax import conventions, units  # pylint: disable=wrong-import-position
 from helm_jax.data import geometry, readers  # pylint: disable=wrong-import-position
 from helm_jax.data.records import Record  # pylint: disable=wrong-import-position
 
@@ -45,7 +45,7 @@ def diagnose(ds: readers.Reader, rec: Record, tol: float) -> str:
         if np.abs(conventions.to_pyscf(stored, z, ds.basis, ds.ecp, conv) - s_ref).max() < tol:
             return (f"the file's matrices are in the {conv!r} AO order, but the {ds.kind} "
                     f"reader converts from {ds.convention!r}: wrong convention")
-    for factor, unit in ((readers.BOHR_ANGSTROM, "bohr"), (1 / readers.BOHR_ANGSTROM,
+    for factor, unit in ((units.BOHR_ANGSTROM, "bohr"), (1 / units.BOHR_ANGSTROM,
                                                               "Angstrom read as bohr")):
         moved = Record(elements=z, coords=rec.coords * factor, charge=rec.charge, spin=rec.spin)
         if np.abs(rec.overlap - pyscf_overlap(moved, ds.basis, ds.ecp)).max() < tol:

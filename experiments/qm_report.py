@@ -24,7 +24,6 @@ from absl import app, flags
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from helm_jax import metrics  # noqa: E402
 from helm_jax.units import HARTREE_MEV  # noqa: E402
 
 FLAGS = flags.FLAGS

@@ -88,6 +88,7 @@ def test_errors(run_dir: str, test_xyz: str, n_test: int) -> dict[str, float]:
     """Energy MAE (meV) and force MAE (meV/A) of a run's best checkpoint on the test file."""
     import numpy as np
 
+    from helm_jax import units
     from helm_jax.data import readers
     from helm_jax.predict import Predictor
     reader = readers.open_dataset(test_xyz)
@@ -98,7 +99,7 @@ def test_errors(run_dir: str, test_xyz: str, n_test: int) -> dict[str, float]:
     records = [reader[i] for i in range(n)]
     predictor = Predictor.from_checkpoint(run_dir, which="best", max_molecules=64)
     energy, forces = predictor.energy_and_forces(records)
-    ev = readers.HARTREE_EV
+    ev = units.HARTREE_EV
     e_err = np.abs(np.asarray(energy) - np.array([r.energy * ev for r in records]))
     f_err = np.concatenate([np.abs(f - r.forces * ev).ravel() for f, r in zip(forces, records)])
     return {"energy_mae_mev": float(e_err.mean() * MEV),

@@ -391,12 +391,6 @@ class IrrepsLayout:
             start += size
         return out
 
-    def join_by_l(self, per_l: Sequence) -> "np.ndarray":
-        """Inverse of :meth:`split_by_l`."""
-        xp = _xp(per_l[0])
-        return xp.concatenate([x.reshape(x.shape[:-2] + (-1,)) for x in per_l], axis=-1)
-
-
 @functools.lru_cache(maxsize=None)
 def irreps_layout(template: basis_lib.Template, reduced: bool = False) -> IrrepsLayout:
     """Cached :class:`IrrepsLayout` of a template."""

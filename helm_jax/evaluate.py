@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from helm_jax import units
 from helm_jax import checkpoint as ckpt_lib
 from helm_jax import metrics as metrics_lib
 from helm_jax import qc_metrics
@@ -299,9 +300,9 @@ def plot(report: Report, summary: dict, out: str) -> list[str]:
     fig, ax = new_axes((6, 4))
     for k, (e_ref, e_pred) in enumerate(report.eps):
         err = (e_pred - e_ref) * MEV
-        ax.scatter(e_ref[:-1] * metrics_lib.HARTREE_EV, err[:-1], s=6, c="C0",
+        ax.scatter(e_ref[:-1] * units.HARTREE_EV, err[:-1], s=6, c="C0",
                    label="occupied" if k == 0 else None)
-        ax.scatter(e_ref[-1:] * metrics_lib.HARTREE_EV, err[-1:], s=12, c="C3", marker="x",
+        ax.scatter(e_ref[-1:] * units.HARTREE_EV, err[-1:], s=12, c="C3", marker="x",
                    label="LUMO" if k == 0 else None)
     ax.axhline(0.0, color="k", lw=0.5)
     ax.set(xlabel="reference orbital energy (eV)", ylabel="predicted - reference (meV)",

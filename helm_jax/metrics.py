@@ -12,7 +12,6 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from helm_jax import basis as basis_lib
-from helm_jax.units import HARTREE_EV  # noqa: F401  (re-exported)
 
 MICRO = 1e6
 

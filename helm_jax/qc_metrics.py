@@ -27,7 +27,7 @@ import numpy as np
 
 from helm_jax.data import geometry, labelling
 from helm_jax.data.records import Record
-from helm_jax.metrics import HARTREE_EV
+from helm_jax.units import HARTREE_EV
 
 MEV = HARTREE_EV * 1e3  # meV per Eh
 SAME_ENERGY_TOL = 1e-6  # Eh; two SCF runs "converge to the same state"

@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -77,11 +76,6 @@ def build_optimizer(cfg: ml_collections.ConfigDict, num_steps: int, protocol: st
     if cfg.get("clip_norm"):
         chain.insert(0, clip_by_global_norm(cfg.clip_norm))
     return optax.chain(*chain)
-
-
-def lr_scale_state(opt_state):
-    """The plateau scale's hyperparameter state (last element of the chain)."""
-    return opt_state[-1]
 
 
 def set_lr_scale(opt_state, scale: float):
@@ -235,7 +229,3 @@ def _hms(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
-
-def tree_to_numpy(tree: Any) -> Any:
-    """Fetches a pytree to host numpy."""
-    return jax.tree.map(np.asarray, jax.device_get(tree))

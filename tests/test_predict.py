@@ -18,7 +18,7 @@ from helm_jax import basis, checkpoint, predict, qc_metrics
 from helm_jax.ase_calculator import HELMCalculator
 from helm_jax.data import readers
 from helm_jax.data.records import Record
-from helm_jax.metrics import HARTREE_EV
+from helm_jax.units import HARTREE_EV
 
 
 @pytest.fixture(scope="module")

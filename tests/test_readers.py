@@ -15,13 +15,14 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from helm_jax import units
 from helm_jax import basis as basis_lib  # pylint: disable=wrong-import-position
 from helm_jax import conventions  # pylint: disable=wrong-import-position
 from helm_jax.data import h5format, readers, readers_sql  # pylint: disable=wrong-import-position
 from data_prep import verify  # pylint: disable=wrong-import-position
 from molecules import ETHANOL, HYDROGEN_IODIDE, METHYL_IODIDE, WATER, pyscf_mol  # pylint: disable=wrong-import-position
 
-BOHR = readers.BOHR_ANGSTROM
+BOHR = units.BOHR_ANGSTROM
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import trainlib
+from helm_jax import units
 from helm_jax.data import labelling, readers
 
 DATA = os.path.join(trainlib.ROOT, "tests", "data")
@@ -64,7 +65,7 @@ def test_study_runs_resumes_and_reports(study_inputs, tmp_path):
     test = readers.open_dataset(os.path.join(rmd17, "ethanol_test_01.xyz"))
     energies, forces = Predictor.from_checkpoint(str(run)).energy_and_forces(
         [test[i] for i in range(4)])
-    ev = readers.HARTREE_EV
+    ev = units.HARTREE_EV
     reported = json.loads((run / "result.json").read_text())
     assert reported["energy_mae_mev"] == pytest.approx(1e3 * np.mean(
         [abs(e - test[i].energy * ev) for i, e in enumerate(energies)]), rel=1e-6)

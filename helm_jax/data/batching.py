@@ -252,14 +252,6 @@ def pad_qm(graphs: Sequence[MolGraph], budget: Budget, dtype=np.float32) -> dict
     return {k: v.astype(dtype) if v.dtype == np.float64 else v for k, v in out.items()}
 
 
-def node_graph_index(n_node: np.ndarray, total: int):
-    """Graph index of every node ``[total]`` (numpy or jax), for segment sums."""
-    import jax.numpy as jnp
-    xp = np if isinstance(n_node, np.ndarray) else jnp
-    return xp.repeat(xp.arange(n_node.shape[0]), n_node, total_repeat_length=total) \
-        if xp is jnp else np.repeat(np.arange(len(n_node)), n_node)
-
-
 def stack_device_batches(batches: Sequence[jraph.GraphsTuple]) -> jraph.GraphsTuple:
     """Stacks per-device batches (same budget) on a new leading axis ``[n_devices, ...]``."""
     import jax

@@ -19,8 +19,7 @@ import dataclasses
 import numpy as np
 
 from helm_jax import basis as basis_lib
-from helm_jax import blocks
-from helm_jax.data import properties
+from helm_jax import blocks, units
 from helm_jax.data.records import Record
 
 MIN_DISTANCE = 0.1  # Angstrom; closer atoms are a geometry error.
@@ -221,7 +220,7 @@ def qm_labels(record: Record, spec: GraphSpec, senders: np.ndarray,
     z = np.asarray(record.elements)
     charges = np.array([zi - t.element(zi).ecp_electrons for zi in z], np.float64)
     origin = ex.get("dipole_origin", np.zeros(3))
-    coords_bohr = np.asarray(record.coords, np.float64) / properties.BOHR_ANGSTROM
+    coords_bohr = np.asarray(record.coords, np.float64) / units.BOHR_ANGSTROM
     prefix = "targets_" if spec.qm_targets == "large_basis" else ""
     alpha = prefix + "polarizability" + ("_ff" if spec.qm_polarizability_ff else "")
     return QMLabels(

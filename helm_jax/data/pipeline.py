@@ -162,10 +162,6 @@ class BatchIterator:
         self._plan_cache = (epoch, steps)
         return steps
 
-    def steps_per_epoch(self) -> int:
-        """Number of steps in an epoch."""
-        return len(self.plan(0))
-
     # -- state ----------------------------------------------------------------------------
 
     def get_state(self) -> dict:
@@ -242,12 +238,6 @@ class BatchIterator:
                 yield batch
         finally:
             stop.set()
-
-    def epoch_batches(self, epoch: int = 0) -> Iterator[jraph.GraphsTuple]:
-        """One pass over the split (evaluation), without touching the state."""
-        for bucket, per_device in self.plan(epoch):
-            yield self.make_batch(bucket, per_device)
-
 
 def _with_n_ao(budgets: list[batching.Budget], bucket_of: np.ndarray,
                n_aos: np.ndarray) -> list[batching.Budget]:

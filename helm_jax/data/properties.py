@@ -33,8 +33,6 @@ import copy
 import numpy as np
 import scipy.linalg
 
-from helm_jax.units import BOHR_ANGSTROM
-
 DIPOLE_ORIGIN = np.zeros(3)  # bohr
 FIELD_STEP = 1e-3  # au (Eh / (e bohr))
 FIELD_CONV_TOL_GRAD = 1e-8  # the difference quotient divides dipole errors by 2 * FIELD_STEP

@@ -40,7 +40,7 @@ from helm_jax import basis as basis_lib
 from helm_jax import conventions
 from helm_jax.data import geometry, h5format
 from helm_jax.data.records import Record
-from helm_jax.units import BOHR_ANGSTROM, HARTREE_EV  # noqa: F401
+from helm_jax.units import HARTREE_EV
 
 KINDS = ("h5", "omol_csh", "schnorb", "nabladft", "qh9", "xyz")
 _SPLIT_NAME = re.compile(r"(?<![a-z])(train|valid|val|test)\w*$")  # file stem "..._test_all"

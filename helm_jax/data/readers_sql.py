@@ -15,7 +15,8 @@ import sqlite3
 import numpy as np
 
 from helm_jax import conventions
-from helm_jax.data.readers import (BOHR_ANGSTROM, Reader, formula, require_file,
+from helm_jax.units import BOHR_ANGSTROM
+from helm_jax.data.readers import (Reader, formula, require_file,
                                    sqlite_readonly)
 from helm_jax.data.records import Record
 

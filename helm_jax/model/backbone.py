@@ -1,8 +1,9 @@
 """HELM backbone: eSEN-style equivariant message passing with SO(2) convolutions.
 
-Per graph (DESIGN.md section 1), with directed edges ``s -> r`` (vector
-``pos[r] - pos[s]``), edge frames ``D_e`` (``so3.edge_wigner``), invariant edge scalars
-``x_e = [emb_src(Z_s) | RBF(d_e) | emb_dst(Z_r)]`` and the envelope ``u(d_e)``:
+Per graph (the HELM paper, arXiv 2510.00224; docs/model_and_training.md), with directed
+edges ``s -> r`` (vector ``pos[r] - pos[s]``), edge frames ``D_e`` (``so3.edge_wigner``),
+invariant edge scalars ``x_e = [emb_src(Z_s) | RBF(d_e) | emb_dst(Z_r)]`` and the envelope
+``u(d_e)``:
 
     h_r^0 = emb(Z_r) [l=0] + 1/a sum_{e -> r} u_e D_e^T [MLP(x_e) on m = 0]
     per layer:
