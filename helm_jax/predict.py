@@ -28,7 +28,7 @@ from helm_jax import qc_metrics
 from helm_jax.data import batching, geometry, h5format, labelling
 from helm_jax.data.graphs import GraphSpec, MolGraph, build_graph
 from helm_jax.data.records import Record
-from helm_jax.metrics import HARTREE_EV
+from helm_jax.units import HARTREE_EV
 from helm_jax.model import assemble, helm
 
 MIN_NODES, MIN_EDGES = 4, 8  # smallest size classes (atoms, directed edges)
@@ -107,8 +107,7 @@ class Predictor:
             jax.config.update("jax_enable_x64", True)
         self.spec = GraphSpec(self.template, cutoff=float(self.config.model.cutoff),
                               reduced_nodes=bool(self.config.heads.reduced_nodes))
-        self.model = helm.build_model(self.config, self.template,
-                                      energy_scale=self.stats.energy_std)
+        self.model = helm.build_model(self.config, self.template, self.stats)
         self.params = jax.device_put(loaded.params)
         self.max_molecules, self.max_edges = int(max_molecules), int(max_edges)
         self.num_compilations = 0

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from helm_jax import units
 from helm_jax import checkpoint as ckpt_lib
 from helm_jax import losses as losses_lib
 from helm_jax import metrics as metrics_lib
@@ -198,7 +199,7 @@ def model_and_losses(config, data: datasets.Data):
     if "qm" in need and not data.spec.qm_targets:
         raise ValueError(f"The losses {sorted(weights)} need quantum-chemistry labels: set "
                          "config.qm.enabled=True (data labelled with data_prep/label.py --dipole).")
-    model = helm.build_model(config, data.template, energy_scale=data.stats.energy_std)
+    model = helm.build_model(config, data.template, data.stats)
     ctx = losses_lib.LossContext.create(data.spec.node_layout, data.spec.edge_layout,
                                         data.stats, n_virtual=config.qm.n_virtual,
                                         s_threshold=config.qm.s_threshold)
@@ -409,11 +410,11 @@ def _print_summary(result: dict) -> None:
             cells += [f"H MAE {m['h_mae'] * 1e6:.2f} uEh",
                       f"diag {m['h_mae_diag'] * 1e6:.2f}", f"off-diag {m['h_mae_offdiag'] * 1e6:.2f}"]
         if "energy_ae" in m:
-            cells.append(f"E MAE {m['energy_ae'] * metrics_lib.HARTREE_EV * 1e3:.2f} meV")
+            cells.append(f"E MAE {m['energy_ae'] * units.HARTREE_EV * 1e3:.2f} meV")
         if "forces_ae" in m:
-            cells.append(f"F MAE {m['forces_ae'] * metrics_lib.HARTREE_EV * 1e3:.2f} meV/A")
+            cells.append(f"F MAE {m['forces_ae'] * units.HARTREE_EV * 1e3:.2f} meV/A")
         if "orbital_energy_mae" in m:
-            mev = metrics_lib.HARTREE_EV * 1e3
+            mev = units.HARTREE_EV * 1e3
             cells += [f"orbital energy MAE {m['orbital_energy_mae'] * mev:.1f} meV",
                       f"gap {m['gap_mae'] * mev:.1f} meV", f"dipole {m['dipole_mae']:.4f} au",
                       f"polarizability {m['polarizability_mae']:.3f} au"]

@@ -27,7 +27,7 @@ def tiny_checkpoint(workdir: str, data_path: str) -> str:
     c = trainlib.tiny_config(data_path)
     c.losses.update(energy=1.0, forces=1.0)
     data = datasets.load_data(c, workdir)  # writes statistics.json and splits.json
-    model = helm.build_model(c, data.template, energy_scale=data.stats.energy_std)
+    model = helm.build_model(c, data.template, data.stats)
     g = data.graphs[0]
     batch = batching.pad_batch([g], batching.Budget(g.n_node + 1, g.n_edge, 2), None, None)
     init = jax.jit(model.init, static_argnames="num_graphs")  # eager init is 3x slower

@@ -164,6 +164,49 @@ def test_statistics_reference_per_element(reader, reference):
         statistics.compute_statistics(gs, SPEC.node_layout, node_reference="scale")
 
 
+@pytest.mark.parametrize("reference", ["shift", "standardize"])
+def test_label_rms_per_degree_matches_the_labels(reader, reference):
+    """Statistics.node_rms / edge_rms / label_rms: the RMS of the valid (referenced) label
+    entries of each degree, computed in one pass; label_scales picks them per mode."""
+    gs = [graphs.build_graph(reader[i], SPEC) for i in range(len(reader))]
+    st = statistics.compute_statistics(gs, SPEC.node_layout, node_reference=reference,
+                                       edge_layout=SPEC.edge_layout)
+    table = graphs.slot_mask_table(TEMPLATE)
+    mul0 = SPEC.node_layout.muls[0]
+    ys, ms, ye, me = [], [], [], []
+    for g in gs:
+        ys.append(statistics.standardize_nodes(g.node_labels, g.species, st.node_mean,
+                                               st.node_std, mul0))
+        ms.append(graphs.label_masks(g.species, g.species, SPEC.node_layout, table))
+        zs, zr = g.species[g.senders], g.species[g.receivers]
+        ye.append(g.edge_labels)
+        me.append(graphs.label_masks(zs, zr, SPEC.edge_layout, table))
+    sq_all, n_all = 0.0, 0
+    for name, y, m, layout, got in (("node", ys, ms, SPEC.node_layout, st.node_rms),
+                                    ("edge", ye, me, SPEC.edge_layout, st.edge_rms)):
+        y, m = np.concatenate(y), np.concatenate(m)
+        deg = np.concatenate([np.full(mul * (2 * l + 1), l) for l, mul in
+                              enumerate(layout.muls)])
+        for l in range(len(layout.muls)):
+            vals = y[:, deg == l][m[:, deg == l]]
+            want = np.sqrt(np.mean(vals ** 2)) if vals.size else 0.0
+            assert got[l] == pytest.approx(want, rel=1e-9, abs=1e-12), (name, l)
+            sq_all, n_all = sq_all + np.sum(vals ** 2), n_all + vals.size
+    assert st.label_rms == pytest.approx(np.sqrt(sq_all / n_all), rel=1e-9)
+    assert st.label_rms > 0 and st.label_rms != 1.0  # measured, not a default
+    node, edge = st.label_scales("rms")
+    assert np.allclose(node + edge, st.label_rms, rtol=1e-12)
+    assert len(node) == len(SPEC.node_layout.muls) and len(edge) == len(SPEC.edge_layout.muls)
+    node, edge = st.label_scales("rms_per_degree")
+    assert node[1] == pytest.approx(st.node_rms[1]) and edge[0] == pytest.approx(st.edge_rms[0])
+    assert st.label_scales("none") == ((), ())
+    again = statistics.Statistics.from_dict(st.to_dict())
+    assert again.label_scales("rms_per_degree") == st.label_scales("rms_per_degree")
+    old = {k: v for k, v in st.to_dict().items() if "rms" not in k}  # saved before rms
+    with pytest.raises(ValueError, match="label_scale='none'"):
+        statistics.Statistics.from_dict(old).label_scales("rms")
+
+
 def test_energy_reference_recovers_a_linear_model():
     w = {1: -0.5, 6: -37.8, 8: -75.0}
     gs = []

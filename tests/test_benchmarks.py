@@ -53,3 +53,26 @@ def test_step_time_train_case_prints_its_json():
     assert r["params"] == 9_539_207  # benchmarks/results/scaling_lmax.json, l_max 2
     assert 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"]
     assert r["compile_s"] > 0 and r["peak_memory_gib"] > 0.1
+
+
+def test_learning_curve_harness_records_a_falling_validation_error(tmp_path):
+    """benchmarks/learning_curve.py: the curve's rows are the Evaluator's full-H MAE at the
+    scheduled steps, and a tiny model's validation error falls over 60 steps."""
+    import learning_curve
+    c = trainlib.tiny_config(trainlib.label_water(str(tmp_path / "water.h5")))
+    c.data.split.update(train=6, val=2, test=0)
+    c.data.split_order = "contiguous"
+    c.optim.update(name="adam", learning_rate=3e-3, schedule="constant", clip_norm=0.0)
+    result = learning_curve.run_curve(c, seconds=0, max_steps=60, eval_every=20)
+    rows = result["rows"]
+    assert [r["step"] for r in rows] == [20, 40, 60]
+    assert all(r["seconds"] > 0 and np.isfinite(r["h_mae_uEh"]) for r in rows)
+    assert rows[-1]["h_mae_uEh"] < 0.7 * rows[0]["h_mae_uEh"]
+    s = result["summary"]
+    assert (s["steps"], s["n_train"], s["n_val"]) == (60, 6, 2)
+    assert s["best_h_mae_uEh"] == min(r["h_mae_uEh"] for r in rows)
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({"name": "a", **result}))
+    learning_curve.plot([str(path)], str(tmp_path / "curve.png"))
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
+    assert "| a | " in learning_curve.table({"a": result})

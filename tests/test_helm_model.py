@@ -226,3 +226,22 @@ def test_tiny_model_overfits_one_hamiltonian():
 def _full_from(model, params, b, spec):
     out = jax.device_get(model.apply({"params": params}, **helm.batch_inputs(b)))
     return assemble.batch_to_full(out, b, spec.node_layout, spec.edge_layout, None)[0]
+
+
+def test_label_scales_multiply_each_degree_of_the_head_output(svp_model):
+    """heads.label_scale: the head's per-l units are folded into its last linear maps, so the
+    same parameters give exactly scale_l times the unit-scale irreps of each degree l."""
+    import dataclasses
+    model, params = svp_model
+    _, b = _batch(*molecules.ETHANOL, SVP)
+    base = model.apply({"params": params}, **helm.batch_inputs(b))
+    n_scales = tuple(0.1 * (l + 1) for l in range(len(model.node_muls)))
+    e_scales = tuple(0.03 + l for l in range(len(model.edge_muls)))
+    scaled = dataclasses.replace(model, node_scales=n_scales, edge_scales=e_scales).apply(
+        {"params": params}, **helm.batch_inputs(b))
+    for key, muls, scales in (("node_h", model.node_muls, n_scales),
+                              ("edge_h", model.edge_muls, e_scales)):
+        factor = np.concatenate([np.full(m * (2 * l + 1), scales[l])
+                                 for l, m in enumerate(muls)])
+        np.testing.assert_allclose(scaled[key], base[key] * factor, rtol=2e-5, atol=1e-6)  # f32
+    assert np.abs(base["edge_h"]).max() > 0.1  # not a vacuous comparison of zeros

@@ -107,7 +107,8 @@ def load_data(config: ml_collections.ConfigDict, workdir: str | None = None) -> 
         stats = Statistics.load(stats_path)
     else:
         stats = compute_statistics((graphs[i] for i in splits["train"]), spec.node_layout,
-                                   node_reference=config.data.get("node_reference", "shift"))
+                                   node_reference=config.data.get("node_reference", "shift"),
+                                   edge_layout=spec.edge_layout)
         if stats_path and parallel.is_main_process():  # every process computed the same
             os.makedirs(workdir, exist_ok=True)
             stats.save(stats_path)

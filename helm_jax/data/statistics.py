@@ -28,6 +28,12 @@ from helm_jax.data.graphs import MolGraph, label_masks, slot_mask_table
 
 N_Z = 119
 SIGMA_FLOOR = 1e-4
+RMS_FLOOR = 1e-6  # Eh: a degree without labels gets this unit instead of 0
+LABEL_SCALES = ("rms", "rms_per_degree", "none")
+
+
+def _array_or_none(x):
+    return None if x is None else np.asarray(x, np.float64)
 
 
 @dataclasses.dataclass
@@ -40,6 +46,11 @@ class Statistics:
       energy_ref: ``[119]`` per-element linear energy reference (Eh).
       energy_std: standard deviation of the referenced training energies (Eh per molecule).
       n_molecules: number of training molecules used.
+      node_rms, edge_rms: ``[l_max + 1]`` root mean square of the valid node (referenced)
+        and edge label irreps of each degree l (Eh).
+      label_rms: the root mean square over all of them (Eh). The three are None in
+        statistics saved before they existed and 0 for data without Hamiltonian labels;
+        they are the label units of the Hamiltonian head (:meth:`label_scales`).
     """
 
     node_mean: np.ndarray
@@ -47,12 +58,19 @@ class Statistics:
     energy_ref: np.ndarray
     energy_std: float
     n_molecules: int
+    node_rms: np.ndarray | None = None
+    edge_rms: np.ndarray | None = None
+    label_rms: float | None = None
 
     def to_dict(self) -> dict:
         """JSON form."""
-        return {"node_mean": self.node_mean.tolist(), "node_std": self.node_std.tolist(),
-                "energy_ref": self.energy_ref.tolist(), "energy_std": self.energy_std,
-                "n_molecules": self.n_molecules}
+        d = {"node_mean": self.node_mean.tolist(), "node_std": self.node_std.tolist(),
+             "energy_ref": self.energy_ref.tolist(), "energy_std": self.energy_std,
+             "n_molecules": self.n_molecules}
+        if self.label_rms is not None:
+            d.update(node_rms=self.node_rms.tolist(), edge_rms=self.edge_rms.tolist(),
+                     label_rms=self.label_rms)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Statistics":
@@ -60,7 +78,31 @@ class Statistics:
         return cls(node_mean=np.asarray(d["node_mean"], np.float64),
                    node_std=np.asarray(d["node_std"], np.float64),
                    energy_ref=np.asarray(d["energy_ref"], np.float64),
-                   energy_std=float(d["energy_std"]), n_molecules=int(d["n_molecules"]))
+                   energy_std=float(d["energy_std"]), n_molecules=int(d["n_molecules"]),
+                   node_rms=_array_or_none(d.get("node_rms")),
+                   edge_rms=_array_or_none(d.get("edge_rms")), label_rms=d.get("label_rms"))
+
+    def label_scales(self, mode: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(node_scales, edge_scales)`` per degree l for the Hamiltonian head.
+
+        Args:
+          mode: ``"rms"`` (one scale, the RMS over every node and edge label entry),
+            ``"rms_per_degree"`` (the RMS of each degree, nodes and edges apart) or ``"none"``
+            (unit scales: the head predicts Eh directly, as before these statistics).
+        """
+        if mode == "none" or self.label_rms == 0.0:  # 0: trained without H labels
+            return (), ()
+        if mode not in LABEL_SCALES:
+            raise ValueError(f"label scale {mode!r}: use one of {LABEL_SCALES}")
+        if self.label_rms is None:
+            raise ValueError(f"label scale {mode!r} needs label statistics, which these "
+                             "statistics (saved by an older version) lack: set "
+                             "config.heads.label_scale='none' to use them.")
+        if mode == "rms_per_degree":
+            return (tuple(float(max(x, RMS_FLOOR)) for x in self.node_rms),
+                    tuple(float(max(x, RMS_FLOOR)) for x in self.edge_rms))
+        one = float(max(self.label_rms, RMS_FLOOR))
+        return (one,) * len(self.node_rms), (one,) * len(self.edge_rms)
 
     def save(self, path: str) -> None:
         """Writes JSON."""
@@ -82,7 +124,8 @@ NODE_REFERENCES = ("shift", "standardize")
 
 
 def compute_statistics(graphs: Iterable[MolGraph], node_layout: blocks.IrrepsLayout,
-                       ridge: float = 1e-8, node_reference: str = "shift") -> Statistics:
+                       ridge: float = 1e-8, node_reference: str = "shift",
+                       edge_layout: blocks.IrrepsLayout | None = None) -> Statistics:
     """Computes :class:`Statistics` from training graphs.
 
     Args:
@@ -92,6 +135,7 @@ def compute_statistics(graphs: Iterable[MolGraph], node_layout: blocks.IrrepsLay
       ridge: Tikhonov term of the energy least squares (for elements seen rarely).
       node_reference: ``"shift"`` (subtract the per-element mean; ``node_std`` is all ones)
         or ``"standardize"`` (also divide by the per-element standard deviation).
+      edge_layout: the edge labels' irreps layout (needed for the label RMS).
 
     Returns:
       The statistics.
@@ -103,14 +147,25 @@ def compute_statistics(graphs: Iterable[MolGraph], node_layout: blocks.IrrepsLay
     s1 = np.zeros((N_Z, mul0))
     s2 = np.zeros((N_Z, mul0))
     cnt = np.zeros((N_Z, mul0))
+    node_deg = _degrees(node_layout)
+    node_sq, node_n = np.zeros(len(node_layout.muls)), np.zeros(len(node_layout.muls))
+    edge_deg = _degrees(edge_layout) if edge_layout is not None else None
+    edge_sq = np.zeros(len(edge_layout.muls)) if edge_layout is not None else None
+    edge_n = np.zeros_like(edge_sq) if edge_layout is not None else None
     counts, energies = [], []
     for g in graphs:
         if g.node_labels is not None:
+            m = label_masks(g.species, g.species, node_layout, table)
             y0 = g.node_labels[:, :mul0]
-            m = label_masks(g.species, g.species, node_layout, table)[:, :mul0]
-            np.add.at(s1, g.species, np.where(m, y0, 0.0))
-            np.add.at(s2, g.species, np.where(m, y0 * y0, 0.0))
-            np.add.at(cnt, g.species, m)
+            np.add.at(s1, g.species, np.where(m[:, :mul0], y0, 0.0))
+            np.add.at(s2, g.species, np.where(m[:, :mul0], y0 * y0, 0.0))
+            np.add.at(cnt, g.species, m[:, :mul0])
+            _add_squares(node_sq, node_n, g.node_labels[:, mul0:], m[:, mul0:],
+                         node_deg[mul0:])  # l = 0 follows from s1, s2 below
+        if g.edge_labels is not None and edge_layout is not None and len(g.senders):
+            zs, zr = g.species[g.senders], g.species[g.receivers]
+            m = label_masks(zs, zr, edge_layout, table) & (g.senders != g.receivers)[:, None]
+            _add_squares(edge_sq, edge_n, g.edge_labels, m, edge_deg)
         if np.isfinite(g.energy):
             counts.append(np.bincount(g.species, minlength=N_Z))
             energies.append(g.energy)
@@ -120,6 +175,9 @@ def compute_statistics(graphs: Iterable[MolGraph], node_layout: blocks.IrrepsLay
     std = np.where((std < SIGMA_FLOOR) | (cnt < 2), 1.0, std)
     if node_reference == "shift":
         std = np.ones_like(std)
+    # Squares of the referenced l = 0 labels: sum (y - mu)^2 / sd^2 from the raw sums.
+    sq0 = (s2 - 2 * mean * s1 + mean ** 2 * cnt) / std ** 2
+    node_sq[0], node_n[0] = max(float(sq0.sum()), 0.0), float(cnt.sum())
     energy_ref = np.zeros(N_Z)
     energy_std = 1.0
     if energies:
@@ -131,8 +189,29 @@ def compute_statistics(graphs: Iterable[MolGraph], node_layout: blocks.IrrepsLay
         energy_ref[used] = w
         resid = e - a @ energy_ref
         energy_std = float(resid.std()) if len(e) > 1 and resid.std() > 0 else 1.0
+    rms = {}
+    if edge_layout is not None:  # label_rms 0: no Hamiltonian labels (energy-only data)
+        n_all = node_n.sum() + edge_n.sum()
+        rms = dict(node_rms=np.sqrt(node_sq / np.maximum(node_n, 1)),
+                   edge_rms=np.sqrt(edge_sq / np.maximum(edge_n, 1)),
+                   label_rms=float(np.sqrt((node_sq.sum() + edge_sq.sum()) / n_all))
+                   if n_all else 0.0)
     return Statistics(node_mean=mean, node_std=std, energy_ref=energy_ref,
-                      energy_std=energy_std, n_molecules=len(energies) or int(cnt.any()))
+                      energy_std=energy_std, n_molecules=len(energies) or int(cnt.any()),
+                      **rms)
+
+
+def _degrees(layout: blocks.IrrepsLayout) -> np.ndarray:
+    """The degree l of each component of a layout's flat irreps vector."""
+    return np.concatenate([np.full(mul * (2 * l + 1), l, np.int64)
+                           for l, mul in enumerate(layout.muls)])
+
+
+def _add_squares(sq: np.ndarray, n: np.ndarray, y: np.ndarray, mask: np.ndarray,
+                 degree: np.ndarray) -> None:
+    """Adds the squares and counts of the masked entries of ``y [R, D]`` per degree."""
+    np.add.at(sq, degree, np.where(mask, y * y, 0.0).sum(0))
+    np.add.at(n, degree, mask.sum(0))
 
 
 def standardize_nodes(node_labels, species, stats_mean, stats_std, mul0: int):

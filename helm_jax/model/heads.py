@@ -1,6 +1,6 @@
 """The Hamiltonian head: backbone features -> block irreps of the basis template.
 
-Per node (diagonal blocks) and per directed edge (off-diagonal blocks), DESIGN.md section 1:
+Per node (diagonal blocks) and per directed edge (off-diagonal blocks), as in the HELM paper:
 from the l = 0 features an MLP computes output scalars ``s'`` and gates ``g`` per (l, channel);
 every l > 0 irrep is scaled by ``sigmoid(g)`` (the "sigmoid-gated learnable scalars" that
 let the head tell apart several identical shells of a large basis); then a per-l linear map
@@ -29,10 +29,16 @@ class IrrepsHead(nn.Module):
       hidden: width of the scalar MLP.
       dtype, param_dtype: compute and parameter dtypes.
       matmul_dtype: optional reduced-precision matmul inputs (e.g. bfloat16).
+      scales: per-l factor on the outputs (the label unit of each degree, Eh; empty: 1).
+        The head's layers work at O(1), while the entries of a Gaussian-basis H are mostly
+        1e-3 to 1e-1 Eh: at O(1) output units every Adam step moves the prediction by about
+        ``lr * sqrt(C)`` Eh, which sets a noise floor far above the labels' precision
+        (docs/learning_efficiency.md).
     """
 
     muls: tuple[int, ...]
     hidden: int = 128
+    scales: tuple[float, ...] = ()
     dtype: layers.Dtype = "float32"
     param_dtype: layers.Dtype = "float32"
     matmul_dtype: layers.Dtype | None = None
@@ -67,8 +73,10 @@ class IrrepsHead(nn.Module):
         gates = so3.split_rows(gates.reshape(rows, top, c), axis=1)  # top x [R, 1, C]
         parts = []
         for l, mul in enumerate(self.muls):
+            scale = self.scales[l] if self.scales else 1.0
             if l == 0:
-                parts.append(layers.Dense(mul, name="linear_l0", **kw)(scalars)[:, :, None])
+                y0 = layers.Dense(mul, name="linear_l0", **kw)(scalars)[:, :, None]
+                parts.append(y0 * jnp.asarray(scale, dtype) if scale != 1.0 else y0)
                 continue
             if mul == 0:
                 parts.append(jnp.zeros((rows, 0, 2 * l + 1), dtype))
@@ -76,6 +84,8 @@ class IrrepsHead(nn.Module):
             xl = xs[l].astype(dtype) * jax.nn.sigmoid(gates[l - 1])  # [R, 2l+1, C]
             w = self.param(f"linear_l{l}", nn.initializers.lecun_normal(),
                            (c, mul), jnp.dtype(self.param_dtype))
+            if scale != 1.0:  # folded into the [C, mul] weight: no extra pass over the rows
+                w = w * jnp.asarray(scale, w.dtype)
             y = layers.matmul(xl, w, dtype, self.matmul_dtype)  # [R, 2l+1, mul]
             parts.append(jnp.swapaxes(y, 1, 2))  # [R, mul, 2l+1]
         flat = jnp.concatenate([p.reshape(rows, -1) for p in parts], axis=-1)
@@ -88,6 +98,8 @@ class HamiltonianHead(nn.Module):
     node_muls: tuple[int, ...]
     edge_muls: tuple[int, ...]
     hidden: int = 128
+    node_scales: tuple[float, ...] = ()
+    edge_scales: tuple[float, ...] = ()
     dtype: layers.Dtype = "float32"
     param_dtype: layers.Dtype = "float32"
     matmul_dtype: layers.Dtype | None = None
@@ -97,8 +109,10 @@ class HamiltonianHead(nn.Module):
         """Returns ``(node_irreps [N, D_node], edge_irreps [E, D_edge])``."""
         kw = dict(hidden=self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
                   matmul_dtype=self.matmul_dtype)
-        return (IrrepsHead(self.node_muls, name="node", **kw)(nodes, node_mask),
-                IrrepsHead(self.edge_muls, name="edge", **kw)(edges, edge_mask))
+        return (IrrepsHead(self.node_muls, scales=self.node_scales, name="node", **kw)(
+                    nodes, node_mask),
+                IrrepsHead(self.edge_muls, scales=self.edge_scales, name="edge", **kw)(
+                    edges, edge_mask))
 
 
 def layouts_for(template, reduced_nodes: bool) -> tuple[blocks.IrrepsLayout,

@@ -36,6 +36,8 @@ class HELM(nn.Module):
       node_muls: irreps multiplicities of node labels (reduced or full layout).
       edge_muls: irreps multiplicities of edge labels.
       head_hidden: width of the Hamiltonian head's scalar MLP.
+      node_scales, edge_scales: per-l output units of the Hamiltonian head (Eh; empty: 1),
+        from :meth:`helm_jax.data.statistics.Statistics.label_scales`.
       energy_hidden: width of the energy MLP.
       energy_scale: the energy head's output unit (Eh), e.g. the std of referenced energies.
     """
@@ -44,6 +46,8 @@ class HELM(nn.Module):
     node_muls: tuple[int, ...]
     edge_muls: tuple[int, ...]
     head_hidden: int = 128
+    node_scales: tuple[float, ...] = ()
+    edge_scales: tuple[float, ...] = ()
     energy_hidden: int = 128
     energy_scale: float = 1.0
 
@@ -73,6 +77,7 @@ class HELM(nn.Module):
         if hamiltonian:
             out["node_h"], out["edge_h"] = heads.HamiltonianHead(
                 self.node_muls, self.edge_muls, hidden=self.head_hidden,
+                node_scales=self.node_scales, edge_scales=self.edge_scales,
                 dtype=self.backbone.dtype, param_dtype=self.backbone.param_dtype,
                 matmul_dtype=self.backbone.matmul_dtype, name="hamiltonian_head")(
                     nodes, edges, node_mask, edge_mask)
@@ -86,25 +91,34 @@ class HELM(nn.Module):
 
 
 def build_model(config: ml_collections.ConfigDict, template: basis_lib.Template,
-                energy_scale: float = 1.0) -> HELM:
+                stats=None) -> HELM:
     """Builds :class:`HELM` from ``config.model`` / ``config.heads`` and a basis template.
 
     Args:
       config: the run config (``model``: backbone fields; ``heads``: ``hidden``,
-        ``energy_hidden``, ``reduced_nodes``).
+        ``energy_hidden``, ``reduced_nodes``, ``label_scale``).
       template: the dataset's basis template (sets the output irreps).
-      energy_scale: energy unit of the energy head (from the statistics).
+      stats: the training statistics (:class:`helm_jax.data.statistics.Statistics`): the
+        energy head's unit and the Hamiltonian head's label units
+        (``config.heads.label_scale``); None: unit scales (shapes and tests only).
     """
     node_layout, edge_layout = heads.layouts_for(template, config.heads.reduced_nodes)
+    node_scales, edge_scales = ((), ()) if stats is None else stats.label_scales(
+        config.heads.get("label_scale", "none"))  # checkpoints from before label scales
     return HELM(backbone=backbone_lib.HELMBackbone.from_config(config.model),
                 node_muls=tuple(node_layout.muls), edge_muls=tuple(edge_layout.muls),
-                head_hidden=config.heads.hidden, energy_hidden=config.heads.energy_hidden,
-                energy_scale=float(energy_scale))
+                head_hidden=config.heads.hidden, node_scales=node_scales,
+                edge_scales=edge_scales, energy_hidden=config.heads.energy_hidden,
+                energy_scale=1.0 if stats is None else float(stats.energy_std))
 
 
 def default_heads_config() -> ml_collections.ConfigDict:
     """Head settings (``config.heads``)."""
-    return ml_collections.ConfigDict(dict(hidden=128, energy_hidden=128, reduced_nodes=True))
+    # label_scale: the Hamiltonian head's output unit, from the training labels: "rms" (their
+    # root mean square), "rms_per_degree" (per degree l, nodes and edges apart) or "none"
+    # (Eh); see helm_jax/data/statistics.py and docs/learning_efficiency.md.
+    return ml_collections.ConfigDict(dict(hidden=128, energy_hidden=128, reduced_nodes=True,
+                                          label_scale="rms"))
 
 
 def batch_inputs(graph: jraph.GraphsTuple) -> dict[str, Any]:

@@ -1,0 +1,215 @@
+"""Learning curves: validation H MAE against training steps and seconds, for one config.
+
+    python benchmarks/learning_curve.py --config=experiments/md17.py:ethanol,curve \\
+        --config.data.path=labels/ethanol_train_pbe_svp_df.h5 --seconds=600 \\
+        --name=default --out=benchmarks/results/learning_curves
+    python benchmarks/learning_curve.py --plot benchmarks/results/learning_curves/a.json \\
+        benchmarks/results/learning_curves/b.json --out=docs/learning_efficiency.png
+
+A run trains ``--config`` (any ``--config.<field>=`` override) on its train split for a
+fixed budget (``--seconds`` of training and/or ``--max_steps``) and evaluates the
+validation split at steps 100, 200, 400, ... (doubling), every ``--eval_every`` steps and at
+the end. The metric is the field's H MAE: the mean absolute error over every entry of each
+validation molecule's full predicted H in PySCF AO order (uEh), averaged over molecules,
+the number ``experiments/evaluate.py`` reports. Training seconds are wall time of the
+training steps only (the first step's compilation included, evaluations excluded).
+
+Output: ``<out>/<name>.json`` with the config, the curve rows ``{step, seconds, h_mae_uEh,
+h_mae_diag_uEh, h_mae_offdiag_uEh, train_loss}``, the training loss every ``--log_every``
+steps (``train_rows``) and the run's summary; ``--plot`` draws
+several runs on one figure (H MAE against steps and against seconds, log-log) and prints a
+Markdown table of H MAE at steps 100 ... 3,200 and after the time budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Command-line flags (defined only when run as a script, so tests can import this)."""
+    config_flags.DEFINE_config_file("config", None, "Training configuration file.",
+                                    lock_config=True)
+    flags.DEFINE_string("name", "run", "Name of the curve (file name and legend).")
+    flags.DEFINE_string("out", "benchmarks/results/learning_curves",
+                        "Folder of the curve JSON files (with --plot: the figure's path).")
+    flags.DEFINE_float("seconds", 600.0, "Training-time budget (s); 0: no limit.")
+    flags.DEFINE_integer("max_steps", 0, "Step budget; 0: no limit.")
+    flags.DEFINE_integer("eval_every", 500, "Also evaluate every this many steps.")
+    flags.DEFINE_integer("log_every", 20, "Record the mean training loss every this many "
+                         "steps.")
+    flags.DEFINE_integer("threads", 2, "CPUs the process is pinned to (0: no pinning).")
+    flags.DEFINE_bool("plot", False,
+                      "Plot the JSON files given as arguments instead of training.")
+
+
+CHECKPOINTS = (100, 200, 400, 800, 1600, 3200, 6400, 12800)
+
+
+def _eval_steps(every: int):
+    """Steps at which to evaluate: doubling from 100, plus every ``every`` steps."""
+    def due(step: int) -> bool:
+        return step in CHECKPOINTS or (every > 0 and step % every == 0)
+    return due
+
+
+def run_curve(config, seconds: float, max_steps: int, eval_every: int,
+              log_every: int = 20) -> dict:
+    """Trains ``config`` for the budget; returns ``{"rows", "train_rows", "summary"}``:
+    validation rows (see the module doc) and the mean training loss of every ``log_every``
+    steps."""
+    import jax
+    import numpy as np
+
+    from helm_jax import parallel, train
+    from helm_jax.data import datasets, pipeline
+    from helm_jax.model import helm
+    from helm_jax.train_utils import build_optimizer
+
+    dtype = train.precision(config)
+    mesh = parallel.make_mesh(1)
+    data = datasets.load_data(config)
+    model, weights, need, ctx = train.model_and_losses(config, data)
+    it = pipeline.BatchIterator(data.graphs, data.splits["train"],
+                                datasets.batch_config(config.data), n_devices=1,
+                                seed=int(config.seed), stats=data.stats, dtype=dtype, prefetch=2)
+    first = it.make_batch(*it.plan(0)[0])
+    params = train._init_params(model, first, int(config.seed))
+    steps_cap = max_steps or 10 ** 9
+    tx = build_optimizer(config.optim, min(steps_cap, int(config.train.num_steps)), "none",
+                         params)
+    step_fn = train.make_train_step(model, tx, ctx, weights, need, False, 0.0,
+                                    tuple(config.get("loss_modules", ())))
+    p_step = parallel.data_parallel(step_fn, mesh, n_replicated=3)
+    params = parallel.replicate(params, mesh)
+    opt_state = parallel.replicate(jax.jit(tx.init)(params), mesh)
+    evaluator = train.Evaluator(model, data, config, ctx, weights, need, dtype)
+    due = _eval_steps(eval_every)
+    rows, step, trained, losses, train_rows, window = [], 0, 0.0, [], [], []
+
+    def evaluate():
+        m = evaluator(params, "val")
+        row = {"step": step, "seconds": round(trained, 3),
+               "h_mae_uEh": m["h_mae"] * 1e6, "h_mae_diag_uEh": m["h_mae_diag"] * 1e6,
+               "h_mae_offdiag_uEh": m["h_mae_offdiag"] * 1e6,
+               "train_loss": float(np.mean(losses)) if losses else None}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        losses.clear()
+
+    stream = iter(it)
+    n_params = helm.count_params(jax.device_get(params))
+    while step < steps_cap and (seconds <= 0 or trained < seconds):
+        batch = parallel.shard(next(stream), mesh)
+        t0 = time.perf_counter()
+        params, opt_state, _, values = p_step(params, opt_state, None, batch)
+        loss = float(values["loss"])  # blocks until the step is done
+        trained += time.perf_counter() - t0
+        step += 1
+        losses.append(loss)
+        window.append(loss)
+        if log_every and step % log_every == 0:
+            train_rows.append({"step": step, "seconds": round(trained, 3),
+                               "train_loss": float(np.mean(window))})
+            window.clear()
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {step}")
+        if due(step):
+            evaluate()
+    if not rows or rows[-1]["step"] != step:
+        evaluate()
+    best = min(rows, key=lambda r: r["h_mae_uEh"])
+    summary = {"steps": step, "train_seconds": round(trained, 1),
+               "final_h_mae_uEh": rows[-1]["h_mae_uEh"], "best_h_mae_uEh": best["h_mae_uEh"],
+               "best_step": best["step"], "params": n_params,
+               "n_train": int(len(data.splits["train"])), "n_val": int(len(data.splits["val"]))}
+    return {"rows": rows, "train_rows": train_rows, "summary": summary}
+
+
+def at_step(rows: list[dict], step: int):
+    """H MAE at ``step`` (None if not evaluated there)."""
+    return next((r["h_mae_uEh"] for r in rows if r["step"] == step), None)
+
+
+def table(curves: dict[str, dict], steps=CHECKPOINTS[:6]) -> str:
+    """Markdown table: H MAE at the doubling steps and after the time budget."""
+    head = "| run | " + " | ".join(f"{s:,}" for s in steps) + " | end of budget (steps; best) |"
+    lines = [head, "|" + "---|" * (len(steps) + 2)]
+    for name, c in curves.items():
+        cells = [f"{v:,.0f}" if v is not None else "-" for v in
+                 (at_step(c["rows"], s) for s in steps)]
+        s = c["summary"]
+        cells.append(f"{s['final_h_mae_uEh']:,.0f} ({s['steps']:,} steps in "
+                     f"{s['train_seconds']:.0f} s; best {s['best_h_mae_uEh']:,.0f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(paths: list[str], out: str) -> None:
+    """Draws the curves of ``paths`` (H MAE vs steps and vs seconds) into ``out``."""
+    from matplotlib.figure import Figure
+    curves = {}
+    for p in paths:
+        with open(p) as f:
+            c = json.load(f)
+        curves[c.get("name", os.path.splitext(os.path.basename(p))[0])] = c
+    fig = Figure(figsize=(11, 4.2))
+    ax1, ax2 = fig.subplots(1, 2, sharey=True)
+    for name, c in curves.items():
+        steps = [r["step"] for r in c["rows"]]
+        secs = [max(r["seconds"], 1e-3) for r in c["rows"]]
+        mae = [r["h_mae_uEh"] for r in c["rows"]]
+        ax1.plot(steps, mae, marker=".", label=name)
+        ax2.plot(secs, mae, marker=".", label=name)
+    for ax, xl in ((ax1, "training step"), (ax2, "training seconds (2-core CPU)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xl)
+        ax.grid(True, which="both", alpha=0.3)
+    ax1.set_ylabel("validation H MAE (uEh)")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(table(curves))
+    print(f"wrote {out}")
+
+
+def main(argv):
+    """Trains one curve, or plots several with --plot."""
+    if FLAGS.plot:
+        plot(argv[1:], FLAGS.out)
+        return
+    if FLAGS.config is None:
+        raise app.UsageError("--config is required unless --plot")
+    if FLAGS.threads:
+        sys.path.insert(0, HERE)
+        from step_time import pin_threads
+        pin_threads(FLAGS.threads)
+    t0 = time.time()
+    result = run_curve(FLAGS.config, FLAGS.seconds, FLAGS.max_steps, FLAGS.eval_every,
+                       FLAGS.log_every)
+    result.update(name=FLAGS.name, config=FLAGS.config.to_dict(),
+                  wall_seconds=round(time.time() - t0, 1),
+                  command=" ".join(sys.argv))
+    os.makedirs(FLAGS.out, exist_ok=True)
+    path = os.path.join(FLAGS.out, f"{FLAGS.name}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(json.dumps(result["summary"]))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
