@@ -74,6 +74,7 @@ def run_curve(config, seconds: float, max_steps: int, eval_every: int,
 
     from helm_jax import parallel, train
     from helm_jax.data import datasets, pipeline
+    from helm_jax.evaluate import Evaluator
     from helm_jax.model import helm
     from helm_jax.train_utils import build_optimizer
 
@@ -89,17 +90,16 @@ def run_curve(config, seconds: float, max_steps: int, eval_every: int,
     steps_cap = max_steps or 10 ** 9
     tx = build_optimizer(config.optim, min(steps_cap, int(config.train.num_steps)), "none",
                          params)
-    step_fn = train.make_train_step(model, tx, ctx, weights, need, False, 0.0,
-                                    tuple(config.get("loss_modules", ())))
-    p_step = parallel.data_parallel(step_fn, mesh, n_replicated=3)
-    params = parallel.replicate(params, mesh)
-    opt_state = parallel.replicate(jax.jit(tx.init)(params), mesh)
-    evaluator = train.Evaluator(model, data, config, ctx, weights, need, dtype)
+    p_step = parallel.data_parallel(train.make_train_step(
+        model, tx, ctx, weights, need, loss_modules=tuple(config.loss_modules)), mesh)
+    state = parallel.replicate(train.TrainState.create(
+        params, tx, train.plateau_schedule(config.optim), int(config.seed)), mesh)
+    evaluator = Evaluator(model, data, config, ctx, weights, need, dtype)
     due = _eval_steps(eval_every)
     rows, step, trained, losses, train_rows, window = [], 0, 0.0, [], [], []
 
     def evaluate():
-        m = evaluator(params, "val")
+        m = evaluator(state.params, "val")
         row = {"step": step, "seconds": round(trained, 3),
                "h_mae_uEh": m["h_mae"] * 1e6, "h_mae_diag_uEh": m["h_mae_diag"] * 1e6,
                "h_mae_offdiag_uEh": m["h_mae_offdiag"] * 1e6,
@@ -109,11 +109,11 @@ def run_curve(config, seconds: float, max_steps: int, eval_every: int,
         losses.clear()
 
     stream = iter(it)
-    n_params = helm.count_params(jax.device_get(params))
+    n_params = helm.count_params(jax.device_get(state.params))
     while step < steps_cap and (seconds <= 0 or trained < seconds):
         batch = parallel.shard(next(stream), mesh)
         t0 = time.perf_counter()
-        params, opt_state, _, values = p_step(params, opt_state, None, batch)
+        state, values = p_step(state, batch)
         loss = float(values["loss"])  # blocks until the step is done
         trained += time.perf_counter() - t0
         step += 1

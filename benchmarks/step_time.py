@@ -119,7 +119,7 @@ def build(args):
     from helm_jax.data import batching, graphs
     from helm_jax.data.records import Record
     from helm_jax.model import helm
-    from helm_jax.train import make_train_step
+    from helm_jax.train import TrainState, make_train_step, plateau_schedule
     from helm_jax.train_utils import build_optimizer
 
     c, template = setup(args.config, args.dtype, args.l_max, args.remat,
@@ -159,15 +159,14 @@ def build(args):
     ctx = (losses.LossContext.create(spec.node_layout, spec.edge_layout, None)
            if args.l_max is None else occupied_context(spec))
     step = parallel.data_parallel(make_train_step(model, tx, ctx, {"hamiltonian": 1.0},
-                                                  {"hamiltonian"}, False, 0.0), mesh, 3,
-                                  donate=(0, 1))
-    state = {"p": parallel.replicate(params, mesh),
-             "o": parallel.replicate(jax.jit(tx.init)(params), mesh)}
+                                                  {"hamiltonian"}), mesh, donate=(0,))
+    state = {"s": parallel.replicate(TrainState.create(params, tx, plateau_schedule(c.optim),
+                                                       0), mesh)}
     stacked = parallel.shard(batching.stack_device_batches([batch]), mesh)
 
     def run():
         """One train step (state updated in place); returns the metrics."""
-        state["p"], state["o"], _, metrics = step(state["p"], state["o"], None, stacked)
+        state["s"], metrics = step(state["s"], stacked)
         return metrics
     return run, info
 

@@ -52,10 +52,11 @@ def evaluate_run(loaded, workdir: str, targets: str) -> dict[str, float]:
     """Test-split metrics of a loaded checkpoint (``checkpoint.load_model``) of the run in
     ``workdir`` against ``targets`` (Eh / au)."""
     from helm_jax import train
+    from helm_jax.evaluate import Evaluator
     dtype = train.precision(loaded.config)  # as the training run did (before tracing)
     config, data = _run_data(loaded.config, workdir, targets)
     model, weights, need, ctx = train.model_and_losses(config, data)
-    evaluator = train.Evaluator(model, data, config, ctx, weights, need, dtype)
+    evaluator = Evaluator(model, data, config, ctx, weights, need, dtype)
     return evaluator(loaded.params, "test")
 
 

@@ -82,6 +82,13 @@ class Checkpointer:
         self.latest.close()
         self.best.close()
 
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
 
 def make_meta(config: ml_collections.ConfigDict, template: basis_lib.Template,
               stats: Statistics, **extra: Any) -> dict:

@@ -20,15 +20,18 @@ import os
 import sys
 from typing import Iterable, Iterator
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
 
-from helm_jax import units
 from helm_jax import checkpoint as ckpt_lib
+from helm_jax import losses as losses_lib
 from helm_jax import metrics as metrics_lib
-from helm_jax import qc_metrics
-from helm_jax.data import datasets, labelling
+from helm_jax import qc_metrics, units
+from helm_jax.data import datasets, labelling, pipeline
+from helm_jax.model import assemble
 from helm_jax.data.readers import formula
 from helm_jax.data.records import Record
 from helm_jax.predict import Predictor
@@ -53,6 +56,98 @@ class Report:
     pairs: dict[str, list] = dataclasses.field(default_factory=dict)
     parity: tuple[list, list] = dataclasses.field(default_factory=lambda: ([], []))
     eps: list[tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=list)
+
+
+class Evaluator:
+    """Evaluation of a split during training: losses, and the field's metrics on full
+    matrices (the numbers ``experiments/evaluate.py`` reports for H).
+
+    With quantum-chemistry labels it also reports ``losses_lib.QM_METRICS`` (orbital-energy,
+    gap, dipole and polarisability errors of the predicted H).
+    """
+
+    def __init__(self, model, data: datasets.Data, config, ctx, weights, need, dtype):
+        self.model, self.data, self.ctx = model, data, ctx
+        self.weights, self.need = weights, need | {"energy"}
+        modules = tuple(config.get("loss_modules", ()))
+        self.loss_fns = {name: losses_lib.resolve(name, modules) for name in weights}
+        if data.spec.qm_targets:
+            self.need = self.need | {"qm", "polarizability"}
+            self.loss_fns.update({name: losses_lib.resolve(name)
+                                  for name in losses_lib.QM_METRICS})
+        batch_cfg = datasets.batch_config(config.data)
+        if not batch_cfg.budgets:  # one set of shapes for every split: compiled once
+            every = np.unique(np.concatenate([v for v in data.splits.values()]))
+            plan = pipeline.BatchIterator(data.graphs, every, batch_cfg, prefetch=0)
+            batch_cfg = dataclasses.replace(batch_cfg,
+                                            budgets=[b.to_dict() for b in plan.budgets])
+        self.batch_cfg = batch_cfg
+        self.dtype = dtype
+        self.max_molecules = config.train.get("max_eval_molecules")
+
+        self._combines = {}
+
+        def apply(params, batch):
+            out = losses_lib.model_outputs(model, params, batch, self.need, ctx)
+            sums = {}
+            for name, fn in self.loss_fns.items():
+                partial = fn(out, batch, ctx)
+                self._combines[name] = partial.combine  # closes over nothing traced
+                sums[name] = partial.sums
+            return out, sums
+        self._apply = jax.jit(apply)
+
+    def __call__(self, params, split: str) -> dict[str, float]:
+        """Metrics of ``split`` (H MAE in Eh, energies in Eh, forces in Eh/A; see keys)."""
+        idx = self.data.splits[split]
+        if self.max_molecules:
+            idx = idx[: int(self.max_molecules)]
+        if len(idx) == 0:
+            return {}
+        it = pipeline.BatchIterator(self.data.graphs, idx, self.batch_cfg, n_devices=1,
+                                    shuffle=False, stats=self.data.stats, dtype=self.dtype,
+                                    prefetch=0)
+        totals: dict[str, dict[str, float]] = {}
+        rows, node_layout, edge_layout = [], self.ctx.node_layout, self.ctx.edge_layout
+        reader, template = self.data.reader, self.data.template
+        for bucket, per_dev in it.plan(0):
+            batch = jax.tree.map(lambda x: x[0], it.make_batch(bucket, per_dev))
+            out, sums = self._apply(params, batch)
+            for name, s in sums.items():
+                acc = totals.setdefault(name, {})
+                for k, v in s.items():
+                    acc[k] = acc.get(k, 0.0) + float(v)
+            out = jax.device_get(out)
+            fulls = (assemble.batch_to_full(out, batch, node_layout, edge_layout,
+                                            self.data.stats)
+                     if "hamiltonian" in self.need else [None] * len(per_dev[0]))
+            n0 = 0
+            for k, i in enumerate(per_dev[0]):
+                rec = reader[i]
+                row = {}
+                if fulls[k] is not None and rec.fock is not None:
+                    row.update(metrics_lib.hamiltonian_errors(
+                        fulls[k], rec.fock, rec.elements, template.basis, template.ecp or None))
+                if rec.energy is not None:
+                    row["energy_ae"] = abs(float(out["energy"][k])
+                                           - float(batch.globals["energy"][k]))
+                n = len(rec.elements)
+                if "forces" in out and rec.forces is not None:
+                    row["forces_ae"] = float(np.abs(out["forces"][n0:n0 + n]
+                                                    - rec.forces).mean())
+                n0 += n
+                rows.append(row)
+        result = metrics_lib.mean_of(rows, sorted({k for r in rows for k in r}))
+        val_loss = 0.0
+        for name, acc in totals.items():
+            value = float(self._combines[name]({k: jnp.asarray(v) for k, v in acc.items()}))
+            if name not in self.weights:  # a metric
+                result[name] = value
+                continue
+            result[f"loss_{name}"] = value
+            val_loss += self.weights[name] * value
+        result["loss"] = val_loss
+        return result
 
 
 def molecule_row(record: Record, pred_h: np.ndarray, level: labelling.LevelOfTheory,

@@ -54,7 +54,11 @@ from helm_jax import qm as qm_lib
 from helm_jax.data import graphs as graphs_lib
 from helm_jax.data import statistics as stats_lib
 from helm_jax.model import assemble
+from helm_jax.model import energy as energy_lib
+from helm_jax.model import helm as helm_lib
 
+# Losses on physical functions of H, and their MAE metrics (names in the registry).
+QM_LOSSES = ("orbital_energies", "gap", "dipole", "polarizability")
 QM_METRICS = ("orbital_energy_mae", "gap_mae", "dipole_mae", "polarizability_mae")
 
 
@@ -267,6 +271,27 @@ def qm_outputs(out, batch, ctx: LossContext, with_polarizability: bool) -> dict[
                        q["nuclear_dipole"])
     del res["density"]
     return res
+
+
+def model_outputs(model, params, batch, need: set[str],
+                  ctx: LossContext | None = None) -> dict[str, jax.Array]:
+    """The model outputs that the losses in ``need`` (:func:`needs`) read, for one batch.
+
+    Forces (``-dE/dR``, :func:`helm_jax.model.energy.with_forces`) come from the same forward
+    pass as the other outputs; ``out["qm"]`` (:func:`qm_outputs`) from the predicted H.
+    """
+    if "qm" in need:
+        out = model_outputs(model, params, batch, need - {"qm"}, ctx)
+        return {**out, "qm": qm_outputs(out, batch, ctx, "polarizability" in need)}
+    inputs = helm_lib.batch_inputs(batch)
+    flags = dict(hamiltonian="hamiltonian" in need, energy="energy" in need)
+    if "forces" not in need:
+        return model.apply({"params": params}, **inputs, **flags)
+    positions = inputs.pop("positions")
+    out, forces = energy_lib.with_forces(
+        lambda **kw: model.apply({"params": params}, **kw, **{**flags, "energy": True}),
+        positions, **inputs)
+    return {**out, "forces": forces}
 
 
 def _masked_sum(x, mask):

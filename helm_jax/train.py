@@ -17,62 +17,87 @@ import signal
 import time
 from typing import Any
 
+import flax.struct
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from optax import contrib as optax_contrib
 
-from helm_jax import units
 from helm_jax import checkpoint as ckpt_lib
 from helm_jax import losses as losses_lib
-from helm_jax import metrics as metrics_lib
-from helm_jax import parallel
+from helm_jax import parallel, units
 from helm_jax.data import datasets, pipeline
-from helm_jax.model import assemble, helm
-from helm_jax.train_utils import (MetricsLogger, Plateau, build_optimizer, ema_update,
-                                  set_lr_scale)
+from helm_jax.evaluate import Evaluator
+from helm_jax.model import helm
+from helm_jax.train_utils import MetricsLogger, build_optimizer
 
 
-def forward(model: helm.HELM, params, batch, need: set[str],
-            ctx: losses_lib.LossContext | None = None) -> dict[str, jax.Array]:
-    """Model outputs for one device's batch.
+@flax.struct.dataclass
+class TrainState:
+    """Everything a training step reads and changes, as one replicated pytree.
 
-    Forces (``-dE/dR``) when ``need`` has them; ``out["qm"]`` (orbital energies, dipole,
-    polarisability of the predicted H, :func:`losses_lib.qm_outputs`) when it has ``qm``.
+    Attributes:
+      params: model parameters.
+      opt_state: optimiser state (``train_utils.build_optimizer``).
+      ema: exponential moving average of the parameters (``optax.incremental_update``), or
+        None when ``config.optim.ema_decay`` is 0 (checkpoints then store the parameters in
+        its place, so every checkpoint has the same items).
+      step: steps taken.
+      lr_scale: the learning-rate factor of the plateau schedule, an input of the step: the
+        host changes this scalar after an evaluation, never the optimiser state.
+      plateau: ``optax.contrib.reduce_on_plateau`` state, advanced on the host with each
+        validation loss.
+      rng: PRNG key, folded with the step every step (stochastic layers or losses of a fork
+        take theirs from it; the HELM model itself is deterministic).
     """
-    if "qm" in need:
-        out = forward(model, params, batch, need - {"qm"}, ctx)
-        return {**out, "qm": losses_lib.qm_outputs(out, batch, ctx, "polarizability" in need)}
-    inputs = helm.batch_inputs(batch)
-    ham = "hamiltonian" in need
-    if "forces" not in need:
-        return model.apply({"params": params}, **inputs, hamiltonian=ham,
-                           energy="energy" in need)
 
-    def energy_sum(pos):
-        out = model.apply({"params": params}, **{**inputs, "positions": pos},
-                          hamiltonian=ham, energy=True)
-        return jnp.sum(out["energy"]), out
+    params: Any
+    opt_state: Any
+    ema: Any
+    step: jax.Array
+    lr_scale: jax.Array
+    plateau: Any
+    rng: jax.Array
 
-    (_, out), grad = jax.value_and_grad(energy_sum, has_aux=True)(inputs["positions"])
-    return {**out, "forces": -grad}
+    @classmethod
+    def create(cls, params, tx: optax.GradientTransformation, plateau_tx, seed: int,
+               ema: bool = False):
+        """The state before the first step."""
+        return cls(params=params, opt_state=tx.init(params), ema=params if ema else None,
+                   step=np.asarray(0, np.int32), lr_scale=np.asarray(1.0, np.float32),
+                   plateau=plateau_tx.init(params), rng=jax.random.PRNGKey(seed))
 
+    @property
+    def eval_params(self):
+        """The parameters to evaluate and keep as the best: the EMA when there is one."""
+        return self.params if self.ema is None else self.ema
 
-def _psum(tree):
-    return jax.lax.psum(tree, parallel.AXIS)
+    def checkpoint_items(self) -> tuple[Any, dict]:
+        """``(params, the rest)``: the two pytree items of a checkpoint."""
+        rest = {k: getattr(self, k) for k in ("opt_state", "step", "lr_scale", "plateau",
+                                              "rng")}
+        return self.params, {**rest, "ema": self.eval_params}
+
+    @classmethod
+    def from_checkpoint(cls, params, rest: dict, ema: bool) -> "TrainState":
+        """Inverse of :meth:`checkpoint_items`."""
+        return cls(params=params, **{**rest, "ema": rest["ema"] if ema else None})
 
 
 def make_train_step(model, tx, ctx, weights: dict[str, float], need: set[str],
-                    frozen_backbone: bool, ema_decay: float, loss_modules: tuple = ()):
-    """Per-device train step ``(params, opt_state, ema, batch) -> (..., metrics)``."""
+                    frozen_backbone: bool = False, ema_decay: float = 0.0,
+                    loss_modules: tuple = ()):
+    """Per-device train step ``(state, batch) -> (state, metrics)`` (map it over the mesh
+    with ``parallel.data_parallel(step, mesh)``): masked loss sums are ``psum``-ed over the
+    ``data`` axis before dividing, so gradients are those of the global batch."""
     loss_fns = {name: losses_lib.resolve(name, loss_modules) for name in weights}
 
-    def step(params, opt_state, ema, batch):
+    def step(state: TrainState, batch):
         def loss_fn(p):
             if frozen_backbone:
                 p = {**p, "backbone": jax.lax.stop_gradient(p["backbone"])}
-            out = forward(model, p, batch, need, ctx)
+            out = losses_lib.model_outputs(model, p, batch, need, ctx)
             partials = {name: fn(out, batch, ctx) for name, fn in loss_fns.items()}
             loss, values = losses_lib.total_loss(partials, weights, reduce=_psum)
             if "hamiltonian" in need:
@@ -80,106 +105,21 @@ def make_train_step(model, tx, ctx, weights: dict[str, float], need: set[str],
                 values["h_mae"] = mae.combine(_psum(mae.sums))
             return loss, values
 
-        (loss, values), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        if ema is not None:
-            ema = ema_update(ema, params, ema_decay)
-        return params, opt_state, ema, {"loss": loss, "grad_norm": optax.tree.norm(grads),
-                                        **values}
+        (loss, values), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates = jax.tree.map(lambda u: u * state.lr_scale.astype(u.dtype), updates)
+        params = optax.apply_updates(state.params, updates)
+        ema = (None if ema_decay <= 0 else
+               optax.incremental_update(params, state.ema, 1.0 - ema_decay))
+        state = state.replace(params=params, opt_state=opt_state, ema=ema,
+                              step=state.step + 1, rng=jax.random.fold_in(state.rng, state.step))
+        return state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **values}
 
     return step
 
 
-class Evaluator:
-    """Evaluation of a split: losses, and the field's metrics on full matrices.
-
-    With quantum-chemistry labels it also reports ``losses_lib.QM_METRICS`` (orbital-energy,
-    gap, dipole and polarisability errors of the predicted H).
-    """
-
-    def __init__(self, model, data: datasets.Data, config, ctx, weights, need, dtype):
-        self.model, self.data, self.ctx = model, data, ctx
-        self.weights, self.need = weights, need | {"energy"}
-        modules = tuple(config.get("loss_modules", ()))
-        self.loss_fns = {name: losses_lib.resolve(name, modules) for name in weights}
-        if data.spec.qm_targets:
-            self.need = self.need | {"qm", "polarizability"}
-            self.loss_fns.update({name: losses_lib.resolve(name)
-                                  for name in losses_lib.QM_METRICS})
-        batch_cfg = datasets.batch_config(config.data)
-        if not batch_cfg.budgets:  # one set of shapes for every split: compiled once
-            every = np.unique(np.concatenate([v for v in data.splits.values()]))
-            plan = pipeline.BatchIterator(data.graphs, every, batch_cfg, prefetch=0)
-            batch_cfg = dataclasses.replace(batch_cfg,
-                                            budgets=[b.to_dict() for b in plan.budgets])
-        self.batch_cfg = batch_cfg
-        self.dtype = dtype
-        self.max_molecules = config.train.get("max_eval_molecules")
-
-        self._combines = {}
-
-        def apply(params, batch):
-            out = forward(model, params, batch, self.need, ctx)
-            sums = {}
-            for name, fn in self.loss_fns.items():
-                partial = fn(out, batch, ctx)
-                self._combines[name] = partial.combine  # closes over nothing traced
-                sums[name] = partial.sums
-            return out, sums
-        self._apply = jax.jit(apply)
-
-    def __call__(self, params, split: str) -> dict[str, float]:
-        """Metrics of ``split`` (H MAE in Eh, energies in Eh, forces in Eh/A; see keys)."""
-        idx = self.data.splits[split]
-        if self.max_molecules:
-            idx = idx[: int(self.max_molecules)]
-        if len(idx) == 0:
-            return {}
-        it = pipeline.BatchIterator(self.data.graphs, idx, self.batch_cfg, n_devices=1,
-                                    shuffle=False, stats=self.data.stats, dtype=self.dtype,
-                                    prefetch=0)
-        totals: dict[str, dict[str, float]] = {}
-        rows, node_layout, edge_layout = [], self.ctx.node_layout, self.ctx.edge_layout
-        reader, template = self.data.reader, self.data.template
-        for bucket, per_dev in it.plan(0):
-            batch = jax.tree.map(lambda x: x[0], it.make_batch(bucket, per_dev))
-            out, sums = self._apply(params, batch)
-            for name, s in sums.items():
-                acc = totals.setdefault(name, {})
-                for k, v in s.items():
-                    acc[k] = acc.get(k, 0.0) + float(v)
-            out = jax.device_get(out)
-            fulls = (assemble.batch_to_full(out, batch, node_layout, edge_layout,
-                                            self.data.stats)
-                     if "hamiltonian" in self.need else [None] * len(per_dev[0]))
-            n0 = 0
-            for k, i in enumerate(per_dev[0]):
-                rec = reader[i]
-                row = {}
-                if fulls[k] is not None and rec.fock is not None:
-                    row.update(metrics_lib.hamiltonian_errors(
-                        fulls[k], rec.fock, rec.elements, template.basis, template.ecp or None))
-                if rec.energy is not None:
-                    row["energy_ae"] = abs(float(out["energy"][k])
-                                           - float(batch.globals["energy"][k]))
-                n = len(rec.elements)
-                if "forces" in out and rec.forces is not None:
-                    row["forces_ae"] = float(np.abs(out["forces"][n0:n0 + n]
-                                                    - rec.forces).mean())
-                n0 += n
-                rows.append(row)
-        result = metrics_lib.mean_of(rows, sorted({k for r in rows for k in r}))
-        val_loss = 0.0
-        for name, acc in totals.items():
-            value = float(self._combines[name]({k: jnp.asarray(v) for k, v in acc.items()}))
-            if name not in self.weights:  # a metric
-                result[name] = value
-                continue
-            result[f"loss_{name}"] = value
-            val_loss += self.weights[name] * value
-        result["loss"] = val_loss
-        return result
+def _psum(tree):
+    return jax.lax.psum(tree, parallel.AXIS)
 
 
 def precision(config) -> np.dtype:
@@ -258,6 +198,95 @@ def _stored_budgets(config, data: datasets.Data, workdir: str) -> pipeline.Batch
     return dataclasses.replace(batch_cfg, budgets=budgets)
 
 
+def plateau_schedule(optim: ml_collections.ConfigDict):
+    """``optax.contrib.reduce_on_plateau`` of ``config.optim`` (one value per evaluation)."""
+    return optax_contrib.reduce_on_plateau(
+        factor=float(optim.plateau_factor), patience=int(optim.plateau_patience),
+        rtol=float(optim.plateau_rtol), min_scale=1e-3)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What one training run holds besides its state (built by :func:`_setup`)."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    data: datasets.Data
+    mesh: Any
+    train_it: pipeline.BatchIterator
+    step_fn: Any
+    plateau_tx: Any
+    evaluator: Evaluator
+    ckpt: ckpt_lib.Checkpointer
+    logger: MetricsLogger
+
+    def save(self, state: TrainState, best_val: float | None = None) -> None:
+        """Latest checkpoint (and the best one when ``best_val`` is given)."""
+        params, rest = jax.device_get(state.checkpoint_items())
+        meta = ckpt_lib.make_meta(self.config, self.data.template, self.data.stats,
+                                  iterator=self.train_it.get_state(), step=int(rest["step"]))
+        self.ckpt.save(int(rest["step"]), params, rest, meta)
+        if best_val is not None:
+            self.ckpt.save_best(int(rest["step"]), rest["ema"], rest, meta, best_val)
+
+    def validate(self, state: TrainState) -> TrainState:
+        """Evaluates the validation split, logs it, advances the plateau schedule (the
+        learning-rate scale when ``optim.schedule`` is "plateau") and saves."""
+        val = self.evaluator(state.eval_params, "val")
+        if not val:
+            return state
+        step = int(state.step)
+        self.logger.write(step, "val", val)
+        _, plateau = self.plateau_tx.update({}, jax.device_get(state.plateau),
+                                            value=val["loss"])
+        scale = plateau.scale if self.config.optim.schedule == "plateau" else 1.0
+        state = state.replace(plateau=parallel.replicate(plateau, self.mesh),
+                              lr_scale=parallel.replicate(np.asarray(scale, np.float32),
+                                                          self.mesh))
+        self.save(state, best_val=val["loss"])
+        return state
+
+
+def _setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[_Run, TrainState]:
+    """Data, model, optimiser, checkpointer and logger of a run; its state restored from the
+    workdir, or initialised (with a transferred backbone for frozen / finetune)."""
+    dtype = precision(config)
+    parallel.initialize_distributed()
+    mesh = parallel.make_mesh(config.get("num_devices"))
+    data = datasets.load_data(config, workdir)
+    protocol = config.transfer.protocol
+    model, weights, need, ctx = model_and_losses(config, data)
+    train_it = pipeline.BatchIterator(
+        data.graphs, data.splits["train"], _stored_budgets(config, data, workdir),
+        n_devices=mesh.size, seed=int(config.seed), stats=data.stats, dtype=dtype,
+        prefetch=int(config.data.prefetch))
+    params = _init_params(model, train_it.make_batch(*train_it.plan(0)[0]), int(config.seed))
+    tx = build_optimizer(config.optim, int(config.train.num_steps), protocol, params)
+    plateau_tx = plateau_schedule(config.optim)
+    ckpt = ckpt_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
+    ema_decay = float(config.optim.ema_decay)
+    state = TrainState.create(params, tx, plateau_tx, int(config.seed), ema=ema_decay > 0)
+    if ckpt.latest_step() is not None:
+        abstract = jax.eval_shape(lambda s: s.checkpoint_items(), state)
+        params, rest, meta = ckpt.restore(*abstract)
+        state = TrainState.from_checkpoint(params, rest, ema=ema_decay > 0)
+        train_it.set_state(meta["iterator"])
+        print(f"Resumed from {workdir} at step {int(state.step)}.", flush=True)
+    elif protocol in ("frozen", "finetune"):
+        params = _transfer_backbone(params, config)
+        state = TrainState.create(params, tx, plateau_tx, int(config.seed), ema=ema_decay > 0)
+    step_fn = parallel.data_parallel(make_train_step(
+        model, tx, ctx, weights, need, protocol == "frozen", ema_decay,
+        tuple(config.loss_modules)), mesh)
+    run = _Run(config=config, workdir=workdir, data=data, mesh=mesh, train_it=train_it,
+               step_fn=step_fn, plateau_tx=plateau_tx,
+               evaluator=Evaluator(model, data, config, ctx, weights, need, dtype),
+               ckpt=ckpt, logger=MetricsLogger(workdir, int(config.train.num_steps),
+                                               start_step=int(state.step),
+                                               active=parallel.is_main_process()))
+    return run, parallel.replicate(state, mesh)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains a HELM model as ``config`` says, checkpointing and logging into ``workdir``.
 
@@ -268,132 +297,76 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Returns:
       ``{"step", "val", "test", "seconds"}`` with the final metrics (H MAE in Eh, energy and
-      force errors in Eh and Eh/A).
+      force errors in Eh and Eh/A); ``{"step", "interrupted"}`` after a SIGTERM.
     """
     t_start = time.time()
-    dtype = precision(config)
-    parallel.initialize_distributed()
-    mesh = parallel.make_mesh(config.get("num_devices"))
-    data = datasets.load_data(config, workdir)
-    protocol = config.transfer.protocol
-    model, weights, need, ctx = model_and_losses(config, data)
-    train_it = pipeline.BatchIterator(
-        data.graphs, data.splits["train"], _stored_budgets(config, data, workdir),
-        n_devices=mesh.size, seed=int(config.seed), stats=data.stats, dtype=dtype,
-        prefetch=int(config.data.get("prefetch", 2)))
-    num_steps = int(config.train.num_steps)
-    first = train_it.make_batch(*train_it.plan(0)[0])
-    params = _init_params(model, first, int(config.seed))
-    tx = build_optimizer(config.optim, num_steps, protocol, params)
-    ema_decay = float(config.optim.get("ema_decay", 0.0))
-    plateau = Plateau(config.optim.get("plateau_factor", 0.5),
-                      config.optim.get("plateau_patience", 10),
-                      config.optim.get("plateau_rtol", 1e-4))
-    ckpt = ckpt_lib.Checkpointer(workdir, keep=int(config.train.get("keep_checkpoints", 2)))
-    step = 0
-    if ckpt.latest_step() is not None:
-        abstract = jax.eval_shape(lambda p: (p, {"opt_state": tx.init(p), "ema": p,
-                                                 "step": 0}), params)
-        params, train_state, meta = ckpt.restore(*abstract)
-        train_state = dict(train_state)
-        step = int(train_state["step"])
-        train_it.set_state(meta["iterator"])
-        plateau.load(meta["plateau"])
-        print(f"Resumed from {workdir} at step {step}.", flush=True)
-    else:
-        if protocol in ("frozen", "finetune"):
-            params = _transfer_backbone(params, config)
-        train_state = {"opt_state": jax.jit(tx.init)(params), "ema": params, "step": 0}
-    if ema_decay <= 0:
-        train_state["ema"] = None
-
-    step_fn = make_train_step(model, tx, ctx, weights, need, protocol == "frozen", ema_decay,
-                              tuple(config.get("loss_modules", ())))
-    p_step = parallel.data_parallel(step_fn, mesh, n_replicated=3)
-    params = parallel.replicate(params, mesh)
-    opt_state = parallel.replicate(train_state["opt_state"], mesh)
-    ema = parallel.replicate(train_state["ema"], mesh) if ema_decay > 0 else None
-    evaluator = Evaluator(model, data, config, ctx, weights, need, dtype)
-    logger = MetricsLogger(workdir, num_steps, start_step=step,
-                           active=parallel.is_main_process())
-
-    if step == 0:
-        initial = evaluator(params, "test")
-        if initial:
-            logger.write(0, "test", initial)
-
-    def eval_params():
-        return ema if ema is not None else params
-
-    def save(best_val: float | None = None):
-        host = jax.device_get
-        state = {"opt_state": host(opt_state), "ema": host(ema) if ema is not None else host(
-            params), "step": step}
-        meta = ckpt_lib.make_meta(config, data.template, data.stats,
-                                  iterator=train_it.get_state(), plateau=plateau.state(),
-                                  step=step)
-        ckpt.save(step, host(params), state, meta)
-        if best_val is not None:
-            ckpt.save_best(step, host(eval_params()), state, meta, best_val)
-
-    stop = {"sigterm": False}
-    previous = signal.getsignal(signal.SIGTERM)
-    in_main = _is_main_thread()
-    if in_main:
-        signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
-    try:
-        stream = iter(train_it)
-        while step < num_steps and not stop["sigterm"]:
+    run, state = _setup(config, workdir)
+    num_steps, log_every = int(config.train.num_steps), int(config.train.log_every)
+    if int(state.step) == 0 and (initial := run.evaluator(state.params, "test")):
+        run.logger.write(0, "test", initial)
+    with _sigterm_flag() as stop, run.ckpt, run.logger:
+        stream = iter(run.train_it)
+        while int(state.step) < num_steps and not stop["sigterm"]:
             batch = next(stream)
-            logger.count(int(np.sum(batch.globals["h_mask"] | batch.globals["energy_mask"])))
-            params, opt_state, ema, values = p_step(params, opt_state, ema,
-                                                   parallel.shard(batch, mesh))
-            step += 1
-            values = {k: float(v) for k, v in jax.device_get(values).items()}
-            if not (np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"])):
-                raise FloatingPointError(
-                    f"Non-finite loss or gradient at step {step} (loss={values['loss']}, "
-                    f"grad_norm={values['grad_norm']}): lower config.optim.learning_rate, set "
-                    "config.optim.clip_norm, or check the data with data_prep/verify.py. The "
-                    f"last good checkpoint is in {workdir}/checkpoints/latest.")
-            log_every = int(config.train.log_every)
+            run.logger.count(int(np.sum(batch.globals["h_mask"] | batch.globals["energy_mask"])))
+            state, values = run.step_fn(state, parallel.shard(batch, run.mesh))
+            step, values = int(state.step), {k: float(v) for k, v in
+                                             jax.device_get(values).items()}
+            _check_finite(values, step, workdir)
             if step % log_every == 0 or step == num_steps:
-                logger.write(step, "train", values)
-                logger.progress(step, values)
+                run.logger.write(step, "train", values)
+                run.logger.progress(step, values)
             if step % int(config.train.eval_every) == 0 or step == num_steps:
-                val = evaluator(eval_params(), "val")
-                if val:
-                    logger.write(step, "val", val)
-                    scale = plateau.update(val["loss"])
-                    if config.optim.schedule == "plateau":
-                        opt_state = parallel.replicate(
-                            set_lr_scale(jax.device_get(opt_state), scale), mesh)
-                    save(best_val=val["loss"])
-                logger.plot()
+                state = run.validate(state)
+                run.logger.plot()
             elif step % int(config.train.checkpoint_every) == 0:
-                save()
+                run.save(state)
+        run.save(state)
         if stop["sigterm"]:
-            save()
-            print(f"SIGTERM: saved step {step} to {workdir}; rerun the same command to resume.",
-                  flush=True)
-            return {"step": step, "interrupted": True}
-        save()
-        result = {"step": step, "val": evaluator(eval_params(), "val"),
-                  "test": evaluator(eval_params(), "test"),
-                  "seconds": time.time() - t_start}
-        result["test_step0"] = next((r for r in logger.history
-                                     if r["split"] == "test" and r["step"] == 0), None)
-        if result["test"]:
-            logger.write(step, "test", result["test"])
-        logger.plot()
-        if parallel.is_main_process():
-            _print_summary(result)
-        return result
-    finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
-        logger.close()
-        ckpt.close()
+            print(f"SIGTERM: saved step {int(state.step)} to {workdir}; rerun the same "
+                  "command to resume.", flush=True)
+            return {"step": int(state.step), "interrupted": True}
+        return _finish(run, state, time.time() - t_start)
+
+
+def _finish(run: _Run, state: TrainState, seconds: float) -> dict[str, Any]:
+    """Final validation and test metrics, logged, plotted and printed."""
+    result = {"step": int(state.step), "val": run.evaluator(state.eval_params, "val"),
+              "test": run.evaluator(state.eval_params, "test"), "seconds": seconds}
+    result["test_step0"] = next((r for r in run.logger.history
+                                 if r["split"] == "test" and r["step"] == 0), None)
+    if result["test"]:
+        run.logger.write(result["step"], "test", result["test"])
+    run.logger.plot()
+    if parallel.is_main_process():
+        _print_summary(result)
+    return result
+
+
+def _check_finite(values: dict[str, float], step: int, workdir: str) -> None:
+    if not (np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"])):
+        raise FloatingPointError(
+            f"Non-finite loss or gradient at step {step} (loss={values['loss']}, "
+            f"grad_norm={values['grad_norm']}): lower config.optim.learning_rate, set "
+            "config.optim.clip_norm, or check the data with data_prep/verify.py. The "
+            f"last good checkpoint is in {workdir}/checkpoints/latest.")
+
+
+class _sigterm_flag:
+    """Context manager: ``{"sigterm": bool}`` set by SIGTERM (main thread only)."""
+
+    def __enter__(self):
+        self.flag = {"sigterm": False}
+        self.main = _is_main_thread()
+        if self.main:
+            self.previous = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, lambda *_: self.flag.update(sigterm=True))
+        return self.flag
+
+    def __exit__(self, *exc):
+        if self.main:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
 
 
 def _is_main_thread() -> bool:

@@ -1,8 +1,11 @@
-"""Optimisers, learning-rate plateau, parameter EMA and logging for ``helm_jax.train``.
+"""Optimisers and logging for ``helm_jax.train`` (the plateau schedule is
+``optax.contrib.reduce_on_plateau`` and the parameter EMA ``optax.incremental_update``, both
+driven by ``helm_jax.train``).
 
 ``config.optim`` fields: ``name`` (adamw | adam), ``learning_rate``, ``weight_decay``,
 ``schedule`` (constant | cosine | plateau), ``warmup_steps``, ``final_lr_fraction``
-(cosine), ``plateau_factor``, ``plateau_patience`` (evaluations), ``plateau_rtol``,
+(cosine), ``plateau_factor``, ``plateau_patience`` (evaluations without improvement
+before the learning rate is multiplied by ``plateau_factor``), ``plateau_rtol``,
 ``clip_norm`` (0: off), ``ema_decay`` (0: off), ``backbone_lr_scale`` (finetuning).
 """
 
@@ -60,7 +63,8 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
 def build_optimizer(cfg: ml_collections.ConfigDict, num_steps: int, protocol: str,
                     params) -> optax.GradientTransformation:
-    """Clip -> AdamW/Adam with the schedule -> plateau scale (host-controlled).
+    """Clip -> AdamW/Adam with the schedule. The plateau schedule's scale is applied by the
+    train step (``TrainState.lr_scale``), not by this transformation.
 
     Protocols: ``frozen`` routes the backbone to zero updates (its parameters stay
     bit-identical); ``finetune`` trains the backbone at ``backbone_lr_scale`` times the
@@ -72,53 +76,9 @@ def build_optimizer(cfg: ml_collections.ConfigDict, num_steps: int, protocol: st
         backbone_tx = (optax.set_to_zero() if protocol == "frozen" else
                        _base(cfg, _schedule(cfg, num_steps, cfg.get("backbone_lr_scale", 1.0))))
         main = optax.multi_transform({"backbone": backbone_tx, "rest": main}, labels)
-    chain = [main, optax.inject_hyperparams(optax.scale)(step_size=1.0)]
     if cfg.get("clip_norm"):
-        chain.insert(0, clip_by_global_norm(cfg.clip_norm))
-    return optax.chain(*chain)
-
-
-def set_lr_scale(opt_state, scale: float):
-    """Returns ``opt_state`` with the plateau learning-rate scale set to ``scale``."""
-    last = opt_state[-1]
-    hp = dict(last.hyperparams)
-    hp["step_size"] = jax.numpy.asarray(scale, hp["step_size"].dtype)
-    return (*opt_state[:-1], last._replace(hyperparams=hp))
-
-
-def ema_update(ema, params, decay: float):
-    """``ema + (1 - decay) (params - ema)``: exact (bit-identical) where params == ema."""
-    return jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), ema, params)
-
-
-class Plateau:
-    """Reduce-on-plateau on the validation loss (host side, checkpointed)."""
-
-    def __init__(self, factor: float = 0.5, patience: int = 10, rtol: float = 1e-4,
-                 min_scale: float = 1e-3):
-        self.factor, self.patience, self.rtol, self.min_scale = factor, patience, rtol, min_scale
-        self.best, self.bad, self.scale = float("inf"), 0, 1.0
-
-    def update(self, value: float) -> float:
-        """Records a validation loss; returns the (possibly reduced) scale."""
-        if value < self.best * (1 - self.rtol):
-            self.best, self.bad = value, 0
-        else:
-            self.bad += 1
-            if self.bad > self.patience:
-                self.scale = max(self.scale * self.factor, self.min_scale)
-                self.bad = 0
-        return self.scale
-
-    def state(self) -> dict:
-        """JSON state."""
-        return {"best": self.best if np.isfinite(self.best) else None, "bad": self.bad,
-                "scale": self.scale}
-
-    def load(self, state: dict) -> None:
-        """Restores :meth:`state`."""
-        self.best = float("inf") if state["best"] is None else float(state["best"])
-        self.bad, self.scale = int(state["bad"]), float(state["scale"])
+        return optax.chain(clip_by_global_norm(cfg.clip_norm), main)
+    return main
 
 
 class MetricsLogger:
@@ -221,6 +181,13 @@ class MetricsLogger:
         """Flushes TensorBoard."""
         if self._writer is not None:
             self._writer.close()
+
+    def __enter__(self) -> "MetricsLogger":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
 
 
 def _hms(seconds: float) -> str:

@@ -81,7 +81,7 @@ import trainlib
 from helm_jax import losses, parallel
 from helm_jax.data import datasets, pipeline
 from helm_jax.model import helm
-from helm_jax.train import make_train_step
+from helm_jax.train import TrainState, make_train_step, plateau_schedule
 from helm_jax.train_utils import build_optimizer
 c = trainlib.tiny_config({data!r})
 data = datasets.load_data(c)
@@ -102,9 +102,10 @@ for n_dev in (1, 2):  # one process: the 1-device mesh is the first of the 2 dev
                         **helm.batch_inputs(jax.tree.map(lambda x: x[0], batch)))["params"]
     tx = build_optimizer(c.optim, 10, "none", params)
     step = parallel.data_parallel(make_train_step(model, tx, ctx, {{"hamiltonian": 1.0}},
-                                                  {{"hamiltonian"}}, False, 0.0), mesh, 3)
-    p, o, _, m = step(parallel.replicate(params, mesh), parallel.replicate(tx.init(params), mesh),
-                      None, parallel.shard(batch, mesh))
+                                                  {{"hamiltonian"}}), mesh)
+    state = TrainState.create(params, tx, plateau_schedule(c.optim), 0)
+    s, m = step(parallel.replicate(state, mesh), parallel.shard(batch, mesh))
+    p = s.params
     np.savez(os.path.join({out!r}, f"p{{n_dev}}.npz"), loss=np.asarray(m["loss"]),
              **{{str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(p))}})
 """
@@ -276,3 +277,55 @@ def test_two_processes_equal_one_process_with_two_devices(water, tmp_path):
     assert trainlib.max_diff(trainlib.final_params(one), trainlib.final_params(two)) < 1e-6
     assert len(_metrics(two)) == len(_metrics(one)) == 3  # written once, not once per process
     assert "step 3/3" in outs[0] and "step 3/3" not in outs[1]
+
+
+def _tiny_step(water, ema_decay=0.0):
+    """A jitted one-device train step of the tiny config and its initial state and batch."""
+    from helm_jax import parallel
+    from helm_jax.data import datasets, pipeline
+    from helm_jax.train_utils import build_optimizer
+    c = trainlib.tiny_config(water)
+    data = datasets.load_data(c)
+    model, weights, need, ctx = train.model_and_losses(c, data)
+    it = pipeline.BatchIterator(data.graphs, data.splits["train"],
+                                datasets.batch_config(c.data), prefetch=0)
+    batch = it.make_batch(*it.plan(0)[0])
+    params = train._init_params(model, batch, 0)
+    tx = build_optimizer(c.optim, 10, "none", params)
+    mesh = parallel.make_mesh(1)
+    step = parallel.data_parallel(train.make_train_step(model, tx, ctx, weights, need,
+                                                        ema_decay=ema_decay), mesh)
+    state = train.TrainState.create(params, tx, train.plateau_schedule(c.optim), 0,
+                                    ema=ema_decay > 0)
+    return step, parallel.replicate(state, mesh), parallel.shard(batch, mesh)
+
+
+def test_train_state_lr_scale_and_ema(water):
+    """TrainState: the plateau's lr_scale is an input of the step (0 freezes every
+    parameter bit for bit), and the EMA follows ema <- d ema + (1 - d) params."""
+    step, s0, batch = _tiny_step(water, ema_decay=0.75)
+    frozen, _ = step(s0.replace(lr_scale=jnp.zeros_like(s0.lr_scale)), batch)
+    for a, b in zip(jax.tree.leaves(frozen.params), jax.tree.leaves(s0.params)):
+        np.testing.assert_array_equal(a, b)
+    s1, _ = step(s0, batch)
+    s2, _ = step(s1, batch)
+    assert int(s2.step) == 2 and not np.array_equal(s1.rng, s2.rng)
+    moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                zip(jax.tree.leaves(s2.params), jax.tree.leaves(s0.params)))
+    assert moved > 1e-4
+    for p0, p1, p2, e2 in zip(*(jax.tree.leaves(x) for x in
+                                (s0.params, s1.params, s2.params, s2.ema))):
+        want = 0.75 * (0.75 * p0 + 0.25 * p1) + 0.25 * p2
+        np.testing.assert_allclose(e2, want, rtol=1e-6, atol=1e-7)
+
+
+def test_plateau_schedule_halves_after_patience_evaluations():
+    c = trainlib.tiny_config("unused")
+    c.optim.update(plateau_factor=0.5, plateau_patience=2, plateau_rtol=1e-4)
+    tx = train.plateau_schedule(c.optim)
+    state = tx.init({"w": jnp.zeros(3)})
+    scales = []
+    for value in (1.0, 0.5, 0.5, float("nan"), 0.2, 0.3, 0.3):  # NaN counts as no gain
+        _, state = tx.update({}, state, value=value)
+        scales.append(float(state.scale))
+    assert scales == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]

@@ -51,6 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
         enabled=False, targets="reference", self_consistent_polarizability=False,
         n_virtual=0, s_threshold=qm.S_THRESHOLD))
 
+    # schedule: constant | cosine (warmup_steps, final_lr_fraction) | plateau
+    # (optax.contrib.reduce_on_plateau: the rate is multiplied by plateau_factor after
+    # plateau_patience evaluations without a relative improvement of plateau_rtol).
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=1e-3, weight_decay=1e-4, schedule="plateau",
         warmup_steps=0, final_lr_fraction=0.01, plateau_factor=0.5, plateau_patience=10,

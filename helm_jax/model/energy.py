@@ -52,16 +52,37 @@ class EnergyHead(nn.Module):
         return jax.ops.segment_sum(per_node, node_graph, num_segments=num_graphs)
 
 
+def with_forces(apply_fn: Callable[..., dict], positions: jax.Array,
+                **inputs: Any) -> tuple[dict, jax.Array]:
+    """Runs ``apply_fn(positions=positions, **inputs)`` and returns ``(outputs, forces)``.
+
+    The one place forces are computed: ``forces = -dE/dR`` of ``outputs["energy"] [G]``.
+    Graphs are independent, so the gradient of the summed energy gives every node the force
+    of its own graph; every other output (e.g. the Hamiltonian blocks) comes from the same
+    forward pass.
+
+    Args:
+      apply_fn: returns a dict with ``"energy" [G]`` (static arguments bound).
+      positions: ``[N, 3]`` node positions.
+      **inputs: the other keyword arguments of ``apply_fn``.
+    """
+    assert positions.ndim == 2 and positions.shape[-1] == 3, positions.shape
+
+    def total(pos):
+        out = apply_fn(positions=pos, **inputs)
+        return jnp.sum(out["energy"]), out
+
+    (_, out), grad = jax.value_and_grad(total, has_aux=True)(positions)
+    return out, -grad
+
+
 def energy_and_forces(
     params: Any,
     apply_fn: Callable[..., jax.Array],
     positions: jax.Array,  # [N, 3]
     **inputs: Any,
 ) -> tuple[jax.Array, jax.Array]:
-    """Energies per graph and forces ``-dE/dR`` per node.
-
-    Graphs are independent, so the gradient of the summed energy gives every node the force
-    of its own graph.
+    """Energies per graph and forces ``-dE/dR`` per node (:func:`with_forces`).
 
     Args:
       params: variables passed first to ``apply_fn``.
@@ -74,11 +95,6 @@ def energy_and_forces(
     Returns:
       ``(energies [G], forces [N, 3])``.
     """
-    assert positions.ndim == 2 and positions.shape[-1] == 3, positions.shape
-
-    def total(pos):
-        energies = apply_fn(params, positions=pos, **inputs)
-        return jnp.sum(energies), energies
-
-    (_, energies), grad = jax.value_and_grad(total, has_aux=True)(positions)
-    return energies, -grad
+    out, forces = with_forces(lambda **kw: {"energy": apply_fn(params, **kw)}, positions,
+                              **inputs)
+    return out["energy"], forces
