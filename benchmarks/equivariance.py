@@ -33,7 +33,7 @@ def main(argv=None):
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     import step_time
-    from helm_jax import blocks, sph
+    from helm_jax import sph
     from helm_jax.data import batching, graphs
     from helm_jax.data.records import Record
     from helm_jax.model import assemble, helm
@@ -42,7 +42,7 @@ def main(argv=None):
     c, template = step_time.setup(args.config, args.dtype)
     model = helm.build_model(c, template)
     spec = graphs.GraphSpec(template, float(c.model.cutoff))
-    layouts = (blocks.irreps_layout(template, True), blocks.irreps_layout(template))
+    layouts = graphs.layouts_for(template, reduced_nodes=True)
     dtype = np.dtype(args.dtype)
 
     def run(coords, params=None):

@@ -71,7 +71,7 @@ def main(argv=None):
     num_graphs = inputs.pop("num_graphs")
     params = jax.jit(lambda r, i: spec_model.init(r, **i, num_graphs=num_graphs))(
         jax.random.PRNGKey(0), inputs)["params"]
-    mul0 = helm.heads.layouts_for(template, c.heads.reduced_nodes)[0].muls[0]
+    mul0 = graphs.layouts_for(template, c.heads.reduced_nodes)[0].muls[0]
     stats = statistics.Statistics(node_mean=np.zeros((119, mul0)), node_std=np.ones((119, mul0)),
                                   energy_ref=np.zeros(119), energy_std=1.0, n_molecules=0)
     predictor = Predictor(ckpt_lib.LoadedModel(config=c, template=template, stats=stats,

@@ -1,5 +1,5 @@
 """Prints max |S(R) - D S D^T| and max |F(R) - D F D^T| for the molecules of
-tests/test_rotation.py (PySCF Hartree-Fock, conv_tol 1e-13): the convention table of
+tests/test_sph_rotation.py (PySCF Hartree-Fock, conv_tol 1e-13): the convention table of
 docs/orbital_algebra.md.
 
     python benchmarks/rotation_errors.py
@@ -14,7 +14,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 import numpy as np  # noqa: E402
 
 import molecules  # noqa: E402
-import test_rotation as tr  # noqa: E402
+import test_sph_rotation as tr  # noqa: E402
 from helm_jax import sph  # noqa: E402
 
 

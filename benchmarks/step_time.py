@@ -120,7 +120,7 @@ def build(args):
     from helm_jax.data.records import Record
     from helm_jax.model import helm
     from helm_jax.train import TrainState, make_train_step, plateau_schedule
-    from helm_jax.train_utils import build_optimizer
+    from helm_jax.optim import build_optimizer
 
     c, template = setup(args.config, args.dtype, args.l_max, args.remat,
                         edge_chunk_size=args.edge_chunk_size,

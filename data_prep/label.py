@@ -3,7 +3,7 @@
     python data_prep/label.py --input=frames.xyz --out=labels.h5 --xc=pbe --basis=def2-svp \
         --grid_level=5 --conv_tol=1e-11 --forces --workers=2
 
-Quantum-chemistry targets (helm_jax/data/properties.py): `--dipole` stores AO dipole integrals
+Quantum-chemistry targets (helm_jax/data/reference_targets.py): `--dipole` stores AO dipole integrals
 with the reference orbital energies, dipole and polarisability; `--polarizability_ff` adds the
 self-consistent finite-field polarisability; `--targets_basis=def2-tzvp` stores the same targets
 of a larger basis (reduced-basis learning).

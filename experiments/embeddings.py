@@ -124,6 +124,7 @@ def extract(checkpoint: str, structures: Sequence[Any], which: str = "best"
       (index into ``structures``), with the atoms of structure 0 first, in input order.
     """
     import jax
+    from helm_jax.data import batching
     from helm_jax.model import backbone as backbone_lib
     from helm_jax.predict import Predictor
 
@@ -133,10 +134,10 @@ def extract(checkpoint: str, structures: Sequence[Any], which: str = "best"
 
     @jax.jit
     def node_scalars(params, species, positions, senders, receivers):  # -> [N, C]
-        node_mask = species > 0
-        edge_mask = node_mask[senders] & (senders != receivers)
-        nodes, _ = backbone.apply(params, species, positions, senders, receivers, node_mask,
-                                  edge_mask, compute_edges=False)  # [N, (l_max+1)^2, C]
+        nodes, _ = backbone.apply(params, species, positions, senders, receivers,
+                                  batching.node_mask(species),
+                                  batching.edge_mask(species, senders, receivers),
+                                  compute_edges=False)  # [N, (l_max+1)^2, C]
         return nodes[:, 0, :]
 
     graphs = predictor.graphs([predictor_record(predictor, s) for s in structures])

@@ -3,8 +3,8 @@
     python experiments/evaluate.py --checkpoint=/tmp/omol_small --split=test --out=/tmp/eval
 
 Writes ``metrics.json``, ``molecules.csv`` and PNG plots to ``--out`` and prints a summary
-table. The split is the training run's (its ``splits.json``, or recomputed from the
-checkpoint's config); ``--data`` evaluates another file instead. The PySCF level of theory
+table. The split is the training run's (``<workdir>/splits.json``; an error names the path
+if it is missing); ``--data`` evaluates another file instead. The PySCF level of theory
 comes from the dataset file; the level flags override it. The logic is in
 ``helm_jax.evaluate``.
 """

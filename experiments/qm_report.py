@@ -41,11 +41,11 @@ def _run_data(config, workdir: str, targets: str):
     statistics and splits)."""
     import copy
 
-    from helm_jax.data import datasets
+    from helm_jax import train
     config = copy.deepcopy(config)
     with config.unlocked():
         config.qm.update(enabled=True, targets=targets)
-    return config, datasets.load_data(config, workdir)
+    return config, train.load_data(config, workdir)
 
 
 def evaluate_run(loaded, workdir: str, targets: str) -> dict[str, float]:

@@ -22,6 +22,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from helm_jax import basis as basis_lib
+from helm_jax import configs
 from helm_jax.data.statistics import Statistics
 
 
@@ -141,7 +142,7 @@ def load_model(path: str, which: str = "best") -> LoadedModel:
                                                      meta=ocp.args.JsonRestore()))
     mngr.close()
     meta = out["meta"]
-    config = ml_collections.ConfigDict(meta["config"])
+    config = configs.complete(meta["config"])
     return LoadedModel(config=config, template=basis_lib.Template.from_dict(meta["template"]),
                        stats=Statistics.from_dict(meta["statistics"]), params=out["params"],
                        step=step, meta=meta)

@@ -28,16 +28,17 @@ import tqdm
 
 from helm_jax import checkpoint as ckpt_lib
 from helm_jax import losses as losses_lib
-from helm_jax import metrics as metrics_lib
-from helm_jax import qc_metrics, units
+from helm_jax import hamiltonian_metrics as metrics_lib
+from helm_jax import pyscf_metrics, units
 from helm_jax.data import datasets, labelling, pipeline
+from helm_jax.data import splits as splits_lib
 from helm_jax.model import assemble
 from helm_jax.data.readers import formula
 from helm_jax.data.records import Record
 from helm_jax.predict import Predictor
 
 UEH = metrics_lib.MICRO
-MEV = qc_metrics.MEV
+MEV = pyscf_metrics.MEV
 PARITY_SAMPLES = 5000  # H entries per molecule kept for the parity plot
 
 
@@ -69,7 +70,7 @@ class Evaluator:
     def __init__(self, model, data: datasets.Data, config, ctx, weights, need, dtype):
         self.model, self.data, self.ctx = model, data, ctx
         self.weights, self.need = weights, need | {"energy"}
-        modules = tuple(config.get("loss_modules", ()))
+        modules = tuple(config.loss_modules)
         self.loss_fns = {name: losses_lib.resolve(name, modules) for name in weights}
         if data.spec.qm_targets:
             self.need = self.need | {"qm", "polarizability"}
@@ -83,7 +84,7 @@ class Evaluator:
                                             budgets=[b.to_dict() for b in plan.budgets])
         self.batch_cfg = batch_cfg
         self.dtype = dtype
-        self.max_molecules = config.train.get("max_eval_molecules")
+        self.max_molecules = config.train.max_eval_molecules
 
         self._combines = {}
 
@@ -166,12 +167,12 @@ def molecule_row(record: Record, pred_h: np.ndarray, level: labelling.LevelOfThe
       the orbital energies ``eps_ref``, ``eps_pred``.
     """
     ecp = level.ecp or None
-    mol = qc_metrics.record_mole(record, level) if (energy or scf or record.overlap is None) \
+    mol = pyscf_metrics.record_mole(record, level) if (energy or scf or record.overlap is None) \
         else None
     s = record.overlap if record.overlap is not None else mol.intor_symmetric("int1e_ovlp")
-    nocc = qc_metrics.n_occupied(record, level.basis, ecp)
+    nocc = pyscf_metrics.n_occupied(record, level.basis, ecp)
     h = metrics_lib.hamiltonian_errors(pred_h, record.fock, record.elements, level.basis, ecp)
-    orb = qc_metrics.orbital_errors(pred_h, record.fock, s, nocc)
+    orb = pyscf_metrics.orbital_errors(pred_h, record.fock, s, nocc)
     row = {"key": record.key, "formula": formula(record.elements),
            "n_atoms": record.n_atoms, "n_ao": len(s),
            **{f"{k}_ueh": v * UEH for k, v in h.items()},
@@ -179,13 +180,13 @@ def molecule_row(record: Record, pred_h: np.ndarray, level: labelling.LevelOfThe
                                                  "gap_err")},
            "psi_pct": orb["psi"]}
     if energy:
-        e = qc_metrics.density_energy_error(mol, level, pred_h, record.fock, s, nocc)
+        e = pyscf_metrics.density_energy_error(mol, level, pred_h, record.fock, s, nocc)
         row["energy_err_meV"] = e["energy_err"] * MEV
         if record.energy is not None:  # checks that `level` is the labels' level
             row["ref_density_vs_label_meV"] = (e["e_ref"] - record.energy) * MEV
     if scf:
-        dm0 = qc_metrics.density_matrix(qc_metrics.orbitals(pred_h, s)[1], nocc)
-        r = qc_metrics.scf_acceleration(mol, level, dm0)
+        dm0 = pyscf_metrics.density_matrix(pyscf_metrics.orbitals(pred_h, s)[1], nocc)
+        r = pyscf_metrics.scf_acceleration(mol, level, dm0)
         row.update({k: r[k] for k in ("scf_cycles_pred", "scf_cycles_minao",
                                       "scf_converged", "scf_same_energy")})
         row["scf_energy_diff_ueh"] = r["scf_energy_diff"] * UEH
@@ -252,33 +253,21 @@ def summarize(report: Report) -> dict:
 # --------------------------------------------------------------------------------------
 
 
-def _saved_splits(path: str) -> dict | None:
-    """``splits.json`` of the run that wrote a checkpoint (searched upwards from ``path``)."""
-    path = os.path.abspath(path)
-    for _ in range(4):
-        candidate = os.path.join(path, "splits.json")
-        if os.path.exists(candidate):
-            with open(candidate) as f:
-                return json.load(f)
-        path = os.path.dirname(path)
-    return None
-
-
 def split_indices(config: ml_collections.ConfigDict, reader, split: str,
                   checkpoint: str | None = None) -> np.ndarray:
     """Indices of ``split`` (train/val/test, or all converged records).
 
-    The run's ``splits.json`` when found next to ``checkpoint``, else recomputed exactly as
+    With ``checkpoint``, the run's ``<workdir>/splits.json`` (the workdir found from the
+    checkpoint path by :func:`helm_jax.data.splits.workdir_of_checkpoint`; FileNotFoundError
+    naming the path when it is missing); without, recomputed exactly as
     :func:`helm_jax.data.datasets.load_data` does (same seed and sizes).
     """
     if split == "all":
         return reader.converged_indices()
-    saved = _saved_splits(checkpoint) if checkpoint else None
-    if saved is not None:
-        return np.asarray(saved[split], np.int64)
-    sizes = datasets.split_sizes(len(reader.converged_indices()), dict(config.data.split))
-    splits = reader.splits(seed=int(config.data.split_seed), sizes=sizes,
-                           order=config.data.get("split_order", "random"))
+    if checkpoint:
+        splits = splits_lib.load_for_checkpoint(checkpoint)
+    else:
+        splits = splits_lib.from_config(config.data, reader)
     if split not in splits:
         raise ValueError(f"Unknown split {split!r}: choose one of {sorted(splits)} or 'all'.")
     return splits[split]
@@ -318,7 +307,7 @@ def evaluate_checkpoint(checkpoint: str, split: str = "test", data: str | None =
     data_cfg = loaded.config.data if data is None else ml_collections.ConfigDict(
         {**loaded.config.data.to_dict(), "path": data, "kind": None})
     reader = datasets.open_reader(data_cfg)
-    level = qc_metrics.level_of_theory(reader.path, kind=reader.kind, **level_overrides)
+    level = pyscf_metrics.level_of_theory(reader.path, kind=reader.kind, **level_overrides)
     template = loaded.template
     if (level.basis, level.ecp or "") != (template.basis.lower(), (template.ecp or "").lower()):
         raise ValueError(f"{reader.path} is in {level.basis!r}/{level.ecp!r} but the checkpoint "

@@ -50,7 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from helm_jax import blocks
-from helm_jax import qm as qm_lib
+from helm_jax import orbitals as orbitals_lib
+from helm_jax.data import batching
 from helm_jax.data import graphs as graphs_lib
 from helm_jax.data import statistics as stats_lib
 from helm_jax.model import assemble
@@ -128,7 +129,7 @@ class LossContext:
       node_mean, node_std: ``[119, mul_0]`` per-element l = 0 node statistics.
       ao_table: ``[119, A]`` bool template-AO occupancy of each element.
       n_virtual: virtual orbitals (after the occupied ones) in the orbital-energy losses.
-      s_threshold: overlap eigenvalue guard of :func:`helm_jax.qm.solve`.
+      s_threshold: overlap eigenvalue guard of :func:`helm_jax.orbitals.solve`.
     """
 
     node_layout: blocks.IrrepsLayout
@@ -138,11 +139,11 @@ class LossContext:
     node_std: np.ndarray
     ao_table: np.ndarray
     n_virtual: int = 0
-    s_threshold: float = qm_lib.S_THRESHOLD
+    s_threshold: float = orbitals_lib.S_THRESHOLD
 
     @classmethod
     def create(cls, node_layout, edge_layout, stats: stats_lib.Statistics | None,
-               n_virtual: int = 0, s_threshold: float = qm_lib.S_THRESHOLD):
+               n_virtual: int = 0, s_threshold: float = orbitals_lib.S_THRESHOLD):
         """Context from layouts and statistics (identity standardisation without stats)."""
         mul0 = node_layout.muls[0]
         mean = np.zeros((119, mul0)) if stats is None else stats.node_mean
@@ -155,17 +156,12 @@ class LossContext:
                    ao_table, int(n_virtual), float(s_threshold))
 
 
-def _graph_of_nodes(batch):
-    n = batch.nodes["species"].shape[0]
-    return jnp.repeat(jnp.arange(batch.n_node.shape[0]), batch.n_node, total_repeat_length=n)
-
-
 def node_error(out, batch, ctx: LossContext):
     """Standardised node-label error and validity mask, ``[N, D_node]`` each."""
     z = batch.nodes["species"]
     target = stats_lib.standardize_nodes(batch.nodes["h"], z, ctx.node_mean, ctx.node_std,
                                          ctx.node_layout.muls[0])
-    has_h = batch.globals["h_mask"][_graph_of_nodes(batch)]
+    has_h = batch.globals["h_mask"][batching.graph_of_nodes(batch)]
     mask = graphs_lib.label_masks(z, z, ctx.node_layout, ctx.slot_table) & has_h[:, None]
     return out["node_h"] - target, mask
 
@@ -174,8 +170,8 @@ def edge_error(out, batch, ctx: LossContext):
     """Edge-label error and validity mask, ``[E, D_edge]`` each (padding edges masked)."""
     z = batch.nodes["species"]
     zs, zr = z[batch.senders], z[batch.receivers]
-    real = (batch.senders != batch.receivers) & (zs > 0)
-    has_h = batch.globals["h_mask"][_graph_of_nodes(batch)][batch.senders]
+    real = batching.edge_mask(z, batch.senders, batch.receivers)
+    has_h = batch.globals["h_mask"][batching.graph_of_nodes(batch)][batch.senders]
     mask = graphs_lib.label_masks(zs, zr, ctx.edge_layout, ctx.slot_table)
     mask = mask & (real & has_h)[:, None]
     return out["edge_h"] - batch.edges["h"], mask
@@ -213,7 +209,7 @@ def hamiltonian_mae(out, batch, ctx: LossContext) -> LossSums:
     pred_n = ctx.node_layout.irreps_to_blocks(back(out["node_h"]))
     ref_n = ctx.node_layout.irreps_to_blocks(batch.nodes["h"])
     ao = jnp.asarray(ctx.ao_table)
-    has_h_n = batch.globals["h_mask"][_graph_of_nodes(batch)]
+    has_h_n = batch.globals["h_mask"][batching.graph_of_nodes(batch)]
     mask_n = (ao[z][:, :, None] & ao[z][:, None, :]) & has_h_n[:, None, None]
     ee, me = edge_error(out, batch, ctx)
     err_e = ctx.edge_layout.irreps_to_blocks(ee)
@@ -240,7 +236,7 @@ def energy(out, batch, ctx: LossContext) -> LossSums:
 def forces(out, batch, ctx: LossContext) -> LossSums:
     """MSE of force components (Eh/A) over atoms with force labels."""
     del ctx
-    mask = batch.nodes["forces_mask"] & (batch.nodes["species"] > 0)
+    mask = batch.nodes["forces_mask"] & batching.node_mask(batch.nodes["species"])
     err = out["forces"] - batch.nodes["forces"]
     se = jnp.sum(jnp.where(mask[:, None], err * err, 0.0))
     return LossSums({"se": se, "n": 3.0 * jnp.sum(mask).astype(se.dtype)}, _safe_mse)
@@ -257,7 +253,7 @@ def qm_outputs(out, batch, ctx: LossContext, with_polarizability: bool) -> dict[
 
     Returns:
       ``{"mo_energy" [G, n], "n_orbitals" [G], "dipole" [G, 3]}`` and
-      ``"polarizability" [G, 3, 3]`` if asked (:func:`helm_jax.qm.properties`).
+      ``"polarizability" [G, 3, 3]`` if asked (:func:`helm_jax.orbitals.properties`).
     """
     q = batch.globals["qm"]
     z = batch.nodes["species"]
@@ -265,7 +261,7 @@ def qm_outputs(out, batch, ctx: LossContext, with_polarizability: bool) -> dict[
                                          ctx.node_layout.muls[0])
     h = assemble.batch_full_matrices(node, out["edge_h"], q["ao_index"], ctx.node_layout,
                                      ctx.edge_layout)
-    fn = functools.partial(qm_lib.properties, with_polarizability=with_polarizability,
+    fn = functools.partial(orbitals_lib.properties, with_polarizability=with_polarizability,
                            s_threshold=ctx.s_threshold)
     res = jax.vmap(fn)(h, q["overlap"], q["ao_dipole"], q["ao_mask"], q["n_occ"],
                        q["nuclear_dipole"])
@@ -322,7 +318,7 @@ def _orbital_error(out, batch, ctx: LossContext):
 def _gap_error(out, batch):
     """HOMO-LUMO gap error ``[G]`` and mask."""
     q, pred = batch.globals["qm"], out["qm"]
-    homo_lumo = jax.vmap(qm_lib.homo_lumo_gap)
+    homo_lumo = jax.vmap(orbitals_lib.homo_lumo_gap)
     n_occ = q["n_occ"]
     mask = (n_occ > 0) & (q["mo_energy_count"] > n_occ) & (pred["n_orbitals"] > n_occ)
     return homo_lumo(pred["mo_energy"], n_occ) - homo_lumo(q["mo_energy"], n_occ), mask

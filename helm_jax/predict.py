@@ -24,7 +24,7 @@ import numpy as np
 
 from helm_jax import basis as basis_lib
 from helm_jax import checkpoint as ckpt_lib
-from helm_jax import qc_metrics
+from helm_jax import pyscf_metrics
 from helm_jax.data import batching, geometry, h5format, labelling
 from helm_jax.data.graphs import GraphSpec, MolGraph, build_graph
 from helm_jax.data.records import Record
@@ -50,7 +50,7 @@ def check_mole(mol, template: basis_lib.Template) -> None:
     z = np.array([basis_lib.atomic_number(mol.atom_pure_symbol(i)) for i in range(mol.natm)])
     for zi in sorted(set(z.tolist())):
         template.element(zi)  # clear error for an element outside the checkpoint
-    ref = qc_metrics.record_mole(Record(elements=z, coords=mol.atom_coords("Angstrom"),
+    ref = pyscf_metrics.record_mole(Record(elements=z, coords=mol.atom_coords("Angstrom"),
                                         charge=mol.charge, spin=mol.spin),
                                  labelling.LevelOfTheory(basis=template.basis,
                                                          ecp=template.ecp))
@@ -202,8 +202,8 @@ class Predictor:
             raise ValueError(f"initial_guess builds closed-shell densities; the Mole has "
                              f"spin 2S={mol.spin}.")
         h = self.predict_hamiltonian(mol)
-        _, c = qc_metrics.orbitals(h, mol.intor_symmetric("int1e_ovlp"))
-        return qc_metrics.density_matrix(c, mol.nelectron // 2)
+        _, c = pyscf_metrics.orbitals(h, mol.intor_symmetric("int1e_ovlp"))
+        return pyscf_metrics.density_matrix(c, mol.nelectron // 2)
 
     def energy_and_forces(self, x) -> tuple[Any, Any]:
         """Total energy (eV) and forces (eV/A) from the energy head.
@@ -269,6 +269,6 @@ def write_predictions(predictor: Predictor, geometries: str, out: str) -> int:
                 forces=None if forces[i] is None else forces[i] / HARTREE_EV,
                 charge=s.charge, spin=s.spin, n_electrons=mol.nelectron, converged=True,
                 scf_cycles=0, source=s.source)
-            f[key].create_dataset("mo_energy", data=qc_metrics.orbitals(h, overlap)[0])
+            f[key].create_dataset("mo_energy", data=pyscf_metrics.orbitals(h, overlap)[0])
     os.replace(tmp, out)
     return len(structures)

@@ -1,6 +1,6 @@
 """Real spherical harmonics: PySCF AOs <-> e3nn-jax basis, AO Wigner matrices, and CG.
 
-Conventions (checked against PySCF by ``tests/test_sph.py`` and ``tests/test_rotation.py``):
+Conventions (checked against PySCF by ``tests/test_sph.py`` and ``tests/test_sph_rotation.py``):
 
 * ``Q_l`` (:func:`pyscf_to_e3nn`) is the orthogonal ``[2l+1, 2l+1]`` matrix with
   ``ao_l(r) = Q_l^T y_l(r)`` up to one positive radial factor, where ``ao_l`` are PySCF's

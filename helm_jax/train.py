@@ -10,6 +10,7 @@ continues at its last checkpoint with the same data order and reproduces the sam
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -26,11 +27,12 @@ from optax import contrib as optax_contrib
 
 from helm_jax import checkpoint as ckpt_lib
 from helm_jax import losses as losses_lib
-from helm_jax import parallel, units
+from helm_jax import parallel, rundir, units
 from helm_jax.data import datasets, pipeline
 from helm_jax.evaluate import Evaluator
 from helm_jax.model import helm
-from helm_jax.train_utils import MetricsLogger, build_optimizer
+from helm_jax.metrics_logger import MetricsLogger
+from helm_jax.optim import build_optimizer
 
 
 @flax.struct.dataclass
@@ -39,7 +41,7 @@ class TrainState:
 
     Attributes:
       params: model parameters.
-      opt_state: optimiser state (``train_utils.build_optimizer``).
+      opt_state: optimiser state (``optim.build_optimizer``).
       ema: exponential moving average of the parameters (``optax.incremental_update``), or
         None when ``config.optim.ema_decay`` is 0 (checkpoints then store the parameters in
         its place, so every checkpoint has the same items).
@@ -135,7 +137,7 @@ def model_and_losses(config, data: datasets.Data):
     losses need from the forward pass, and their context (layouts, statistics, QM settings).
     """
     weights = {k: float(v) for k, v in config.losses.items() if float(v)}
-    need = losses_lib.needs(weights, tuple(config.get("loss_modules", ())))
+    need = losses_lib.needs(weights, tuple(config.loss_modules))
     if "qm" in need and not data.spec.qm_targets:
         raise ValueError(f"The losses {sorted(weights)} need quantum-chemistry labels: set "
                          "config.qm.enabled=True (data labelled with data_prep/label.py --dipole).")
@@ -171,30 +173,44 @@ def _transfer_backbone(params, config):
     return {**params, "backbone": backbone}
 
 
+def load_data(config: ml_collections.ConfigDict, workdir: str | None = None) -> datasets.Data:
+    """The run's data (:func:`helm_jax.data.datasets.load_data`) with the graph options the
+    model and losses of ``config`` need."""
+    qm = config.qm
+    return datasets.load_data(config.data, cutoff=config.model.cutoff,
+                              reduced_nodes=config.heads.reduced_nodes,
+                              qm_targets=qm.targets if qm.enabled else "",
+                              qm_polarizability_ff=qm.self_consistent_polarizability,
+                              workdir=workdir)
+
+
 def _stored_budgets(config, data: datasets.Data, workdir: str) -> pipeline.BatchConfig:
     """The training batch budgets, chosen from a scan once and stored in the workdir.
 
-    ``<workdir>/budgets.json`` keeps the budgets (and the size scan they came from), so a
-    resumed run packs molecules into exactly the same shapes and the same order.
+    ``<workdir>/budgets.json`` keeps the budgets with the batch settings and the size scan
+    they came from, so a resumed run packs molecules into exactly the same shapes and the
+    same order; budgets stored for other settings or other data are planned anew.
     """
     batch_cfg = datasets.batch_config(config.data)
     if batch_cfg.budgets:
         return batch_cfg
     path = os.path.join(workdir, "budgets.json")
+    train = data.splits["train"]
+    n_node, n_edge = (x[train] for x in data.graphs.sizes())
+    key = {"batch": config.data.batch.to_dict(),
+           "scan": {"molecules": int(len(train)), "atoms": [int(n_node.min()), int(n_node.max())],
+                    "edges": [int(n_edge.min()), int(n_edge.max())]}}
     if os.path.exists(path):
         with open(path) as f:
-            return dataclasses.replace(batch_cfg, budgets=json.load(f)["budgets"])
-    train = data.splits["train"]
+            stored = json.load(f)
+        if {k: stored.get(k) for k in key} == key:  # other settings or data: planned anew
+            return dataclasses.replace(batch_cfg, budgets=stored["budgets"])
     planned = pipeline.BatchIterator(data.graphs, train, batch_cfg, prefetch=0)
-    budgets = [b.to_dict() for b in planned.budgets]
+    budgets = [b.to_dict() for b in planned.budgets]  # every training molecule fits them
     if parallel.is_main_process():  # the others planned the same budgets
-        n_node, n_edge = (x[train] for x in data.graphs.sizes())
         os.makedirs(workdir, exist_ok=True)
         with open(path, "w") as f:
-            json.dump({"budgets": budgets,
-                       "scan": {"molecules": int(len(train)),
-                                "atoms": [int(n_node.min()), int(n_node.max())],
-                                "edges": [int(n_edge.min()), int(n_edge.max())]}}, f, indent=1)
+            json.dump({"budgets": budgets, **key}, f, indent=1)
     return dataclasses.replace(batch_cfg, budgets=budgets)
 
 
@@ -237,6 +253,11 @@ class _Run:
             return state
         step = int(state.step)
         self.logger.write(step, "val", val)
+        if not np.isfinite(val["loss"]):
+            raise FloatingPointError(
+                f"Non-finite validation loss at step {step} ({val}): the training loss is "
+                "finite, so a validation record holds a non-finite label; check the data "
+                "with python data_prep/verify.py FILE.")
         _, plateau = self.plateau_tx.update({}, jax.device_get(state.plateau),
                                             value=val["loss"])
         scale = plateau.scale if self.config.optim.schedule == "plateau" else 1.0
@@ -251,9 +272,8 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[_Run, Train
     """Data, model, optimiser, checkpointer and logger of a run; its state restored from the
     workdir, or initialised (with a transferred backbone for frozen / finetune)."""
     dtype = precision(config)
-    parallel.initialize_distributed()
-    mesh = parallel.make_mesh(config.get("num_devices"))
-    data = datasets.load_data(config, workdir)
+    mesh = parallel.make_mesh(config.num_devices)
+    data = load_data(config, workdir)
     protocol = config.transfer.protocol
     model, weights, need, ctx = model_and_losses(config, data)
     train_it = pipeline.BatchIterator(
@@ -269,6 +289,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[_Run, Train
     if ckpt.latest_step() is not None:
         abstract = jax.eval_shape(lambda s: s.checkpoint_items(), state)
         params, rest, meta = ckpt.restore(*abstract)
+        rundir.check_resume_config(meta["config"], config, workdir)
         state = TrainState.from_checkpoint(params, rest, ema=ema_decay > 0)
         train_it.set_state(meta["iterator"])
         print(f"Resumed from {workdir} at step {int(state.step)}.", flush=True)
@@ -299,6 +320,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ``{"step", "val", "test", "seconds"}`` with the final metrics (H MAE in Eh, energy and
       force errors in Eh and Eh/A); ``{"step", "interrupted"}`` after a SIGTERM.
     """
+    parallel.initialize_distributed()
+    with rundir.RunLock(workdir) if parallel.is_main_process() else contextlib.nullcontext():
+        return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     t_start = time.time()
     run, state = _setup(config, workdir)
     num_steps, log_every = int(config.train.num_steps), int(config.train.log_every)
@@ -312,7 +339,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             state, values = run.step_fn(state, parallel.shard(batch, run.mesh))
             step, values = int(state.step), {k: float(v) for k, v in
                                              jax.device_get(values).items()}
-            _check_finite(values, step, workdir)
+            _check_finite(values, step, run, batch)
             if step % log_every == 0 or step == num_steps:
                 run.logger.write(step, "train", values)
                 run.logger.progress(step, values)
@@ -343,13 +370,25 @@ def _finish(run: _Run, state: TrainState, seconds: float) -> dict[str, Any]:
     return result
 
 
-def _check_finite(values: dict[str, float], step: int, workdir: str) -> None:
-    if not (np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"])):
-        raise FloatingPointError(
-            f"Non-finite loss or gradient at step {step} (loss={values['loss']}, "
-            f"grad_norm={values['grad_norm']}): lower config.optim.learning_rate, set "
-            "config.optim.clip_norm, or check the data with data_prep/verify.py. The "
-            f"last good checkpoint is in {workdir}/checkpoints/latest.")
+def _check_finite(values: dict[str, float], step: int, run: _Run, batch) -> None:
+    """Stops on a non-finite loss or gradient, naming the checkpoint to go back to and the
+    likely cause: the data when the batch holds a non-finite label, else the optimisation."""
+    if np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"]):
+        return
+    bad = sorted(jax.tree_util.keystr(path) for path, x in
+                 jax.tree_util.tree_leaves_with_path(batch)
+                 if np.asarray(x).dtype.kind == "f" and not np.all(np.isfinite(x)))
+    cause = (f"this batch holds non-finite labels ({', '.join(bad)}): check the data with "
+             "python data_prep/verify.py FILE" if bad else
+             "the batch's labels are finite, so the optimisation diverged: lower "
+             "--config.optim.learning_rate or set --config.optim.clip_norm")
+    latest = run.ckpt.latest_step()
+    where = (f"the last good checkpoint is step {latest} in {run.workdir}/checkpoints/latest "
+             "(a rerun resumes from it)" if latest is not None else
+             "no checkpoint was saved yet (a rerun starts from step 0)")
+    raise FloatingPointError(
+        f"Non-finite loss or gradient at step {step} (loss={values['loss']}, "
+        f"grad_norm={values['grad_norm']}): {cause}; {where}.")
 
 
 class _sigterm_flag:

@@ -1,6 +1,9 @@
-"""Small test geometries (Angstrom) and rotation helpers shared by the tests."""
+"""Small test geometries (Angstrom) and a PySCF Mole builder shared by the tests."""
 
 import numpy as np
+
+# Rotations live in equivariance_checks; benchmarks/equivariance.py takes them from here.
+from equivariance_checks import random_rotation, rotation_onto  # noqa: F401
 
 WATER = (["O", "H", "H"],
          np.array([[0.0, 0.0, 0.1173], [0.0, 0.7572, -0.4692], [0.0, -0.7572, -0.4692]]))
@@ -22,31 +25,6 @@ HYDROGEN_IODIDE = (["I", "H"], np.array([[0.0, 0.0, 0.0], [0.3, 0.5, 1.5]]))
 METHYL_IODIDE = (["C", "I", "H", "H", "H"],
                  np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 2.14], [1.03, 0.0, -0.36],
                            [-0.515, 0.892, -0.36], [-0.515, -0.892, -0.36]]))
-
-
-def random_rotation(seed: int) -> np.ndarray:
-    """A uniformly random proper rotation matrix [3, 3]."""
-    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    return q if np.linalg.det(q) > 0 else -q
-
-
-def rotation_onto(v: np.ndarray, axis: np.ndarray) -> np.ndarray:
-    """A proper rotation R with R @ v/|v| = axis/|axis| (Rodrigues)."""
-    a = v / np.linalg.norm(v)
-    b = axis / np.linalg.norm(axis)
-    c = float(a @ b)
-    k = np.cross(a, b)
-    s = np.linalg.norm(k)
-    if s < 1e-12:
-        if c > 0:
-            return np.eye(3)
-        u = np.cross(a, np.eye(3)[np.argmin(np.abs(a))])
-        u /= np.linalg.norm(u)
-        return 2 * np.outer(u, u) - np.eye(3)  # rotation by pi about u, perpendicular to a
-    k = k / s
-    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + s * kx + (1 - c) * kx @ kx
 
 
 def pyscf_mol(symbols, coords, basis, ecp=None, charge=0, spin=0):

@@ -13,8 +13,8 @@ import os
 import jax
 
 import trainlib
-from helm_jax import checkpoint
-from helm_jax.data import batching, datasets
+from helm_jax import checkpoint, train
+from helm_jax.data import batching
 from helm_jax.model import helm
 
 
@@ -26,7 +26,7 @@ def tiny_checkpoint(workdir: str, data_path: str) -> str:
     """
     c = trainlib.tiny_config(data_path)
     c.losses.update(energy=1.0, forces=1.0)
-    data = datasets.load_data(c, workdir)  # writes statistics.json and splits.json
+    data = train.load_data(c, workdir)  # writes statistics.json and splits.json
     model = helm.build_model(c, data.template, data.stats)
     g = data.graphs[0]
     batch = batching.pad_batch([g], batching.Budget(g.n_node + 1, g.n_edge, 2), None, None)

@@ -41,6 +41,7 @@ def test_fit_exponent_recovers_a_power_law():
     assert scaling.fit_exponent([10], [1.0]) is None
 
 
+@pytest.mark.slow
 def test_step_time_train_case_prints_its_json():
     """OMol train step at l_max 2 (the template cut to s and p shells, all-occupied loss
     masks): one process, one JSON line with the case, the timings and the parameter count."""
@@ -55,6 +56,7 @@ def test_step_time_train_case_prints_its_json():
     assert r["compile_s"] > 0 and r["peak_memory_gib"] > 0.1
 
 
+@pytest.mark.slow
 def test_learning_curve_harness_records_a_falling_validation_error(tmp_path):
     """benchmarks/learning_curve.py: the curve's rows are the Evaluator's full-H MAE at the
     scheduled steps, and a tiny model's validation error falls over 60 steps."""

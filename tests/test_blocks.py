@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from helm_jax import basis, blocks, sph
+from equivariance_checks import assert_equivariant, random_rotation, rotate_vectors
 import molecules
 
 OMOL = basis.make_template(basis.OMOL_CSH_ELEMENTS, "def2-tzvpd", "def2-tzvpd")
@@ -92,17 +93,17 @@ def test_omol_irreps_multiplicities_match_design():
 def test_irreps_of_rotated_blocks_equal_wigner_rotated_irreps():
     symbols, coords = molecules.WATER  # def2-TZVPD: s, p, d, f shells -> l3 up to 6
     z = [basis.atomic_number(s) for s in symbols]
-    rot = molecules.random_rotation(11)
     s, r = _all_pairs(len(z))
     layout = blocks.irreps_layout(OMOL)
-    outs = []
-    for c in (coords, coords @ rot.T):
+
+    def irreps_by_l(c):  # list over l of [blocks, mul, 2l+1]
         node, edge = blocks.full_to_blocks(_overlap(symbols, c, "def2-tzvpd"), z, OMOL, s, r)
-        outs.append(layout.blocks_to_irreps(np.concatenate([node, edge])))
-    before, after = (layout.split_by_l(o) for o in outs)
-    for l in range(len(layout.muls)):
-        expected = before[l] @ sph.e3nn_wigner(l, rot).T  # [..., mul, 2l+1]
-        assert np.abs(after[l] - expected).max() < 1e-10, l
+        return layout.split_by_l(layout.blocks_to_irreps(np.concatenate([node, edge])))
+
+    assert_equivariant(irreps_by_l, coords, rotate_vectors,
+                       lambda rot, by_l: [x @ sph.e3nn_wigner(l, rot).T
+                                          for l, x in enumerate(by_l)],
+                       rotations=[random_rotation(11)], atol=1e-10)
 
 
 def test_valid_mask_marks_element_pair_components():

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from helm_jax import train
-import test_readers
+from helm_jax.configs import base
+import test_data_readers
 import trainlib
 
 EXPERIMENTS = os.path.join(trainlib.ROOT, "experiments")
@@ -24,7 +25,7 @@ def load_config(name: str, variant: str):
 
 def _short(c, steps=4):
     c.train.update(num_steps=steps, eval_every=steps, checkpoint_every=steps, log_every=2)
-    c.model.num_layers = 1  # half the compile time; layer stacking: tests/test_backbone.py
+    c.model.num_layers = 1  # half the compile time; layer stacking: tests/test_model_backbone.py
     c.data.prefetch = 0
     return c
 
@@ -45,6 +46,7 @@ def embedded_pretrained(tmp_path_factory):
 # One worker runs every test of the shared pretrained fixture (with ``--dist loadgroup``),
 # so the fixture's run happens once, not once per xdist worker.
 @pytest.mark.xdist_group("embedded_pretrained")
+@pytest.mark.slow
 def test_omol_pretrain_small(embedded_pretrained):
     _, result = embedded_pretrained
     assert result["step"] == 4
@@ -53,6 +55,7 @@ def test_omol_pretrain_small(embedded_pretrained):
 
 @pytest.mark.xdist_group("embedded_pretrained")
 @pytest.mark.parametrize("protocol", ["direct", "frozen", "finetune"])
+@pytest.mark.slow
 def test_energy_transfer_small(embedded_pretrained, protocol, tmp_path):
     workdir, _ = embedded_pretrained
     c = _short(load_config("energy_transfer", f"{protocol},small"))
@@ -63,6 +66,7 @@ def test_energy_transfer_small(embedded_pretrained, protocol, tmp_path):
     assert np.isfinite(result["val"]["energy_ae"])
 
 
+@pytest.mark.slow
 def test_md17_small(tmp_path):
     data = trainlib.label_water(str(tmp_path / "water.h5"))  # HF/def2-SVP stand-in labels
     c = _short(load_config("md17", "ethanol,small"))
@@ -71,6 +75,7 @@ def test_md17_small(tmp_path):
     assert np.isfinite(result["val"]["h_mae"])
 
 
+@pytest.mark.slow
 def test_md17_energy_small(tmp_path):
     c = _short(load_config("md17", "ethanol,energy,direct,k=2,small"))
     c.data.path = os.path.join(trainlib.ROOT, "tests", "data", "ethanol_train_01_first12.xyz")
@@ -79,10 +84,11 @@ def test_md17_energy_small(tmp_path):
     assert np.isfinite(result["val"]["energy_ae"]) and np.isfinite(result["val"]["forces_ae"])
 
 
+@pytest.mark.slow
 def test_nabladft_small(tmp_path):
     path = str(tmp_path / "nabla.db")
-    labs = [test_readers._labels(test_readers.WATER, "def2-svp", seed=k) for k in range(4)]
-    test_readers._write_nabladft(path, labs)
+    labs = [test_data_readers._labels(test_data_readers.WATER, "def2-svp", seed=k) for k in range(4)]
+    test_data_readers._write_nabladft(path, labs)
     c = _short(load_config("nabladft", "2k,small"))
     c.data.path = path
     c.data.split.update(train=2, val=1, test=None)
@@ -91,6 +97,7 @@ def test_nabladft_small(tmp_path):
 
 
 @pytest.mark.parametrize("variant", ["h_only", "reduced_basis"])
+@pytest.mark.slow
 def test_qm_targets_small(variant, tmp_path):
     c = _short(load_config("qm_targets", f"{variant},small"))
     c.data.path = trainlib.label_water_qm(str(tmp_path / "water_qm.h5"))
@@ -152,3 +159,26 @@ def test_variant_choices_and_defaults():
     from helm_jax.configs import md17  # the package and the command-line handle agree
     assert md17.get_config("malonaldehyde,curve").to_dict() == load_config(
         "md17", "malonaldehyde,curve").to_dict()
+
+
+def test_a_saved_config_is_completed_with_defaults_and_legacy_values():
+    from helm_jax import configs
+    from helm_jax.configs import md17
+    c = md17.get_config("ethanol,curve")
+    saved = json.loads(c.to_json_best_effort())
+    assert configs.complete(saved) == c  # a current config comes back unchanged
+    del saved["heads"]["label_scale"], saved["data"]["node_reference"], saved["train"]
+    old = configs.complete(saved)  # a checkpoint written before these fields existed
+    assert (old.heads.label_scale, old.data.node_reference) == ("none", "standardize")
+    assert old.train.num_steps == base.get_config().train.num_steps  # the base default
+    assert old.model.channels == 32 and old.optim.learning_rate == 1e-3  # saved values kept
+
+
+def test_backbone_fields_come_only_from_the_config():
+    from helm_jax.model import backbone
+    model = base.get_config().model
+    assert backbone.HELMBackbone.from_config(model).channels == model.channels
+    del model["remat"]
+    model.typo = 1
+    with pytest.raises(TypeError, match=r"unknown fields \['typo'\], missing fields \['remat'\]"):
+        backbone.HELMBackbone.from_config(model)

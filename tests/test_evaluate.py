@@ -12,8 +12,8 @@ import pytest
 
 import predictlib
 import trainlib
-from helm_jax import evaluate, metrics, qc_metrics
-from helm_jax.data import datasets, readers
+from helm_jax import evaluate, hamiltonian_metrics, pyscf_metrics, train
+from helm_jax.data import readers
 from helm_jax.predict import Predictor
 
 
@@ -38,14 +38,14 @@ def reader(water):
 
 
 def test_level_of_theory_comes_from_the_file_with_overrides(water):
-    level = qc_metrics.level_of_theory(water)
+    level = pyscf_metrics.level_of_theory(water)
     assert (level.method, level.basis, level.ecp, level.conv_tol) == ("HF", "def2-svp", "",
                                                                       1e-9)
-    assert qc_metrics.level_of_theory(water, method="pbe", grid_level=None).method == "pbe"
+    assert pyscf_metrics.level_of_theory(water, method="pbe", grid_level=None).method == "pbe"
 
 
 def test_reference_h_is_an_oracle_zero_error_psi_100_and_scf_in_two_cycles(water, reader):
-    level = qc_metrics.level_of_theory(water)
+    level = pyscf_metrics.level_of_theory(water)
     records = [reader[i] for i in (0, 5)]
     report = evaluate.evaluate_predictions([(r, r.fock) for r in records], level)
     for row in report.rows:
@@ -69,8 +69,8 @@ def test_adding_c_times_s_shifts_every_orbital_energy_by_c(water, reader):
     rec = reader[2]
     c = 1e-3
     pred = rec.fock + c * rec.overlap
-    row, extras = evaluate.molecule_row(rec, pred, qc_metrics.level_of_theory(water), scf=False)
-    mev = c * qc_metrics.MEV
+    row, extras = evaluate.molecule_row(rec, pred, pyscf_metrics.level_of_theory(water), scf=False)
+    mev = c * pyscf_metrics.MEV
     assert row["eps_occ_mae_meV"] == pytest.approx(mev, rel=1e-8)
     assert row["homo_err_meV"] == pytest.approx(mev, rel=1e-8)
     assert row["lumo_err_meV"] == pytest.approx(mev, rel=1e-8)
@@ -85,12 +85,12 @@ def test_adding_c_times_s_shifts_every_orbital_energy_by_c(water, reader):
 def test_orbitals_match_scipy_and_psi_drops_for_a_rotated_h(reader):
     import scipy.linalg
     rec = reader[1]
-    e, c = qc_metrics.orbitals(rec.fock, rec.overlap)
+    e, c = pyscf_metrics.orbitals(rec.fock, rec.overlap)
     np.testing.assert_allclose(e, scipy.linalg.eigh(rec.fock, rec.overlap, eigvals_only=True),
                                atol=1e-10)
     np.testing.assert_allclose(c.T @ rec.overlap @ c, np.eye(24), atol=1e-10)
     noise = np.random.default_rng(0).normal(size=(24, 24)) * 0.05
-    out = qc_metrics.orbital_errors(rec.fock + noise + noise.T, rec.fock, rec.overlap, 5)
+    out = pyscf_metrics.orbital_errors(rec.fock + noise + noise.T, rec.fock, rec.overlap, 5)
     assert 0.0 < out["psi"] < 100.0 and out["eps_occ_mae"] > 0
 
 
@@ -100,7 +100,7 @@ def test_element_pair_errors_by_hand(reader):
     pred[0, 14] += 2e-3
     pred[14, 0] += 2e-3  # one O-H entry and its transpose
     pred[1, 1] -= 1e-3  # one on-site O entry
-    pairs = metrics.element_pair_errors(pred, rec.fock, rec.elements, "def2-svp", None)
+    pairs = hamiltonian_metrics.element_pair_errors(pred, rec.fock, rec.elements, "def2-svp", None)
     assert {k: n for k, (_, n) in pairs.items()} == {"O": 196, "H": 50, "H-H": 50, "H-O": 280}
     assert pairs["H-O"][0] == pytest.approx(4e-3) and pairs["O"][0] == pytest.approx(1e-3)
     assert pairs["H"][0] == 0 and pairs["H-H"][0] == 0
@@ -108,13 +108,13 @@ def test_element_pair_errors_by_hand(reader):
 
 def test_splits_are_the_training_splits(water, tmp_path):
     config = trainlib.tiny_config(water)
-    data = datasets.load_data(config)
+    data = train.load_data(config)
     for split in ("train", "val", "test"):
         np.testing.assert_array_equal(
             evaluate.split_indices(config, data.reader, split), data.splits[split])
     config.data.split_seed = 7
     workdir = str(tmp_path / "run")
-    saved = datasets.load_data(config, workdir).splits  # writes splits.json
+    saved = train.load_data(config, workdir).splits  # writes splits.json
     config.data.split_seed = 0  # splits.json of the run wins over a recomputation
     got = evaluate.split_indices(config, data.reader, "test",
                                  os.path.join(workdir, "checkpoints", "best"))
@@ -141,7 +141,7 @@ def test_evaluate_checkpoint_writes_metrics_csv_and_plots(workdir, reader, tmp_p
         val = json.load(f)["val"]
     predictor = Predictor.from_checkpoint(workdir)
     preds = predictor.predict_hamiltonian([reader[i] for i in val])
-    mae = np.mean([metrics.hamiltonian_errors(h, reader[i].fock, reader[i].elements,
+    mae = np.mean([hamiltonian_metrics.hamiltonian_errors(h, reader[i].fock, reader[i].elements,
                                               "def2-svp", None)["h_mae"]
                    for h, i in zip(preds, val)])
     assert summary["h_mae_ueh"] == pytest.approx(mae * 1e6, rel=1e-6)

@@ -1,5 +1,7 @@
 """Tests of helm_jax.nn: Wigner matrices, edge frames, SO(2) convolution, layers."""
 
+import functools
+
 import e3nn_jax as e3nn
 import jax
 import jax.numpy as jnp
@@ -9,13 +11,10 @@ import pytest
 from helm_jax.nn import layers
 from helm_jax.nn import so2
 from helm_jax.nn import so3
+from equivariance_checks import assert_equivariant, random_rotation, rotate_irreps
 
 L_MAX = 3
 C = 8
-
-
-def _random_rotations(seed, n, dtype=jnp.float32):
-    return e3nn.rand_matrix(jax.random.PRNGKey(seed), (n,), dtype=dtype)
 
 
 def _random_features(seed, shape):
@@ -42,7 +41,7 @@ def _e3nn_wigner(rotations):
 def test_wigner_matches_e3nn():
     wigner = jax.jit(so3.wigner_d_from_matrix, static_argnums=1)
     with jax.enable_x64(True):
-        rotations = _random_rotations(0, 32, jnp.float64)
+        rotations = jnp.asarray(random_rotation(0, (32,)))
         expected = [np.asarray(d) for d in _e3nn_wigner(rotations)]
         blocks64 = wigner(rotations, 6)
     blocks32 = wigner(rotations.astype(jnp.float32), 6)
@@ -53,18 +52,23 @@ def test_wigner_matches_e3nn():
 
 
 def test_wigner_rotates_spherical_harmonics():
-    rotations = _random_rotations(2, 8)
-    points = _random_features(3, (8, 3))
     irreps = e3nn.Irreps.spherical_harmonics(L_MAX)
-    y = e3nn.spherical_harmonics(irreps, points, normalize=True).array
-    y_rot = e3nn.spherical_harmonics(irreps, jnp.einsum('nij,nj->ni', rotations, points),
-                                     normalize=True).array
-    d = so3.block_diagonal(so3.wigner_d_from_matrix(rotations, L_MAX))
-    assert float(jnp.abs(jnp.einsum('nab,nb->na', d, y) - y_rot).max()) < 1e-5
+
+    def rotate_points(rotations, p):  # one rotation per point
+        return jnp.einsum('nij,nj->ni', rotations, p)
+
+    def rotate_harmonics(rotations, y):
+        d = so3.block_diagonal(so3.wigner_d_from_matrix(rotations, L_MAX))
+        return jnp.einsum('nab,nb->na', d, y)
+
+    assert_equivariant(lambda p: e3nn.spherical_harmonics(irreps, p, normalize=True).array,
+                       _random_features(3, (8, 3)), rotate_points, rotate_harmonics,
+                       rotations=[jnp.asarray(random_rotation(2, (8,)), jnp.float32)],
+                       atol=1e-5)
 
 
 def test_wigner_orthogonal_and_homomorphism():
-    r1, r2 = _random_rotations(4, 8), _random_rotations(5, 8)
+    r1, r2 = (jnp.asarray(random_rotation(seed, (8,)), jnp.float32) for seed in (4, 5))
     d1 = so3.block_diagonal(so3.wigner_d_from_matrix(r1, L_MAX))
     d2 = so3.block_diagonal(so3.wigner_d_from_matrix(r2, L_MAX))
     d12 = so3.block_diagonal(so3.wigner_d_from_matrix(r1 @ r2, L_MAX))
@@ -160,11 +164,11 @@ def test_so2_convolution_commutes_with_polar_rotations(m_max):
     dropped = np.abs(so3.order_index(L_MAX)) > m_max
     assert np.all(np.asarray(y)[:, dropped] == 0.0)
     assert np.abs(np.asarray(y)[:, ~dropped]).min(axis=(0, 1)).max() > 0.0
-    for phi in (0.3, 2.0, -1.1):
-        d = so3.block_diagonal(so3.wigner_d_from_matrix(_polar_rotation(phi), L_MAX))
-        y_rot, gates_rot = apply(params, jnp.einsum('ab,ebc->eac', d, x), scalars)
-        assert float(jnp.abs(y_rot - jnp.einsum('ab,ebc->eac', d, y)).max()) < 1e-5
-        assert float(jnp.abs(gates_rot - gates).max()) < 1e-5
+    assert_equivariant(apply, (params, x, scalars),
+                       lambda r, i: (i[0], rotate_irreps(r, i[1], L_MAX), i[2]),
+                       lambda r, o: (rotate_irreps(r, o[0], L_MAX), o[1]),  # gates invariant
+                       rotations={phi: _polar_rotation(phi) for phi in (0.3, 2.0, -1.1)},
+                       atol=1e-5, outputs=(y, gates))
 
 
 def test_so2_convolution_mixes_m_pairs_as_complex_product():
@@ -184,13 +188,12 @@ def test_so2_convolution_mixes_m_pairs_as_complex_product():
     np.testing.assert_allclose(y[:, minus].reshape(3, -1), expected.imag, atol=1e-5)
 
 
-def _check_equivariant(fn, x, seed, atol=1e-5):
-    rotation = _random_rotations(seed, 1)[0]
-    d = so3.block_diagonal(so3.wigner_d_from_matrix(rotation, L_MAX))
+def _assert_layer_equivariant(fn, x, seed):
     fn = jax.jit(fn)
     y = fn(x)
-    y_rot = fn(jnp.einsum('ab,nbc->nac', d, x))
-    assert float(jnp.abs(y_rot - jnp.einsum('ab,nbc->nac', d, y)).max()) < atol
+    rotate = functools.partial(rotate_irreps, l_max=L_MAX)
+    assert_equivariant(fn, x, rotate, rotate, rotations=[random_rotation(seed)], atol=1e-5,
+                       outputs=y)
     return y
 
 
@@ -201,10 +204,10 @@ def test_layers_are_equivariant():
                    layers.SO3Linear(L_MAX, 6),
                    layers.FeedForward(L_MAX, 12, C)):
         params = jax.tree.map(lambda p: p + 0.1, jax.jit(module.init)(key, x))
-        y = _check_equivariant(lambda v: module.apply(params, v), x, seed=12)
+        y = _assert_layer_equivariant(lambda v: module.apply(params, v), x, seed=12)
         assert np.all(np.isfinite(np.asarray(y)))
     gates = _random_features(13, (4, L_MAX * C))
-    _check_equivariant(lambda v: layers.gate(v, gates), x, seed=13)
+    _assert_layer_equivariant(lambda v: layers.gate(v, gates), x, seed=13)
 
 
 def test_rms_norm_values():
@@ -262,6 +265,7 @@ def test_matmul_dtype_bfloat16():
     assert 0.0 < float(jnp.abs(y - y_low).max()) < 0.1 * float(jnp.abs(y).max())
 
 
+@pytest.mark.slow
 def test_layer_gradients_match_finite_differences():
     """Reverse-mode gradients (w.r.t. inputs and parameters) of every layer built on
     ``so3.split`` agree with central finite differences in float64."""
@@ -285,7 +289,7 @@ def test_layer_gradients_match_finite_differences():
         check_grads(layers.gate, (x, gates), order=1, modes=('rev',), atol=1e-6, rtol=1e-6)
         check_grads(lambda a: layers.expand_degrees(a, L_MAX), (x[:, :L_MAX + 1],), order=1,
                     modes=('rev',), atol=1e-6, rtol=1e-6)
-        rotations = e3nn.rand_matrix(jax.random.PRNGKey(4), (3,), dtype=jnp.float64)
+        rotations = jnp.asarray(random_rotation(4, (3,)))
         blocks = so3.wigner_d_from_matrix(rotations, L_MAX)
         for fn in (so3.rotate, so3.rotate_inverse):
             check_grads(fn, (blocks, x), order=1, modes=('rev',), atol=1e-6, rtol=1e-6)

@@ -14,7 +14,7 @@ from pyscf import gto, scf
 
 import predictlib
 import trainlib
-from helm_jax import basis, checkpoint, predict, qc_metrics
+from helm_jax import basis, checkpoint, predict, pyscf_metrics
 from helm_jax.ase_calculator import HELMCalculator
 from helm_jax.data import readers
 from helm_jax.data.records import Record
@@ -193,7 +193,7 @@ def test_write_predictions_makes_a_project_h5_file(setup, tmp_path):
     np.testing.assert_allclose(rec.forces * HARTREE_EV, f, atol=1e-5 * np.abs(f).max())
     with h5py.File(out) as fh:
         eps = fh["0000004/mo_energy"][()]
-    np.testing.assert_allclose(eps, qc_metrics.orbitals(rec.fock, rec.overlap)[0], atol=1e-10)
+    np.testing.assert_allclose(eps, pyscf_metrics.orbitals(rec.fock, rec.overlap)[0], atol=1e-10)
     import scipy.linalg
     np.testing.assert_allclose(eps, scipy.linalg.eigh(rec.fock, rec.overlap, eigvals_only=True),
                                atol=1e-8)

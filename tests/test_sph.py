@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from helm_jax import sph
-import molecules
+from equivariance_checks import assert_equivariant, random_rotation
 
 
 @pytest.mark.parametrize("l", range(7))
@@ -39,7 +39,7 @@ def test_change_of_basis_pinned_values():
 
 @pytest.mark.parametrize("l", range(5))
 def test_ao_wigner_is_a_representation(l):
-    r1, r2 = molecules.random_rotation(1), molecules.random_rotation(2)
+    r1, r2 = random_rotation(1), random_rotation(2)
     d12 = sph.ao_wigner(l, r1 @ r2)
     np.testing.assert_allclose(d12, sph.ao_wigner(l, r1) @ sph.ao_wigner(l, r2), atol=1e-12)
     np.testing.assert_allclose(sph.ao_wigner(l, r1) @ sph.ao_wigner(l, r1).T,
@@ -50,13 +50,13 @@ def test_ao_wigner_is_a_representation(l):
 def test_coupling_matrix_is_orthogonal_and_equivariant(l1, l2):
     u = sph.coupling_matrix(l1, l2)
     np.testing.assert_allclose(u @ u.T, np.eye(len(u)), atol=1e-12)
-    rot = molecules.random_rotation(3)
-    block = np.random.default_rng(4).normal(size=(2 * l1 + 1, 2 * l2 + 1))
-    rotated = sph.e3nn_wigner(l1, rot) @ block @ sph.e3nn_wigner(l2, rot).T
-    y0, y1 = u @ block.ravel(), u @ rotated.ravel()
-    start = 0
-    for l3 in sph.coupling_l3(l1, l2):
-        n = 2 * l3 + 1
-        np.testing.assert_allclose(y1[start:start + n],
-                                   sph.e3nn_wigner(l3, rot) @ y0[start:start + n], atol=1e-12)
-        start += n
+    l3s = list(sph.coupling_l3(l1, l2))
+    splits = np.cumsum([2 * l3 + 1 for l3 in l3s])[:-1]
+
+    def coupled(block):  # list over l3 of the [2 l3 + 1] coefficients
+        return np.split(u @ block.ravel(), splits)
+
+    assert_equivariant(coupled, np.random.default_rng(4).normal(size=(2 * l1 + 1, 2 * l2 + 1)),
+                       lambda rot, b: sph.e3nn_wigner(l1, rot) @ b @ sph.e3nn_wigner(l2, rot).T,
+                       lambda rot, ys: [sph.e3nn_wigner(l3, rot) @ y for l3, y in zip(l3s, ys)],
+                       rotations=[random_rotation(3)], atol=1e-12)

@@ -78,13 +78,13 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 sys.path.insert(0, {tests!r})
 import jax, numpy as np
 import trainlib
-from helm_jax import losses, parallel
+from helm_jax import losses, parallel, train
 from helm_jax.data import datasets, pipeline
 from helm_jax.model import helm
 from helm_jax.train import TrainState, make_train_step, plateau_schedule
-from helm_jax.train_utils import build_optimizer
+from helm_jax.optim import build_optimizer
 c = trainlib.tiny_config({data!r})
-data = datasets.load_data(c)
+data = train.load_data(c)
 model = helm.build_model(c, data.template)
 ctx = losses.LossContext.create(data.spec.node_layout, data.spec.edge_layout, data.stats)
 mols = [0, 1, 2, 3]
@@ -112,12 +112,12 @@ for n_dev in (1, 2):  # one process: the 1-device mesh is the first of the 2 dev
 
 
 def test_clip_by_global_norm_matches_optax():
-    from helm_jax import train_utils
+    from helm_jax import optim
     rng = np.random.default_rng(1)
     grads = {"a": jnp.asarray(rng.normal(size=(7, 5))), "b": [jnp.asarray(rng.normal(size=3))]}
     norm = float(np.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads))))
     for max_norm in (0.5 * norm, 2.0 * norm):  # clipped, untouched
-        ours, _ = train_utils.clip_by_global_norm(max_norm).update(grads, ())
+        ours, _ = optim.clip_by_global_norm(max_norm).update(grads, ())
         ref, _ = optax.clip_by_global_norm(max_norm).update(grads, ())
         for x, y in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
             np.testing.assert_allclose(x, y, rtol=1e-6, atol=0)
@@ -125,6 +125,7 @@ def test_clip_by_global_norm_matches_optax():
         assert abs(clipped - min(norm, max_norm)) < 1e-5 * norm
 
 
+@pytest.mark.slow
 def test_two_devices_equal_one_device(water, tmp_path):
     script = DEVICE_SCRIPT.format(tests=os.path.dirname(__file__), data=water, out=str(tmp_path))
     subprocess.run([sys.executable, "-c", script], check=True, cwd=trainlib.ROOT,
@@ -140,6 +141,7 @@ def _metrics(workdir):
         return [json.loads(line) for line in f if '"train"' in line]
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_straight_run(water, tmp_path):
     straight, resumed = str(tmp_path / "a"), str(tmp_path / "b")
     train.train_and_evaluate(trainlib.tiny_config(water, steps=6), straight)
@@ -152,6 +154,7 @@ def test_resume_reproduces_the_straight_run(water, tmp_path):
                              trainlib.final_params(resumed)) < 1e-6
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_the_run_resumes(water, tmp_path):
     workdir = str(tmp_path / "w")
     script = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import trainlib;"
@@ -175,6 +178,7 @@ def test_sigterm_saves_and_the_run_resumes(water, tmp_path):
     assert trainlib.max_diff(saved, trainlib.final_params(workdir)) > 0
 
 
+@pytest.mark.slow
 def test_transfer_frozen_keeps_backbone_and_finetune_changes_it(water, tmp_path):
     pre = str(tmp_path / "pre")
     train.train_and_evaluate(trainlib.tiny_config(water, steps=3), pre)
@@ -194,6 +198,7 @@ def test_transfer_frozen_keeps_backbone_and_finetune_changes_it(water, tmp_path)
             assert diff > 0.0
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_a_clear_message(water, tmp_path):
     c = trainlib.tiny_config(water, steps=3)
     c.optim.update(learning_rate=1e30, clip_norm=0.0)
@@ -201,6 +206,7 @@ def test_non_finite_loss_stops_with_a_clear_message(water, tmp_path):
         train.train_and_evaluate(c, str(tmp_path / "nan"))
 
 
+@pytest.mark.slow
 def test_a_fork_adds_a_loss_by_name(water, tmp_path):
     c = trainlib.tiny_config(water, steps=2)
     c.loss_modules = ("forklib",)
@@ -215,6 +221,7 @@ def test_a_fork_adds_a_loss_by_name(water, tmp_path):
         losses.resolve("nonexistent", ("forklib",))
 
 
+@pytest.mark.slow
 def test_a_fork_loss_that_needs_forces_gets_them(water, tmp_path):
     c = trainlib.tiny_config(water, steps=2)
     c.loss_modules = ("forklib",)
@@ -256,6 +263,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_two_devices(water, tmp_path):
     """Multi-host data parallelism: 2 processes x 1 CPU device (jax.distributed, Gloo)
     train exactly as 1 process x 2 devices; only process 0 writes logs."""
@@ -283,9 +291,9 @@ def _tiny_step(water, ema_decay=0.0):
     """A jitted one-device train step of the tiny config and its initial state and batch."""
     from helm_jax import parallel
     from helm_jax.data import datasets, pipeline
-    from helm_jax.train_utils import build_optimizer
+    from helm_jax.optim import build_optimizer
     c = trainlib.tiny_config(water)
-    data = datasets.load_data(c)
+    data = train.load_data(c)
     model, weights, need, ctx = train.model_and_losses(c, data)
     it = pipeline.BatchIterator(data.graphs, data.splits["train"],
                                 datasets.batch_config(c.data), prefetch=0)
@@ -300,6 +308,7 @@ def _tiny_step(water, ema_decay=0.0):
     return step, parallel.replicate(state, mesh), parallel.shard(batch, mesh)
 
 
+@pytest.mark.slow
 def test_train_state_lr_scale_and_ema(water):
     """TrainState: the plateau's lr_scale is an input of the step (0 freezes every
     parameter bit for bit), and the EMA follows ema <- d ema + (1 - d) params."""

@@ -6,7 +6,8 @@ handles are the files in ``experiments/`` (``--config=experiments/md17.py:ethano
 which re-export these functions, so a fork can also ``from helm_jax.configs import md17``.
 
 Variants (the text after ``config.py:``) are parsed strictly by :func:`parse_variant`: an
-unknown word or key is an error that lists the valid ones.
+unknown word or key is an error that lists the valid ones. :func:`complete` turns a config
+saved in a checkpoint back into a full one.
 """
 
 from __future__ import annotations
@@ -80,3 +81,52 @@ def parse_variant(text: str | None, *, groups: Mapping[str, tuple[str, ...]] | N
         choice.setdefault(g, words[0])
     return Variant(choice=choice, flags=frozenset(seen & set(flags)), values=values,
                    named=frozenset(seen - set(flags)))
+
+
+# Fields added after checkpoints were first written, with the value that reproduces what
+# those checkpoints were trained with (the current default may differ).
+LEGACY = {"heads.label_scale": "none", "data.node_reference": "standardize",
+          "data.split_order": "random"}
+
+
+def complete(saved: Mapping[str, Any]):
+    """The base config overlaid with ``saved`` (a checkpoint's config as JSON): fields the
+    saved config lacks take their :data:`LEGACY` value, else the base default, so the code
+    below the training loop reads every field directly."""
+    import ml_collections  # pylint: disable=import-outside-toplevel
+
+    from helm_jax.configs import base  # pylint: disable=import-outside-toplevel
+
+    config = base.get_config()
+    flat = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            if isinstance(v, Mapping):
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[prefix + k] = v
+    walk(saved, "")
+    for key, value in LEGACY.items():
+        flat.setdefault(key, value)
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            if p not in node:
+                node[p] = ml_collections.ConfigDict()
+            node = node[p]
+        if leaf in node and isinstance(node[leaf], tuple) and isinstance(value, list):
+            value = tuple(value)
+        _assign(node, leaf, value)
+    return config
+
+
+def _assign(node, leaf: str, value) -> None:
+    """``node[leaf] = value``, also where the default is None (a typed placeholder) or the
+    saved value's type differs from the default's (int for float)."""
+    try:
+        node[leaf] = value
+    except TypeError:
+        del node[leaf]
+        node[leaf] = value

@@ -6,8 +6,45 @@ Every field used anywhere in helm_jax is listed here with its meaning, so
 
 import ml_collections
 
-from helm_jax import qm
-from helm_jax.model import backbone, helm
+from helm_jax import orbitals
+
+
+def model_config() -> ml_collections.ConfigDict:
+    """``config.model``: the backbone (fields of helm_jax.model.backbone.HELMBackbone); these
+    are the OMol_CSH settings of the paper."""
+    return ml_collections.ConfigDict(dict(
+        channels=128,  # C: channels per (l, m) coefficient
+        num_layers=3,
+        l_max=6,
+        m_max=6,
+        num_rbf=128,  # Gaussians on [0, cutoff]
+        cutoff=12.0,  # Angstrom; graph cutoff and radial envelope
+        num_elements=100,  # embedding table size (species index = atomic number)
+        edge_channels_hidden=128,  # element embeddings in x_edge and radial-MLP width
+        ffn_channels=128,  # hidden channels of the feed-forward blocks
+        avg_degree=5.0,  # edge sums are divided by this
+        dtype="float32",  # compute dtype ("float64" needs jax_enable_x64)
+        param_dtype="float32",
+        # e.g. "bfloat16": matmul inputs in bf16, results cast to dtype; None: dtype.
+        matmul_dtype=ml_collections.FieldReference(None, field_type=str),
+        remat=False,  # rematerialise each layer in the backward pass
+        # Edge-chunked message passing (bounded memory on large graphs): when a batch has
+        # more than chunk_edges_above edges, messages are computed edge_chunk_size edges at
+        # a time (a scan; node sums accumulated with segment_sum, each chunk rematerialised
+        # in the backward pass), so activation memory no longer grows with E x (l_max+1)^2
+        # x C per intermediate. 0 disables chunking. Same parameters, same outputs.
+        edge_chunk_size=2048,
+        chunk_edges_above=2048))
+
+
+def heads_config() -> ml_collections.ConfigDict:
+    """``config.heads``: the Hamiltonian and energy heads (helm_jax.model.heads, .energy)."""
+    # label_scale: the Hamiltonian head's output unit, from the training labels: "rms"
+    # (their root mean square), "rms_per_degree" (per degree l, nodes and edges apart) or
+    # "none" (Eh); see helm_jax/data/statistics.py and docs/learning_efficiency.md.
+    # reduced_nodes: predict only the node blocks' independent irreps.
+    return ml_collections.ConfigDict(dict(hidden=128, energy_hidden=128, reduced_nodes=True,
+                                          label_scale="rms"))
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -18,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.num_devices = ml_collections.FieldReference(None, field_type=int)  # None: all devices
 
     c.data = ml_collections.ConfigDict()
-    c.data.path = "embedded"  # a dataset file (see helm_jax/data/readers.py) or "embedded"
+    c.data.path = "embedded"  # a dataset file (see helm_jax/data/readers/) or "embedded"
     c.data.kind = ml_collections.FieldReference(None, field_type=str)  # None: detect
     c.data.elements = ml_collections.FieldReference(None, field_type=list)  # None: scan
     c.data.embedded_limit = ml_collections.FieldReference(None, field_type=int)
@@ -35,21 +72,21 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.cache_graphs = True
     c.data.prefetch = 2
 
-    c.model = backbone.default_model_config()
-    c.heads = helm.default_heads_config()
+    c.model = model_config()
+    c.heads = heads_config()
 
     c.losses = ml_collections.ConfigDict(dict(hamiltonian=1.0, energy=0.0, forces=0.0))
     # Modules searched (after helm_jax.losses) for loss names: a fork's own losses.
     c.loss_modules = ()
 
-    # Quantum-chemistry targets of the predicted H (helm_jax/qm.py; losses orbital_energies,
+    # Quantum-chemistry targets of the predicted H (helm_jax/orbitals.py; losses orbital_energies,
     # gap, dipole, polarizability): enabled adds the labels (data from label.py --dipole);
     # targets: "reference" (same basis) or "large_basis" (label.py --targets_basis);
     # n_virtual: virtual orbitals after the occupied ones in the orbital-energy loss;
     # s_threshold: overlap eigenvalues at or below it are dropped (linear dependence).
     c.qm = ml_collections.ConfigDict(dict(
         enabled=False, targets="reference", self_consistent_polarizability=False,
-        n_virtual=0, s_threshold=qm.S_THRESHOLD))
+        n_virtual=0, s_threshold=orbitals.S_THRESHOLD))
 
     # schedule: constant | cosine (warmup_steps, final_lr_fraction) | plateau
     # (optax.contrib.reduce_on_plateau: the rate is multiplied by plateau_factor after
@@ -62,7 +99,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         num_steps=1000, log_every=10, eval_every=200, checkpoint_every=200,
         keep_checkpoints=2,
-        max_eval_molecules=ml_collections.FieldReference(None, field_type=int)))
+        max_eval_molecules=ml_collections.FieldReference(None, field_type=int),
+        # Resume a workdir with settings that change results (helm_jax/rundir.py).
+        allow_config_change=False))
 
     # direct | frozen | finetune (energy transfer); "none" for Hamiltonian pretraining.
     c.transfer = ml_collections.ConfigDict(dict(protocol="none", init_from=""))

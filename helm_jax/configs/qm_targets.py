@@ -1,4 +1,4 @@
-"""Training against quantum-chemistry targets of the predicted H (helm_jax/qm.py).
+"""Training against quantum-chemistry targets of the predicted H (helm_jax/orbitals.py).
 
 Orbital energies, HOMO-LUMO gap, dipole and polarisability are computed from the predicted
 full H inside the jitted step (docs/qm_targets.md). Data: rMD17 ethanol at

@@ -1,6 +1,6 @@
 """Data: one ``Record`` type from every source, labelling, graphs, padded batches.
 
-``records`` (the Record), ``readers``/``readers_sql``/``h5format`` (sources),
+``records`` (the Record), ``readers`` (one module per source format), ``h5format``, ``splits``,
 ``labelling``/``embedded`` (PySCF labels, the shipped dataset), ``geometry`` (input checks,
 PySCF Moles), ``graphs`` -> ``batching`` -> ``pipeline`` (graphs, padded jraph batches,
 bucketed prefetching iterators), ``statistics`` (per-element normalisation),

@@ -11,6 +11,10 @@ nothing is ever dropped.
 
 Graphs with quantum-chemistry labels (``MolGraph.qm``) in a budget with ``n_ao > 0`` add
 per-graph arrays padded to ``n_ao`` AOs under ``globals["qm"]`` (see :func:`pad_batch`).
+
+The masks of this layout have one home here, for the model, the losses and the assembly of
+full matrices: :func:`node_mask` (real atoms), :func:`edge_mask` (real edges) and
+:func:`graph_of_nodes` (each node's graph).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import jax.numpy as jnp
 import jraph
 import numpy as np
 
@@ -118,6 +123,28 @@ def pack_greedy(indices: Sequence[int], n_nodes: np.ndarray, n_edges: np.ndarray
     if cur:
         batches.append(cur)
     return batches
+
+
+def node_mask(species):
+    """bool ``[N]``: real atoms; padding nodes have atomic number 0 (numpy or jax)."""
+    return species > 0
+
+
+def edge_mask(species, senders, receivers):
+    """bool ``[E]``: real edges; padding edges are self-loops on a padding node (numpy or jax).
+
+    Args:
+      species: ``[N]`` atomic numbers (0 = padding).
+      senders, receivers: ``[E]`` node indices.
+    """
+    return node_mask(species[senders]) & (senders != receivers)
+
+
+def graph_of_nodes(batch: jraph.GraphsTuple):
+    """int ``[N]``: the graph of each node of one padded batch (jit-able; padding nodes
+    belong to the padding graph)."""
+    n = batch.nodes["species"].shape[0]
+    return jnp.repeat(jnp.arange(batch.n_node.shape[0]), batch.n_node, total_repeat_length=n)
 
 
 def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:

@@ -1,11 +1,11 @@
-"""Everything the training loop needs from ``config.data``: reader, template, splits, statistics.
+"""The data of a run from its ``config.data`` section: reader, template, splits, statistics.
 
 ``config.data`` fields:
   path: a dataset file, or ``"embedded"`` for the shipped default dataset.
   kind: reader kind (None: detected, see ``helm_jax.data.readers``).
   elements: atomic numbers of the template (None: scanned from the data; OMol_CSH: its 58).
   split_seed, split: sizes (ints) or fractions (floats < 1) of train/val/test; ``None`` for
-    test means the rest.
+    test means the rest (see ``helm_jax.data.splits``).
   node_reference: per-element reference of the l = 0 node labels, ``"shift"`` (mean) or
     ``"standardize"`` (mean and standard deviation); see ``helm_jax.data.statistics``.
   split_order: ``"random"`` (seeded by split_seed) or ``"contiguous"`` (file order).
@@ -13,15 +13,14 @@
   cache_graphs: keep built graphs in memory (small datasets).
   embedded_limit: label only the first N embedded structures (quick test configs).
 
-``config.qm`` (quantum-chemistry targets): with ``enabled``, graphs carry ``QMLabels`` with
-``targets`` ("reference" or "large_basis") and, with ``self_consistent_polarizability``, the
-finite-field polarisability as target.
+What the graphs hold beyond that (cutoff, node-block layout, quantum-chemistry targets) comes
+from the model and its losses, so it is passed in explicitly as a :class:`GraphSpec`'s
+options (``helm_jax.train.load_data`` does it from a whole config).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import ml_collections
@@ -30,6 +29,7 @@ import numpy as np
 from helm_jax import basis as basis_lib
 from helm_jax import parallel
 from helm_jax.data import embedded, pipeline, readers
+from helm_jax.data import splits as splits_lib
 from helm_jax.data.graphs import GraphSpec
 from helm_jax.data.statistics import Statistics, compute_statistics
 
@@ -59,8 +59,8 @@ def open_reader(data_cfg: ml_collections.ConfigDict):
     """The reader of ``data_cfg.path`` (labelling the embedded dataset on first use)."""
     path = data_cfg.path
     if path == "embedded":
-        path = embedded.ensure_labelled(limit=data_cfg.get("embedded_limit"))
-    return readers.open_dataset(path, kind=data_cfg.get("kind"))
+        path = embedded.ensure_labelled(limit=data_cfg.embedded_limit)
+    return readers.open_dataset(path, kind=data_cfg.kind)
 
 
 def scan_elements(reader) -> list[int]:
@@ -73,47 +73,40 @@ def scan_elements(reader) -> list[int]:
     return sorted(found)
 
 
-def split_sizes(n: int, split: dict) -> dict[str, int | None]:
-    """Turns fractions (< 1) into counts; keeps ints and None."""
-    out = {}
-    for name, v in split.items():
-        out[name] = None if v is None else (int(round(v * n)) if isinstance(v, float) and v < 1
-                                            else int(v))
-    return out
-
-
-def load_data(config: ml_collections.ConfigDict, workdir: str | None = None) -> Data:
+def load_data(data_cfg: ml_collections.ConfigDict, *, cutoff: float, reduced_nodes: bool,
+              qm_targets: str = "", qm_polarizability_ff: bool = False,
+              workdir: str | None = None) -> Data:
     """Opens the data, builds the template and splits, and computes (or loads) statistics.
 
+    Args:
+      data_cfg: the ``config.data`` section (fields in the module docstring).
+      cutoff, reduced_nodes, qm_targets, qm_polarizability_ff: the graphs' options
+        (:class:`helm_jax.data.graphs.GraphSpec`).
+      workdir: the run's directory (None: nothing is saved).
+
     Statistics are cached as ``<workdir>/statistics.json`` so a resumed run uses exactly the
-    same references.
+    same references; the split (:func:`helm_jax.data.splits.from_config`) is saved with them
+    as ``<workdir>/splits.json`` for evaluation.
     """
-    reader = open_reader(config.data)
-    elements = config.data.get("elements") or scan_elements(reader)
+    reader = open_reader(data_cfg)
+    elements = data_cfg.elements or scan_elements(reader)
     template = basis_lib.make_template(elements, reader.basis, reader.ecp)
-    qm = config.qm
-    spec = GraphSpec(template, cutoff=float(config.model.cutoff),
-                     reduced_nodes=bool(config.heads.reduced_nodes),
-                     qm_targets=qm.targets if qm.enabled else "",
-                     qm_polarizability_ff=bool(qm.self_consistent_polarizability))
+    spec = GraphSpec(template, cutoff=float(cutoff), reduced_nodes=bool(reduced_nodes),
+                     qm_targets=qm_targets, qm_polarizability_ff=bool(qm_polarizability_ff))
     graphs = pipeline.GraphDataset(reader, spec, with_labels=True,
-                                   cache=bool(config.data.get("cache_graphs", True)))
-    split = dict(config.data.split)
-    splits = reader.splits(seed=int(config.data.split_seed),
-                           sizes=split_sizes(len(reader.converged_indices()), split),
-                           order=config.data.get("split_order", "random"))
+                                   cache=bool(data_cfg.cache_graphs))
+    splits = splits_lib.from_config(data_cfg, reader)
     stats_path = os.path.join(workdir, "statistics.json") if workdir else None
     if stats_path and os.path.exists(stats_path):
         stats = Statistics.load(stats_path)
     else:
         stats = compute_statistics((graphs[i] for i in splits["train"]), spec.node_layout,
-                                   node_reference=config.data.get("node_reference", "shift"),
+                                   node_reference=data_cfg.node_reference,
                                    edge_layout=spec.edge_layout)
         if stats_path and parallel.is_main_process():  # every process computed the same
             os.makedirs(workdir, exist_ok=True)
             stats.save(stats_path)
-            with open(os.path.join(workdir, "splits.json"), "w") as f:
-                json.dump({k: [int(i) for i in v] for k, v in splits.items()}, f)
+            splits_lib.save(workdir, splits)
     return Data(reader=reader, template=template, spec=spec, graphs=graphs, splits=splits,
                 stats=stats)
 
@@ -121,7 +114,6 @@ def load_data(config: ml_collections.ConfigDict, workdir: str | None = None) -> 
 def batch_config(data_cfg: ml_collections.ConfigDict) -> pipeline.BatchConfig:
     """``config.data.batch`` as a :class:`pipeline.BatchConfig`."""
     b = data_cfg.batch
-    return pipeline.BatchConfig(molecules_per_batch=b.get("molecules_per_batch"),
-                                edges_per_batch=b.get("edges_per_batch"),
-                                num_buckets=int(b.get("num_buckets", 3)),
-                                budgets=b.get("budgets"))
+    return pipeline.BatchConfig(molecules_per_batch=b.molecules_per_batch,
+                                edges_per_batch=b.edges_per_batch,
+                                num_buckets=int(b.num_buckets), budgets=b.get("budgets"))

@@ -7,10 +7,12 @@ Charge and spin come from the frame's own metadata when present (xyz header keys
 names; a db row's charge may also be the sum of its atoms' initial charges), else from
 the caller's defaults.
 
-`validate_structure` checks one geometry before it is labelled (and may be reused by
-readers): shapes, finite coordinates, no atoms closer than `MIN_DISTANCE`, known
-elements, a basis/ECP that covers every element, and charge/spin consistent with the
-electron count. Spin follows PySCF: `spin = 2S = n_alpha - n_beta`.
+This module is the one validator of geometries, run once per record: `check_geometry`
+(shapes, known elements, finite coordinates, no atoms closer than `MIN_DISTANCE`) for graphs
+built from raw records (`helm_jax.data.graphs.build_graph`), and `validate_structure`, the
+same checks plus `electron_count` (a basis/ECP that covers every element, charge/spin
+consistent with the electron count), for structures to label and for every record a reader
+yields. Spin follows PySCF: `spin = 2S = n_alpha - n_beta`.
 """
 
 from __future__ import annotations
@@ -82,9 +84,87 @@ def ecp_core_electrons(z: int, basis: str, ecp: str = "") -> int:
     return basis_lib.element_basis(int(z), basis, ecp or None).ecp_electrons
 
 
+def check_geometry(elements, coords, key: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Checks one geometry: shapes, known elements, finite coordinates, no overlapping atoms.
+
+    Args:
+        elements: [n] atomic numbers or element symbols.
+        coords: [n, 3] coordinates in Angstrom.
+        key: the record's name, prefixed to every message ("" for none).
+
+    Returns:
+        (elements int32 [n], coords float64 [n, 3]).
+
+    Raises:
+        ValueError: naming the problem (no atoms, shape, unknown element, non-finite
+            coordinate, atoms closer than `MIN_DISTANCE`).
+    """
+    where = f"{key}: " if key else ""
+    try:
+        z = to_atomic_numbers(elements)
+    except ValueError as err:
+        raise ValueError(f"{where}{err}") from err
+    xyz = np.asarray(coords, dtype=np.float64)
+    n = z.shape[0]
+    if n == 0:
+        raise ValueError(f"{where}structure has no atoms")
+    if xyz.shape != (n, 3):
+        raise ValueError(f"{where}coords must have shape [n_atoms, 3] = [{n}, 3] to match "
+                         f"{n} elements, got {list(xyz.shape)}")
+    bad = np.argwhere(~np.isfinite(xyz))
+    if bad.size:
+        i, k = bad[0]
+        raise ValueError(f"{where}non-finite coordinate (NaN or inf) at atom {i}, axis "
+                         f"{'xyz'[k]}: {xyz[i, k]}; fix or drop this structure")
+    if n > 1:
+        dist = np.linalg.norm(xyz[:, None, :] - xyz[None, :, :], axis=-1)  # [n, n]
+        dist[np.tril_indices(n)] = np.inf
+        i, j = np.unravel_index(np.argmin(dist), dist.shape)
+        if dist[i, j] < MIN_DISTANCE:
+            raise ValueError(f"{where}atoms {i} and {j} are {dist[i, j]:.4f} A apart (< "
+                             f"{MIN_DISTANCE} A): overlapping atoms, probably a duplicated "
+                             "atom or coordinates in the wrong unit")
+    return z, xyz
+
+
+def electron_count(z: np.ndarray, charge: int = 0, spin: int | None = None,
+                   basis: str | None = None, ecp: str = "") -> tuple[int, int]:
+    """Electron count and spin of atomic numbers `z` at a charge, checked for consistency.
+
+    Args:
+        z: int [n] atomic numbers.
+        charge, spin, basis, ecp: as in `validate_structure`.
+
+    Returns:
+        (n_electrons, spin).
+
+    Raises:
+        ValueError: a non-integer charge, too few electrons, an invalid spin or one the
+            electron count cannot have, or a basis/ECP without an element.
+    """
+    if int(charge) != charge:
+        raise ValueError(f"charge must be an integer, got {charge!r}")
+    core = sum(ecp_core_electrons(int(e), basis, ecp) for e in z) if basis else 0
+    n_electrons = int(np.sum(z)) - core - int(charge)
+    if n_electrons < 0:
+        raise ValueError(f"charge {charge} leaves {n_electrons} electrons")
+    if spin is None:
+        spin = n_electrons % 2
+    if int(spin) != spin or spin < 0:
+        raise ValueError(f"spin (2S = n_alpha - n_beta) must be a non-negative integer, got {spin!r}")
+    if (n_electrons - int(spin)) % 2 or spin > n_electrons:
+        raise ValueError(
+            f"charge={charge} gives {n_electrons} electrons, which cannot have spin 2S={spin} "
+            f"(n_electrons - spin must be even and >= 0); fix the charge or spin "
+            "(spin is 2S, not the multiplicity).")
+    return n_electrons, int(spin)
+
+
 def validate_structure(elements, coords, charge: int = 0, spin: int | None = None,
                        basis: str | None = None, ecp: str = "") -> tuple[np.ndarray, int, int]:
     """Checks one geometry and returns its atomic numbers, electron count and spin.
+
+    `check_geometry` followed by `electron_count`.
 
     Args:
         elements: [n] atomic numbers or element symbols.
@@ -102,42 +182,8 @@ def validate_structure(elements, coords, charge: int = 0, spin: int | None = Non
         ValueError: naming the problem (shape, non-finite coordinate, atoms too close,
             unknown element, charge/spin inconsistent with the electron count).
     """
-    z = to_atomic_numbers(elements)
-    xyz = np.asarray(coords, dtype=np.float64)
-    n = z.shape[0]
-    if n == 0:
-        raise ValueError("structure has no atoms")
-    if xyz.shape != (n, 3):
-        raise ValueError(f"coords must have shape [n_atoms, 3] = [{n}, 3] to match "
-                         f"{n} elements, got {list(xyz.shape)}")
-    bad = np.argwhere(~np.isfinite(xyz))
-    if bad.size:
-        i, k = bad[0]
-        raise ValueError(f"non-finite coordinate (NaN or inf) at atom {i}, axis {'xyz'[k]}: "
-                         f"{xyz[i, k]}")
-    if n > 1:
-        dist = np.linalg.norm(xyz[:, None, :] - xyz[None, :, :], axis=-1)  # [n, n]
-        dist[np.tril_indices(n)] = np.inf
-        i, j = np.unravel_index(np.argmin(dist), dist.shape)
-        if dist[i, j] < MIN_DISTANCE:
-            raise ValueError(f"atoms {i} and {j} are {dist[i, j]:.4f} A apart (< {MIN_DISTANCE} "
-                             "A): duplicated or broken geometry")
-    if int(charge) != charge:
-        raise ValueError(f"charge must be an integer, got {charge!r}")
-    core = sum(ecp_core_electrons(int(e), basis, ecp) for e in z) if basis else 0
-    n_electrons = int(z.sum()) - core - int(charge)
-    if n_electrons < 0:
-        raise ValueError(f"charge {charge} leaves {n_electrons} electrons")
-    if spin is None:
-        spin = n_electrons % 2
-    if int(spin) != spin or spin < 0:
-        raise ValueError(f"spin (2S = n_alpha - n_beta) must be a non-negative integer, got {spin!r}")
-    if (n_electrons - int(spin)) % 2 or spin > n_electrons:
-        raise ValueError(
-            f"charge={charge} gives {n_electrons} electrons, which cannot have spin 2S={spin} "
-            f"(n_electrons - spin must be even and >= 0); fix the charge or spin "
-            "(spin is 2S, not the multiplicity).")
-    return z, n_electrons, int(spin)
+    z, _ = check_geometry(elements, coords)
+    return (z, *electron_count(z, charge, spin, basis, ecp))
 
 
 def _charge_spin(info: dict, default_charge: int, default_spin: int | None, where: str):

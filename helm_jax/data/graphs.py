@@ -7,9 +7,9 @@ record carries a Fock matrix, its node and edge blocks as irreps
 the atomic numbers (:func:`label_masks`), so batches stay small.
 
 With ``GraphSpec.qm_targets`` set, a graph also carries :class:`QMLabels`: what the
-differentiable quantum-chemistry losses (:mod:`helm_jax.qm`) need to assemble the predicted
+differentiable quantum-chemistry losses (:mod:`helm_jax.orbitals`) need to assemble the predicted
 full H inside the jitted step and compare its orbital energies, dipole and polarisability
-with reference targets (see :mod:`helm_jax.data.properties`).
+with reference targets (see :mod:`helm_jax.data.reference_targets`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import numpy as np
 
 from helm_jax import basis as basis_lib
 from helm_jax import blocks, units
+from helm_jax.data import geometry
 from helm_jax.data.records import Record
 
-MIN_DISTANCE = 0.1  # Angstrom; closer atoms are a geometry error.
 QM_TARGETS = ("", "reference", "large_basis")
 
 
@@ -53,13 +53,26 @@ class GraphSpec:
 
     @property
     def node_layout(self) -> blocks.IrrepsLayout:
-        """Irreps layout of node (diagonal-block) labels."""
-        return blocks.irreps_layout(self.template, reduced=self.reduced_nodes)
+        """Irreps layout of node (diagonal-block) labels (:func:`layouts_for`)."""
+        return layouts_for(self.template, self.reduced_nodes)[0]
 
     @property
     def edge_layout(self) -> blocks.IrrepsLayout:
-        """Irreps layout of directed-edge (off-diagonal block) labels."""
-        return blocks.irreps_layout(self.template, reduced=False)
+        """Irreps layout of directed-edge (off-diagonal block) labels (:func:`layouts_for`)."""
+        return layouts_for(self.template, self.reduced_nodes)[1]
+
+
+def layouts_for(template: basis_lib.Template, reduced_nodes: bool
+                ) -> tuple[blocks.IrrepsLayout, blocks.IrrepsLayout]:
+    """``(node_layout, edge_layout)``: the label irreps of a template's blocks.
+
+    Nodes (diagonal blocks, symmetric) use the reduced layout of unique values if
+    ``reduced_nodes``, else the full one; directed edges (off-diagonal blocks) always the full
+    one (HELM paper, Hamiltonian head). The data labels (:class:`GraphSpec`) and the model's
+    output irreps (:func:`helm_jax.model.helm.build_model`) both come from here.
+    """
+    return (blocks.irreps_layout(template, reduced=reduced_nodes),
+            blocks.irreps_layout(template, reduced=False))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,25 +148,6 @@ class MolGraph:
         return int(len(self.senders))
 
 
-def check_geometry(elements: np.ndarray, coords: np.ndarray, key: str = "") -> None:
-    """Raises ValueError for non-finite coordinates or atoms closer than 0.1 A."""
-    where = f" in {key}" if key else ""
-    coords = np.asarray(coords, np.float64)
-    if coords.ndim != 2 or coords.shape != (len(elements), 3):
-        raise ValueError(f"Coordinates{where} have shape {coords.shape}, expected "
-                         f"({len(elements)}, 3).")
-    bad = np.argwhere(~np.isfinite(coords))
-    if len(bad):
-        raise ValueError(f"Coordinates{where} contain NaN or inf (atom {bad[0][0]}); fix or "
-                         "drop this structure.")
-    d = np.linalg.norm(coords[:, None] - coords[None], axis=-1) + np.eye(len(coords)) * 1e9
-    i, j = np.unravel_index(np.argmin(d), d.shape) if len(coords) > 1 else (0, 0)
-    if len(coords) > 1 and d[i, j] < MIN_DISTANCE:
-        raise ValueError(f"Atoms {i} and {j}{where} are {d[i, j]:.3g} A apart (< "
-                         f"{MIN_DISTANCE} A): overlapping atoms, probably a duplicated atom or "
-                         "coordinates in the wrong unit.")
-
-
 def radius_edges(coords: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
     """All ordered pairs ``i != j`` closer than ``cutoff`` (row-major order).
 
@@ -165,13 +159,16 @@ def radius_edges(coords: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndar
     return s.astype(np.int32), r.astype(np.int32)
 
 
-def build_graph(record: Record, spec: GraphSpec, with_labels: bool = True) -> MolGraph:
+def build_graph(record: Record, spec: GraphSpec, with_labels: bool = True,
+                validate: bool = True) -> MolGraph:
     """Converts a record to a graph with irreps labels.
 
     Args:
       record: the structure (PySCF AO order for ``spec.template``'s basis).
       spec: template, cutoff and label layout.
       with_labels: convert the Fock matrix to block irreps (if the record has one).
+      validate: check the geometry (:func:`helm_jax.data.geometry.check_geometry`); False
+        for records a reader yielded, which it validated already.
 
     Returns:
       The :class:`MolGraph`.
@@ -180,9 +177,11 @@ def build_graph(record: Record, spec: GraphSpec, with_labels: bool = True) -> Mo
       ValueError: bad geometry, an element outside the template, or a Fock matrix whose size
         does not fit the basis.
     """
-    z = np.asarray(record.elements, np.int32)
-    coords = np.asarray(record.coords, np.float64)
-    check_geometry(z, coords, record.key)
+    if validate:
+        z, coords = geometry.check_geometry(record.elements, record.coords, record.key)
+    else:
+        z = np.asarray(record.elements, np.int32)
+        coords = np.asarray(record.coords, np.float64)
     for zi in set(z.tolist()):
         spec.template.element(zi)  # clear error for an element outside the template
     senders, receivers = radius_edges(coords, spec.cutoff)

@@ -17,7 +17,7 @@ Layout (OMol_CSH-like, so one reader serves both):
                                         (ao_dipole [3, ...]: dipole integrals, bohr)
         <other>   float64 [...]         optional per-structure arrays (dipole_origin,
                                         mo_energy, dipole, polarizability, targets_*, see
-                                        helm_jax/data/properties.py)
+                                        helm_jax/data/reference_targets.py)
         attrs: charge, spin (2S), n_electrons, converged, scf_cycles, source,
                complete=True (written last)
 

@@ -9,7 +9,7 @@ Per structure it stores the Fock matrix F = h_core + V_eff[D] of the converged d
 (`mf.get_fock(dm=mf.make_rdm1())`: no DIIS, damping or level shift), the AO overlap
 (`mol.intor('int1e_ovlp')`), `mf.e_tot` and optionally forces (-gradient, Eh/Angstrom).
 Unconverged SCFs are stored with converged=False (and no forces) and counted in the summary.
-Optional quantum-chemistry targets (`Properties`, see helm_jax/data/properties.py): AO dipole
+Optional quantum-chemistry targets (`Properties`, see helm_jax/data/reference_targets.py): AO dipole
 integrals with the same-basis orbital energies, dipole and polarisability (`--dipole`), the
 self-consistent finite-field polarisability (`--polarizability_ff`), and the same targets of a
 larger basis at the same geometry (`--targets_basis=def2-tzvp`) for reduced-basis learning.
@@ -36,13 +36,14 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 
 import h5py
 import numpy as np
 import tqdm
 
-from helm_jax.data import geometry, h5format, properties as properties_lib
+from helm_jax.data import geometry, h5format, reference_targets as targets_lib
 from helm_jax.units import BOHR_ANGSTROM
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -176,12 +177,12 @@ def label_structure(structure: geometry.Structure, level: LevelOfTheory, max_cyc
     grad = mf.nuc_grad_method().kernel() if forces and mf.converged else None  # [n, 3] Eh/bohr
     extras = {}
     if props.dipole:
-        extras.update(properties_lib.scf_properties(mf, fock, props.polarizability_ff))
+        extras.update(targets_lib.scf_properties(mf, fock, props.polarizability_ff))
     if props.targets_basis:
         big = make_scf(geometry.build_mole(structure, props.targets_basis, level.ecp), level,
                        max_cycle)
         big.kernel()
-        extras.update(properties_lib.scf_properties(
+        extras.update(targets_lib.scf_properties(
             big, big.get_fock(dm=big.make_rdm1()), props.polarizability_ff, prefix="targets_"))
     return Label(fock=np.asarray(fock), overlap=mol.intor("int1e_ovlp"), energy=float(mf.e_tot),
                  forces=None if grad is None else -np.asarray(grad) / BOHR_ANGSTROM,
@@ -237,7 +238,7 @@ def _run_tasks(args: list[tuple], workers: int, threads: int):
     with _thread_env(threads):  # spawned children read these at start-up
         pool = concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_init, initargs=(threads,))
+            initializer=_worker_init, initargs=(threads, os.getpid()))
         futures = [pool.submit(_label_task, *a) for a in args]
     try:
         for fut in concurrent.futures.as_completed(futures):
@@ -246,10 +247,22 @@ def _run_tasks(args: list[tuple], workers: int, threads: int):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, parent: int | None = None) -> None:
+    """Sets PySCF's threads; in a pool worker, also exits the worker when ``parent`` dies
+    (even by SIGKILL, which gives the pool no chance to stop it)."""
     from pyscf import lib  # pylint: disable=import-outside-toplevel
 
     lib.num_threads(threads)
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, poll_seconds: float = 0.5) -> None:
+    """Watcher thread of a pool worker: ``os._exit`` once the parent is gone (the worker is
+    then re-parented, so ``getppid`` changes)."""
+    while os.getppid() == parent:
+        time.sleep(poll_seconds)
+    os._exit(1)
 
 
 def threads_per_worker(workers: int, threads: int | None = None) -> int:
@@ -300,7 +313,7 @@ def _check_same_theory(found: dict, wanted: dict, where: str) -> None:
                          "choose another --out.")
 
 
-def assemble(out: str, parts_dir: str, run_attrs: dict) -> None:
+def merge_parts(out: str, parts_dir: str, run_attrs: dict) -> None:
     """Atomically rebuilds `out` from the old `out` plus the parts, then deletes the parts.
 
     Only one labeller may work on a given `out` at a time.
@@ -375,16 +388,17 @@ def label_file(input_path: str, out: str, level: LevelOfTheory, *, charge: int =
         with f:
             _check_same_theory(dict(f.attrs), {"format": h5format.FORMAT, **run_attrs}, out)
             done.update(f.keys())
-    os.makedirs(parts_dir, exist_ok=True)
     run_json = os.path.join(parts_dir, "run.json")
-    if os.path.exists(run_json):
+    finished = _finished_parts(parts_dir) if os.path.isdir(parts_dir) else set()
+    if finished and os.path.exists(run_json):  # settings bind only once work exists
         with open(run_json) as fh:
             _check_same_theory(json.load(fh), run_attrs, parts_dir)
-    else:
-        _atomic_write(run_json, lambda tmp: _write_json(tmp, run_attrs))
-    done.update(_finished_parts(parts_dir))
+    done.update(finished)
     todo = [i for i in range(start, stop) if h5format.group_key(i) not in done]
     _validate_all([structures[i] for i in todo], level)
+    os.makedirs(parts_dir, exist_ok=True)  # state is written only for validated input
+    if not (finished and os.path.exists(run_json)):
+        _atomic_write(run_json, lambda tmp: _write_json(tmp, run_attrs))
 
     per_worker = threads_per_worker(workers, threads)
     unconverged = 0
@@ -394,7 +408,7 @@ def label_file(input_path: str, out: str, level: LevelOfTheory, *, charge: int =
             unconverged += not converged
             bar.update(1)
             bar.set_postfix(unconverged=unconverged)
-    assemble(out, parts_dir, run_attrs)
+    merge_parts(out, parts_dir, run_attrs)
     summary = {"requested": stop - start, "skipped": stop - start - len(todo),
                "labelled": len(todo), "unconverged_new": unconverged}
     if os.path.exists(out):

@@ -33,12 +33,18 @@ class GraphDataset:
       spec: template, cutoff and label layout.
       with_labels: build Hamiltonian labels.
       cache: keep built graphs in memory (small datasets).
+      validate: check each record's geometry again when its graph is built. The readers of
+        :mod:`helm_jax.data.readers` validate every record they yield
+        (:func:`helm_jax.data.geometry.validate_structure`), so the default checks each
+        record once; set it for a reader of unchecked records.
     """
 
-    def __init__(self, reader, spec: GraphSpec, with_labels: bool = True, cache: bool = True):
+    def __init__(self, reader, spec: GraphSpec, with_labels: bool = True, cache: bool = True,
+                 validate: bool = False):
         self.reader = reader
         self.spec = spec
         self.with_labels = with_labels
+        self.validate = validate
         self._cache: dict[int, MolGraph] | None = {} if cache else None
         self._sizes: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -49,7 +55,8 @@ class GraphDataset:
         i = int(i)
         if self._cache is not None and i in self._cache:
             return self._cache[i]
-        g = build_graph(self.reader[i], self.spec, with_labels=self.with_labels)
+        g = build_graph(self.reader[i], self.spec, with_labels=self.with_labels,
+                        validate=self.validate)
         if self._cache is not None:
             self._cache[i] = g
         return g
@@ -252,4 +259,6 @@ def _first_fit(budgets, n, e) -> int:
             return b
     raise batching.BudgetError(
         f"A molecule with {n} atoms and {e} edges fits none of the budgets "
-        f"{[b.to_dict() for b in budgets]}: raise config.data.batch budgets.")
+        f"{[b.to_dict() for b in budgets]}: give larger batches "
+        "(--config.data.batch.edges_per_batch=N above this molecule's edges, or a larger "
+        "--config.data.batch.molecules_per_batch) or a smaller --config.model.cutoff.")

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from helm_jax import blocks
+from helm_jax.data import batching
 from helm_jax.data import statistics as stats_lib
 
 
@@ -20,12 +21,12 @@ def split_batch(batch) -> list[tuple[slice, slice]]:
     """``(node slice, edge slice)`` of every real molecule of one padded batch (host)."""
     n_node = np.asarray(batch.n_node)
     n_edge = np.asarray(batch.n_edge)
-    species = np.asarray(batch.nodes["species"])
+    real = batching.node_mask(np.asarray(batch.nodes["species"]))
     out, n0, e0 = [], 0, 0
     for g in range(len(n_node)):
         ns, es = slice(n0, n0 + n_node[g]), slice(e0, e0 + n_edge[g])
         n0, e0 = n0 + n_node[g], e0 + n_edge[g]
-        if n_node[g] and species[ns].min() > 0:  # the padding graph has species 0
+        if n_node[g] and real[ns].all():  # the padding graph's nodes are not real
             out.append((ns, es))
     return out
 

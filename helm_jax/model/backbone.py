@@ -44,34 +44,6 @@ from helm_jax.nn import so2
 from helm_jax.nn import so3
 
 
-def default_model_config() -> ml_collections.ConfigDict:
-    """The backbone settings used for OMol_CSH (``config.model``); fields of HELMBackbone."""
-    return ml_collections.ConfigDict(dict(
-        channels=128,  # C: channels per (l, m) coefficient
-        num_layers=3,
-        l_max=6,
-        m_max=6,
-        num_rbf=128,  # Gaussians on [0, cutoff]
-        cutoff=12.0,  # Angstrom; graph cutoff and radial envelope
-        num_elements=100,  # embedding table size (species index = atomic number)
-        edge_channels_hidden=128,  # element embeddings in x_edge and radial-MLP width
-        ffn_channels=128,  # hidden channels of the feed-forward blocks
-        avg_degree=5.0,  # edge sums are divided by this
-        dtype='float32',  # compute dtype ('float64' needs jax_enable_x64)
-        param_dtype='float32',
-        # e.g. 'bfloat16': matmul inputs in bf16, results cast to dtype; None: dtype.
-        matmul_dtype=ml_collections.FieldReference(None, field_type=str),
-        remat=False,  # rematerialise each layer in the backward pass
-        # Edge-chunked message passing (bounded memory on large graphs): when a batch has
-        # more than chunk_edges_above edges, messages are computed edge_chunk_size edges at
-        # a time (a scan; node sums accumulated with segment_sum, each chunk rematerialised
-        # in the backward pass), so activation memory no longer grows with E x (l_max+1)^2
-        # x C per intermediate. 0 disables chunking. Same parameters, same outputs.
-        edge_chunk_size=2048,
-        chunk_edges_above=2048,
-    ))
-
-
 class _EdgeMessage(nn.Module):
     """``D^T SO2_b(Gate(SO2_a(D x, x_edge)))`` for global-frame pair features x."""
     l_max: int
@@ -177,7 +149,7 @@ class HELMLayer(nn.Module):
         edge_mask: jax.Array,  # [E]
     ) -> tuple[jax.Array, Optional[jax.Array]]:
         """Updates node (and edge) features; returns ``(h [N, K, C], e [E, K, C] or None)``."""
-        num_nodes, num_edges = h.shape[0], senders.shape[0]
+        num_edges = senders.shape[0]
         kw, _, fkw = self._kw()
         node_keep = node_mask[:, None, None].astype(self.dtype)
         edge_keep = edge_mask[:, None, None].astype(self.dtype)
@@ -223,33 +195,36 @@ class HELMBackbone(nn.Module):
     """Equivariant node (and directed-edge) features of molecular graphs.
 
     Build from a config with ``HELMBackbone.from_config(config.model)``; the attributes are
-    the fields of :func:`default_model_config`. Initialise with ``compute_edges=True`` so
-    that the edge-update parameters exist (the energy-only path ignores them).
+    the fields of ``config.model``, whose defaults and meanings are in
+    ``helm_jax/configs/base.py`` (the one place they are set). Initialise with
+    ``compute_edges=True`` so that the edge-update parameters exist (the energy-only path
+    ignores them).
     """
-    channels: int = 128
-    num_layers: int = 3
-    l_max: int = 6
-    m_max: int = 6
-    num_rbf: int = 128
-    cutoff: float = 12.0
-    num_elements: int = 100
-    edge_channels_hidden: int = 128
-    ffn_channels: int = 128
-    avg_degree: float = 5.0
-    dtype: layers.Dtype = 'float32'
-    param_dtype: layers.Dtype = 'float32'
-    matmul_dtype: Optional[layers.Dtype] = None
-    remat: bool = False
-    edge_chunk_size: int = 2048
-    chunk_edges_above: int = 2048
+    channels: int
+    num_layers: int
+    l_max: int
+    m_max: int
+    num_rbf: int
+    cutoff: float
+    num_elements: int
+    edge_channels_hidden: int
+    ffn_channels: int
+    avg_degree: float
+    dtype: layers.Dtype
+    param_dtype: layers.Dtype
+    matmul_dtype: Optional[layers.Dtype]
+    remat: bool
+    edge_chunk_size: int
+    chunk_edges_above: int
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> 'HELMBackbone':
-        """Backbone from ``config.model``; unknown fields raise a TypeError."""
+        """Backbone from ``config.model``; unknown or missing fields raise a TypeError."""
         names = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
-        unknown = set(config.keys()) - names
-        if unknown:
-            raise TypeError(f'unknown model config fields: {sorted(unknown)}')
+        unknown, missing = set(config.keys()) - names, names - set(config.keys())
+        if unknown or missing:
+            raise TypeError(f'model config: unknown fields {sorted(unknown)}, missing fields '
+                            f'{sorted(missing)} (see helm_jax/configs/base.py)')
         return cls(**config.to_dict())
 
     @nn.compact

@@ -5,8 +5,9 @@ from the l = 0 features an MLP computes output scalars ``s'`` and gates ``g`` pe
 every l > 0 irrep is scaled by ``sigmoid(g)`` (the "sigmoid-gated learnable scalars" that
 let the head tell apart several identical shells of a large basis); then a per-l linear map
 produces the number of output irreps of that l required by the template
-(:class:`helm_jax.blocks.IrrepsLayout`). The output is the layout's flat irreps vector; the
-l = 0 node components are in standardised units (see ``helm_jax.data.statistics``).
+(:class:`helm_jax.blocks.IrrepsLayout`, from :func:`helm_jax.data.graphs.layouts_for`). The
+output is the layout's flat irreps vector; the l = 0 node components are in standardised
+units (see ``helm_jax.data.statistics``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from helm_jax import blocks
 from helm_jax.nn import layers, so3
 
 
@@ -114,9 +114,3 @@ class HamiltonianHead(nn.Module):
                 IrrepsHead(self.edge_muls, scales=self.edge_scales, name="edge", **kw)(
                     edges, edge_mask))
 
-
-def layouts_for(template, reduced_nodes: bool) -> tuple[blocks.IrrepsLayout,
-                                                        blocks.IrrepsLayout]:
-    """``(node_layout, edge_layout)`` of a template."""
-    return (blocks.irreps_layout(template, reduced=reduced_nodes),
-            blocks.irreps_layout(template, reduced=False))

@@ -18,11 +18,12 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import jraph
 import ml_collections
 
 from helm_jax import basis as basis_lib
+from helm_jax.data import batching
+from helm_jax.data import graphs as graphs_lib
 from helm_jax.model import backbone as backbone_lib
 from helm_jax.model import energy as energy_lib
 from helm_jax.model import heads
@@ -69,8 +70,8 @@ class HELM(nn.Module):
           dict with ``node_h [N, D_node]``, ``edge_h [E, D_edge]`` (if ``hamiltonian``) and
           ``energy [G]`` (Eh, relative to the per-element reference; if ``energy``).
         """
-        node_mask = species > 0
-        edge_mask = node_mask[senders] & (senders != receivers)
+        node_mask = batching.node_mask(species)
+        edge_mask = batching.edge_mask(species, senders, receivers)
         nodes, edges = self.backbone(species, positions, senders, receivers, node_mask,
                                      edge_mask, compute_edges=hamiltonian)
         out = {}
@@ -95,16 +96,16 @@ def build_model(config: ml_collections.ConfigDict, template: basis_lib.Template,
     """Builds :class:`HELM` from ``config.model`` / ``config.heads`` and a basis template.
 
     Args:
-      config: the run config (``model``: backbone fields; ``heads``: ``hidden``,
-        ``energy_hidden``, ``reduced_nodes``, ``label_scale``).
+      config: the run config; only its ``model`` (backbone fields) and ``heads``
+        (``hidden``, ``energy_hidden``, ``reduced_nodes``, ``label_scale``) sections are read.
       template: the dataset's basis template (sets the output irreps).
       stats: the training statistics (:class:`helm_jax.data.statistics.Statistics`): the
         energy head's unit and the Hamiltonian head's label units
         (``config.heads.label_scale``); None: unit scales (shapes and tests only).
     """
-    node_layout, edge_layout = heads.layouts_for(template, config.heads.reduced_nodes)
+    node_layout, edge_layout = graphs_lib.layouts_for(template, config.heads.reduced_nodes)
     node_scales, edge_scales = ((), ()) if stats is None else stats.label_scales(
-        config.heads.get("label_scale", "none"))  # checkpoints from before label scales
+        config.heads.label_scale)
     return HELM(backbone=backbone_lib.HELMBackbone.from_config(config.model),
                 node_muls=tuple(node_layout.muls), edge_muls=tuple(edge_layout.muls),
                 head_hidden=config.heads.hidden, node_scales=node_scales,
@@ -112,23 +113,11 @@ def build_model(config: ml_collections.ConfigDict, template: basis_lib.Template,
                 energy_scale=1.0 if stats is None else float(stats.energy_std))
 
 
-def default_heads_config() -> ml_collections.ConfigDict:
-    """Head settings (``config.heads``)."""
-    # label_scale: the Hamiltonian head's output unit, from the training labels: "rms" (their
-    # root mean square), "rms_per_degree" (per degree l, nodes and edges apart) or "none"
-    # (Eh); see helm_jax/data/statistics.py and docs/learning_efficiency.md.
-    return ml_collections.ConfigDict(dict(hidden=128, energy_hidden=128, reduced_nodes=True,
-                                          label_scale="rms"))
-
-
 def batch_inputs(graph: jraph.GraphsTuple) -> dict[str, Any]:
     """Model keyword inputs from one padded batch (no leading device axis)."""
-    n = graph.nodes["species"].shape[0]
-    g = graph.n_node.shape[0]
-    node_graph = jnp.repeat(jnp.arange(g), graph.n_node, total_repeat_length=n)
     return dict(species=graph.nodes["species"], positions=graph.nodes["positions"],
-                senders=graph.senders, receivers=graph.receivers, node_graph=node_graph,
-                num_graphs=g)
+                senders=graph.senders, receivers=graph.receivers,
+                node_graph=batching.graph_of_nodes(graph), num_graphs=graph.n_node.shape[0])
 
 
 def energy_and_forces(model: HELM, params, inputs: dict[str, Any], **kw):

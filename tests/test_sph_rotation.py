@@ -5,10 +5,10 @@ D is built from e3nn-jax Wigner matrices and the PySCF <-> e3nn change of basis
 rotation invariant (see docs/orbital_algebra.md, "Rotation errors").
 """
 
-import numpy as np
 import pytest
 
 from helm_jax import basis, sph
+from equivariance_checks import assert_equivariant, pole_rotations, rotate_vectors
 import molecules
 
 CASES = {
@@ -27,12 +27,16 @@ def _shell_ls(symbols, basis_name, ecp):
 
 
 def _rotations(coords):
-    bond = coords[1] - coords[0]
-    return {
-        "random": molecules.random_rotation(7),
-        "bond_on_z": molecules.rotation_onto(bond, np.array([0.0, 0.0, 1.0])),  # PySCF pole
-        "bond_on_y": molecules.rotation_onto(bond, np.array([0.0, 1.0, 0.0])),  # e3nn pole
-    }
+    """random, and the first bond onto the PySCF pole z and onto the e3nn pole y."""
+    return pole_rotations(7, coords[1] - coords[0])
+
+
+def _rotate_ao_matrix(symbols, basis_name, ecp):
+    """rotate_outputs for an AO matrix M: D M D^T."""
+    def rotate(rot, m):
+        d = sph.molecule_ao_wigner(_shell_ls(symbols, basis_name, ecp), rot)
+        return d @ m @ d.T
+    return rotate
 
 
 def _hf_fock(mol):
@@ -49,23 +53,24 @@ def _hf_fock(mol):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_overlap_rotates_with_wigner(case):
     (symbols, coords), basis_name, ecp = CASES[case]
-    s0 = molecules.pyscf_mol(symbols, coords, basis_name, ecp).intor("int1e_ovlp")
-    for name, rot in _rotations(coords).items():
-        s1 = molecules.pyscf_mol(symbols, coords @ rot.T, basis_name, ecp).intor("int1e_ovlp")
-        d = sph.molecule_ao_wigner(_shell_ls(symbols, basis_name, ecp), rot)
-        err = np.abs(s1 - d @ s0 @ d.T).max()
-        assert err < 1e-10, (name, err)
+    assert_equivariant(
+        lambda c: molecules.pyscf_mol(symbols, c, basis_name, ecp).intor("int1e_ovlp"), coords,
+        rotate_vectors, _rotate_ao_matrix(symbols, basis_name, ecp),
+        rotations=_rotations(coords), atol=1e-10, name=f"overlap of {case}")
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# Hartree-Fock of ethanol and of HI with its ECP take ~10 s each: slow (the overlaps of all
+# four cases, and the Fock matrices of both waters, stay in the fast run).
+SLOW_FOCK_CASES = ("ethanol_svp", "hi_tzvpd_ecp")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow)
+                                  if c in SLOW_FOCK_CASES else c for c in sorted(CASES)])
 def test_hartree_fock_fock_rotates_with_wigner(case):
     (symbols, coords), basis_name, ecp = CASES[case]
-    f0 = _hf_fock(molecules.pyscf_mol(symbols, coords, basis_name, ecp))
     rots = _rotations(coords)
     if case != "water_svp":  # one random rotation is enough for the slower molecules
         rots = {"bond_on_y": rots["bond_on_y"]}
-    for name, rot in rots.items():
-        f1 = _hf_fock(molecules.pyscf_mol(symbols, coords @ rot.T, basis_name, ecp))
-        d = sph.molecule_ao_wigner(_shell_ls(symbols, basis_name, ecp), rot)
-        err = np.abs(f1 - d @ f0 @ d.T).max()
-        assert err < 1e-8, (name, err)
+    assert_equivariant(lambda c: _hf_fock(molecules.pyscf_mol(symbols, c, basis_name, ecp)),
+                       coords, rotate_vectors, _rotate_ao_matrix(symbols, basis_name, ecp),
+                       rotations=rots, atol=1e-8, name=f"Hartree-Fock Fock matrix of {case}")

@@ -187,6 +187,7 @@ def test_spawn_pool_equals_in_process(tmp_path):
     _assert_same_files(str(tmp_path / "a.h5"), str(tmp_path / "b.h5"))
 
 
+@pytest.mark.slow
 def test_kill_9_and_resume_equals_uninterrupted(tmp_path):
     flags = ["--input", WATER, "--xc", "pbe", "--basis", "def2-svp", "--grid_level", "1",
              "--conv_tol", "1e-9", "--forces", "--no_progress"]
@@ -221,9 +222,62 @@ def test_kill_9_and_resume_equals_uninterrupted(tmp_path):
     _assert_same_files(out, reference)
 
 
+@pytest.mark.slow
 def test_rmd17_frame_agrees_with_orca():
     # Grid level 3 (not 5): the level-5 version takes ~21 s on one loaded core.
     level = labelling.LevelOfTheory(method="pbe", basis="def2-svp", grid_level=3, conv_tol=1e-9)
     r = check_rmd17.compare(ETHANOL, 1, level, verbose=False)
     assert abs(r["energy_diff_mev"][0]) < 15.0
     assert r["force_mae_mev_a"][0] < 3.0
+
+
+def test_rejected_input_leaves_no_state_and_a_corrected_rerun_works(tmp_path):
+    bad = tmp_path / "bad.xyz"
+    bad.write_text("3\n\nO 0 0 0.117\nH 0 0.757 -0.469\nH 0 0.757 -0.469\n")
+    out = str(tmp_path / "o.h5")
+    with pytest.raises(ValueError, match="invalid structure"):
+        labelling.label_file(str(bad), out, HF_STO3G, progress=False)
+    assert not os.path.exists(out + ".parts")  # nothing recorded for rejected input
+    with open(WATER) as f:
+        bad.write_text("".join(f.readlines()[:5]))  # the first water frame: valid
+    summary = labelling.label_file(str(bad), out, PBE_SVP, progress=False)  # other flags
+    assert summary["labelled"] == 1 and summary["in_file"] == 1
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def test_pool_workers_die_with_a_killed_parent(tmp_path):
+    frames = tmp_path / "many.xyz"
+    frames.write_text(open(WATER).read() * 6)  # 48 frames: the pool is busy when killed
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "data_prep.label", "--input", str(frames), "--out",
+         str(tmp_path / "k.h5"), "--xc", "pbe", "--basis", "def2-svp", "--grid_level", "1",
+         "--workers", "2", "--threads", "1", "--no_progress"],
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(labelling._finished_parts(str(tmp_path / "k.h5.parts"))) < 2:  # pylint: disable=protected-access
+        assert proc.poll() is None and time.time() < deadline, "the pool produced no parts"
+        time.sleep(0.2)
+    workers = _children(proc.pid)
+    assert len(workers) >= 2  # the spawn pool's workers (and its resource tracker)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    alive = workers
+    while alive and time.time() < deadline:
+        time.sleep(0.2)
+        alive = [w for w in workers if os.path.exists(f"/proc/{w}")
+                 and open(f"/proc/{w}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert not alive, f"workers {alive} outlived their killed parent"

@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from helm_jax import units
 from helm_jax import basis as basis_lib  # pylint: disable=wrong-import-position
 from helm_jax import conventions  # pylint: disable=wrong-import-position
-from helm_jax.data import h5format, readers, readers_sql  # pylint: disable=wrong-import-position
+from helm_jax.data import h5format, readers  # pylint: disable=wrong-import-position
+from helm_jax.data.readers import schnorb  # pylint: disable=wrong-import-position
 from data_prep import verify  # pylint: disable=wrong-import-position
 from molecules import ETHANOL, HYDROGEN_IODIDE, METHYL_IODIDE, WATER, pyscf_mol  # pylint: disable=wrong-import-position
 
@@ -163,7 +164,7 @@ def test_schnorb_round_trip_units_and_energy(tmp_path, svp):
     path = str(tmp_path / "schnorb_hamiltonian_mix.db")
     _write_schnorb(path, svp)
     ds = readers.open_dataset(path)
-    assert isinstance(ds, readers_sql.SchNOrbReader) and len(ds) == 2 and ds.keys == ["1", "2"]
+    assert isinstance(ds, readers.SchNOrbReader) and len(ds) == 2 and ds.keys == ["1", "2"]
     for rec, lab in zip((ds[0], ds[1]), svp):
         _check(rec, lab)
         assert rec.energy == pytest.approx(lab["energy"], abs=1e-12)
@@ -183,14 +184,14 @@ def test_schnetpack_base64_arrays():
     m = np.arange(6.0).reshape(2, 3)
     data = {"h": base64.b64encode(m.astype(np.float32).tobytes()).decode(),
             "_shape_h": [2, 3], "_dtype_h": "float32"}
-    np.testing.assert_array_equal(readers_sql._data_array(data, "h"), m)  # pylint: disable=protected-access
+    np.testing.assert_array_equal(schnorb._data_array(data, "h"), m)  # pylint: disable=protected-access
 
 
 def test_nabladft_round_trip_and_split_file(tmp_path, svp):
     path = str(tmp_path / "train_2k.db")
     _write_nabladft(path, svp)
     ds = readers.open_dataset(path)
-    assert isinstance(ds, readers_sql.NablaDFTReader) and ds.keys == ["10", "11"]
+    assert isinstance(ds, readers.NablaDFTReader) and ds.keys == ["10", "11"]
     for rec, lab in zip((ds[0], ds[1]), svp):
         _check(rec, lab, tol=2e-6)
         assert rec.energy == pytest.approx(lab["energy"], abs=1e-12)
@@ -320,3 +321,17 @@ def test_xyz_reader_energies_and_forces_in_hartree():
     assert rec.energy == pytest.approx(-4209.783455217897 / 27.211386245988, rel=1e-14)
     assert rec.forces[0, 0] == pytest.approx(-0.7652595851791331 / 27.211386245988, rel=1e-14)
     assert rec.fock is None and list(rec.elements) == [6, 6, 8, 1, 1, 1, 1, 1, 1]
+
+
+def test_registry_maps_kinds_to_readers_and_names_them_on_unknown_kinds(tmp_path):
+    assert readers.KINDS == ("h5", "omol_csh", "schnorb", "nabladft", "qh9", "xyz")
+    assert all(cls.kind == kind and issubclass(cls, readers.Reader)
+               for kind, cls in readers.READERS.items())
+    assert readers.reader_class("nabladft") is readers.NablaDFTReader
+    with pytest.raises(ValueError, match="unknown dataset kind 'gaussian'") as err:
+        readers.reader_class("gaussian")
+    assert all(repr(kind) in str(err.value) for kind in readers.KINDS)
+    path = tmp_path / "any.db"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"choose one of \('h5', 'omol_csh'"):
+        readers.open_dataset(str(path), kind="cube")

@@ -2,9 +2,9 @@
 
 All functions take full AO matrices in PySCF order and the REFERENCE overlap ``S``:
 
-* Orbitals of the generalised eigenproblem ``H C = S C e`` by Lowdin orthogonalisation:
-  ``S = U L U^T``, ``L`` clamped at ``floor``, ``X = U L^-1/2``, ``eigh(X^T H X) = (e, V)``,
-  ``C = X V`` (:func:`orbitals`).
+* Orbitals of the generalised eigenproblem ``H C = S C e`` (:func:`orbitals`, which is
+  :func:`helm_jax.orbitals.orbitals_numpy`): canonical orthogonalisation with the overlap
+  eigen-directions at or below :data:`helm_jax.orbitals.S_THRESHOLD` dropped, as in training.
 * Occupied orbital-energy MAE, HOMO, LUMO and gap errors, and the orbital-coefficient
   similarity ``psi``: the mean over occupied orbitals ``i`` of
   ``|C_pred[:, i] . C_ref[:, i]| / (|C_pred[:, i]| |C_ref[:, i]|)`` in percent
@@ -25,6 +25,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from helm_jax import orbitals as orbitals_lib
 from helm_jax.data import geometry, labelling
 from helm_jax.data.records import Record
 from helm_jax.units import HARTREE_EV
@@ -40,23 +41,10 @@ DATASET_LEVELS = {
 }
 
 
-def orbitals(h: np.ndarray, s: np.ndarray, floor: float = 1e-8
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """Solves ``H C = S C e`` by Lowdin orthogonalisation with clamped overlap eigenvalues.
-
-    Args:
-      h: ``[n_ao, n_ao]`` symmetric Hamiltonian / Fock matrix (Eh).
-      s: ``[n_ao, n_ao]`` AO overlap.
-      floor: overlap eigenvalues below it are raised to it.
-
-    Returns:
-      ``(e [n_ao], c [n_ao, n_ao])``: ascending orbital energies and MO coefficients
-      (columns), ``c^T S c = 1`` where no eigenvalue was clamped.
-    """
-    lam, u = np.linalg.eigh(s)
-    x = u / np.sqrt(np.maximum(lam, floor))[None, :]  # U L^-1/2
-    e, v = np.linalg.eigh(x.T @ h @ x)
-    return e, x @ v
+#: ``orbitals(h, s) -> (e [m], c [n_ao, m])``: ``H C = S C e`` on the host, ``m = n_ao - d``
+#: for ``d`` dropped (near-)linearly dependent overlap directions; one rule for training,
+#: labels and metrics (:mod:`helm_jax.orbitals`).
+orbitals = orbitals_lib.orbitals_numpy
 
 
 def density_matrix(c: np.ndarray, nocc: int) -> np.ndarray:
@@ -66,9 +54,13 @@ def density_matrix(c: np.ndarray, nocc: int) -> np.ndarray:
 
 
 def n_occupied(record: Record, basis: str, ecp: str | None) -> int:
-    """Doubly occupied orbitals of a closed-shell record (ECP cores excluded)."""
-    _, n_electrons, spin = geometry.validate_structure(
-        record.elements, record.coords, record.charge, record.spin, basis=basis, ecp=ecp or "")
+    """Doubly occupied orbitals of a closed-shell record (ECP cores excluded).
+
+    The record's geometry was validated when it was read; only its electrons are counted.
+    """
+    n_electrons, spin = geometry.electron_count(
+        geometry.to_atomic_numbers(record.elements), record.charge, record.spin, basis=basis,
+        ecp=ecp or "")
     if spin != 0:
         raise ValueError(f"{record.key}: open-shell structure (2S={spin}); orbital metrics "
                          "and SCF guesses are defined for closed shells only.")

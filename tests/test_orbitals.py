@@ -1,4 +1,4 @@
-"""Differentiable quantum-chemistry targets: qm.py against PySCF, gradients, padding, losses."""
+"""Differentiable quantum-chemistry targets: orbitals.py against PySCF, gradients, padding, losses."""
 
 import os
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from helm_jax import basis, losses, qm
-from helm_jax.data import batching, graphs, properties
+from helm_jax import basis, losses, orbitals
+from helm_jax.data import batching, graphs, reference_targets
 from helm_jax.data.records import Record
 import molecules
 
@@ -39,7 +39,7 @@ def systems():
         fock, overlap = mf.get_fock(), mf.get_ovlp()
         rec = Record(elements=mol.atom_charges(), coords=np.asarray(coords, float), fock=fock,
                      overlap=overlap, key=f"m{len(out)}",
-                     extras=properties.orbital_properties(mol, fock, overlap))
+                     extras=reference_targets.orbital_properties(mol, fock, overlap))
         out.append((mol, mf, rec))
     return out
 
@@ -89,9 +89,9 @@ def test_exact_hamiltonian_reproduces_pyscf(systems):
             dm = mf.make_rdm1(c, mf.get_occ(e, c))
             n = mol.nao
             ao_dip = rec.extras["ao_dipole"]
-            out = jax.jit(qm.properties)(_pad(rec.fock, n + 3), _pad(rec.overlap, n + 3),
+            out = jax.jit(orbitals.properties)(_pad(rec.fock, n + 3), _pad(rec.overlap, n + 3),
                                          _pad(ao_dip, n + 3), np.arange(n + 3) < n,
-                                         mol.nelectron // 2, properties.nuclear_dipole(mol))
+                                         mol.nelectron // 2, reference_targets.nuclear_dipole(mol))
             assert int(out["n_orbitals"]) == n
             np.testing.assert_allclose(out["mo_energy"][:n], e, rtol=0, atol=1e-8)
             assert np.all(out["mo_energy"][n:] > e.max())  # padding sorts last
@@ -101,7 +101,7 @@ def test_exact_hamiltonian_reproduces_pyscf(systems):
             np.testing.assert_allclose(out["polarizability"], rec.extras["polarizability"],
                                        atol=1e-8)
         mol, mf, rec = systems[0]  # water: non-degenerate, coefficients equal up to sign
-        orb = qm.solve(rec.fock, rec.overlap, np.ones(mol.nao, bool), 5)
+        orb = orbitals.solve(rec.fock, rec.overlap, np.ones(mol.nao, bool), 5)
         e, c = mf.eig(rec.fock, rec.overlap)
         overlap = np.asarray(orb.mo_coeff).T @ rec.overlap @ c
         np.testing.assert_allclose(np.abs(overlap), np.eye(mol.nao), atol=1e-8)
@@ -172,13 +172,13 @@ def test_polarizability_equals_finite_field_difference_of_the_dipole(systems):
         h = rec.fock + 1e-2 * (lambda m: m + m.T)(rng.normal(size=rec.fock.shape))
         r = rec.extras["ao_dipole"]
         mask = np.ones(mol.nao, bool)
-        nuc = properties.nuclear_dipole(mol)
+        nuc = reference_targets.nuclear_dipole(mol)
 
         def mu(field):
             hf = h + np.einsum("k,kij->ij", field, r)
-            return qm.properties(hf, rec.overlap, r, mask, 5, nuc, False)["dipole"]
+            return orbitals.properties(hf, rec.overlap, r, mask, 5, nuc, False)["dipole"]
 
-        alpha = qm.properties(h, rec.overlap, r, mask, 5, nuc)["polarizability"]
+        alpha = orbitals.properties(h, rec.overlap, r, mask, 5, nuc)["polarizability"]
         step = 1e-4
         fd = np.stack([(mu(step * e) - mu(-step * e)) / (2 * step) for e in np.eye(3)], 1)
         np.testing.assert_allclose(alpha, fd, rtol=1e-6, atol=1e-6)
@@ -209,7 +209,7 @@ def test_exactly_degenerate_spectrum_where_plain_eigh_fails():
 
         @jax.jit
         def ours(h):
-            p = qm.properties(h, jnp.eye(n), r, mask, 4, jnp.zeros(3))
+            p = orbitals.properties(h, jnp.eye(n), r, mask, 4, jnp.zeros(3))
             return jnp.sum(p["dipole"] ** 2) + jnp.sum(p["polarizability"] ** 2)
 
         @jax.jit
@@ -228,12 +228,48 @@ def test_linear_dependence_guard_drops_directions():
         s = v @ v.T  # rank 5: one exactly dependent direction
         h = rng.normal(size=(6, 6))
         h = h + h.T
-        orb = qm.solve(h, s, np.ones(6, bool), 2)
+        orb = orbitals.solve(h, s, np.ones(6, bool), 2)
         assert int(orb.n_orbitals) == 5
         q = np.linalg.qr(v)[0]  # reference: the problem restricted to the span of S
         ref = scipy.linalg.eigh(q.T @ h @ q, q.T @ s @ q, eigvals_only=True)
         np.testing.assert_allclose(orb.mo_energy[:5], ref, atol=1e-8)
         assert orb.mo_energy[5] > orb.mo_energy[4]
+
+
+def test_numpy_and_jax_orbitals_drop_the_same_near_dependent_directions():
+    """A ghost copy of a hydrogen basis 1e-4 A away: five overlap eigenvalues below
+    S_THRESHOLD. The JAX solver (training), the NumPy twin (metrics) and the labeller's
+    targets keep the same 24 orbitals, with the same energies."""
+    from pyscf import gto, scf
+    from helm_jax import pyscf_metrics
+    symbols, coords = molecules.WATER
+    atoms = [[a, tuple(x)] for a, x in zip(symbols, coords)]
+    mol = gto.M(atom=atoms + [["ghost-H", tuple(coords[1] + [1e-4, 0, 0])]], basis="def2-svp",
+                verbose=0)
+    s, h = mol.intor_symmetric("int1e_ovlp"), scf.hf.get_hcore(mol)
+    assert np.sum(np.linalg.eigvalsh(s) <= orbitals.S_THRESHOLD) == 5 and mol.nao == 29
+    e, c = pyscf_metrics.orbitals(h, s)
+    assert e.shape == (24,) and c.shape == (29, 24)
+    np.testing.assert_allclose(c.T @ s @ c, np.eye(24), atol=1e-10)
+    with jax.enable_x64(True):
+        orb = jax.jit(orbitals.solve)(h, s, np.ones(29, bool), mol.nelectron // 2)
+    assert int(orb.n_orbitals) == 24
+    np.testing.assert_allclose(orb.mo_energy[:24], e, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(reference_targets.orbital_properties(mol, h, s)["mo_energy"], e,
+                               rtol=0, atol=1e-10)
+    water = gto.M(atom=atoms, basis="def2-svp", verbose=0)  # the span without the ghost
+    ref = scipy.linalg.eigh(scf.hf.get_hcore(water), water.intor_symmetric("int1e_ovlp"),
+                            eigvals_only=True)
+    np.testing.assert_allclose(e, ref, rtol=0, atol=1e-6)
+
+
+def test_numpy_orbitals_agree_with_pyscf_eig(systems):
+    from pyscf import scf
+    _, _, rec = systems[0]  # water: well conditioned, non-degenerate
+    e, c = orbitals.orbitals_numpy(rec.fock, rec.overlap)
+    e_ref, c_ref = scf.hf.eig(rec.fock, rec.overlap)
+    np.testing.assert_allclose(e, e_ref, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(np.abs(c.T @ rec.overlap @ c_ref), np.eye(len(e)), atol=1e-8)
 
 
 def test_labeller_stores_reference_and_large_basis_targets(tmp_path):
@@ -287,7 +323,7 @@ def test_finite_field_polarizability_with_direct_scf():
     direct = scf.RHF(mol)
     direct.max_memory = 1  # MB: forces the direct (integral-screened) path
     direct.run(conv_tol=1e-11)
-    a_in = properties.finite_field_polarizability(incore)
-    a_direct = properties.finite_field_polarizability(direct)
+    a_in = reference_targets.finite_field_polarizability(incore)
+    a_direct = reference_targets.finite_field_polarizability(direct)
     assert np.all(np.isfinite(a_direct)) and np.trace(a_in) > 1.0
     np.testing.assert_allclose(a_direct, a_in, atol=1e-5)

@@ -1,18 +1,20 @@
 """Reference quantum-chemistry targets from a converged PySCF calculation (labeller side, numpy).
 
-Definitions are those of :mod:`helm_jax.qm`, so the exact Fock matrix gives zero loss:
+Definitions are those of :mod:`helm_jax.orbitals`, so the exact Fock matrix gives zero loss:
 
 * ``ao_dipole`` ``[3, N, N]`` (bohr): AO dipole integrals ``<mu| r - O |nu>``
   (``mol.intor_symmetric('int1e_r', comp=3)``) about the origin ``O`` = ``dipole_origin``
   ``[3]`` (bohr), which is ``(0, 0, 0)``, PySCF's default for ``dip_moment``.
-* ``mo_energy`` ``[N]`` (Eh): generalised eigenvalues of the stored ``(F, S)``, ascending.
+* ``mo_energy`` ``[N - d]`` (Eh): generalised eigenvalues of the stored ``(F, S)``, ascending,
+  by :func:`helm_jax.orbitals.orbitals_numpy`: ``d`` overlap eigen-directions at or below
+  :data:`helm_jax.orbitals.S_THRESHOLD` (near-linear dependence) are dropped, as in training.
 * ``dipole`` ``[3]`` (au, e bohr): ``sum_A Z_A (R_A - O) - Tr(P r)`` with ``P = 2 C_occ C_occ^T``
   from the stored F (PySCF's ``dip_moment`` of that density; equal to the SCF dipole within
   the SCF tolerance). ``Z_A`` are the nuclear charges seen by the electrons (ECP cores off).
 * ``polarizability`` ``[3, 3]`` (au): non-self-consistent, F held fixed:
   ``alpha_kl = d mu_k / d E_l`` of ``F + sum_l E_l r_l`` (the electron's energy in a uniform
   field E), ``= 4 sum_{i occ, a virt} r_k,ia r_l,ia / (e_a - e_i)``; positive definite.
-  **This is the training target**: it is what :func:`helm_jax.qm.polarizability` computes
+  **This is the training target**: it is what :func:`helm_jax.orbitals.polarizability` computes
   from a Hamiltonian.
 * ``polarizability_ff`` ``[3, 3]`` (au, optional): fully self-consistent finite-field value,
   central differences of the SCF dipole with ``h_core + E r``, ``E = +-1e-3`` au (six SCFs
@@ -22,7 +24,7 @@ Definitions are those of :mod:`helm_jax.qm`, so the exact Fock matrix gives zero
 
 Large-basis targets (reduced-basis learning) are the same quantities of a calculation in a
 larger basis at the same geometry, level and settings, stored under ``targets_*`` names
-(``targets_mo_energy [N_large]``, ``targets_dipole``, ``targets_polarizability``,
+(``targets_mo_energy [N_large - d]``, ``targets_dipole``, ``targets_polarizability``,
 ``targets_polarizability_ff``).
 """
 
@@ -31,7 +33,6 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-import scipy.linalg
 
 DIPOLE_ORIGIN = np.zeros(3)  # bohr
 FIELD_STEP = 1e-3  # au (Eh / (e bohr))
@@ -60,9 +61,11 @@ def orbital_properties(mol, fock: np.ndarray, overlap: np.ndarray) -> dict[str, 
     Returns:
       ``{"ao_dipole", "dipole_origin", "mo_energy", "dipole", "polarizability"}``.
     """
+    from helm_jax import orbitals  # Local import: it pulls in jax, which plain labelling never needs.
+
     n_occ = mol.nelectron // 2
     r = ao_dipole(mol)  # [3, N, N]
-    e, c = scipy.linalg.eigh(fock, overlap)  # [N], [N, N]
+    e, c = orbitals.orbitals_numpy(fock, overlap)  # [N - d], [N, N - d]
     occ, vir = c[:, :n_occ], c[:, n_occ:]
     density = 2.0 * occ @ occ.T
     dipole = nuclear_dipole(mol) - np.einsum("xij,ji->x", r, density)

@@ -7,12 +7,17 @@ with a boolean ``ao_mask [n]`` of the molecule's real AOs; padded slots are igno
 Generalised eigenproblem ``H C = S C e`` by canonical (Lowdin) orthogonalisation:
 ``S = U L U^T``, ``X = U L^-1/2`` over the eigenvalues ``L > s_threshold``, then
 ``eigh(X^T H X)``. **Guard for (near-)linearly dependent S**: an eigen-direction of S with
-``L <= s_threshold`` is dropped; its column of X is zero and it gets the eigenvalue ``shift``
-of the orthogonal-basis matrix, one more than a Gershgorin bound of all the others, so it
-sorts after every real orbital and is never occupied. Padded AO slots are zeroed in H and S,
-so they are dropped the same way. A molecule with ``n_ao`` AOs and ``d`` dropped directions
-has ``n_ao - d`` orbitals at the front of ``mo_energy`` (``n_orbitals``); the rest
-must be masked out by the caller. S is data: no derivative is taken with respect to it.
+``L <= s_threshold`` is dropped. This module is the one home of that rule
+(:func:`canonical_orthogonalizer`) and of its threshold (:data:`S_THRESHOLD`): the training
+losses (:func:`solve`), the evaluation metrics (:mod:`helm_jax.pyscf_metrics`) and the labeller's
+targets (:mod:`helm_jax.data.reference_targets`, through :func:`orbitals_numpy`) all use them, so
+a molecule has the same orbitals everywhere. In :func:`solve` a dropped column of X is zero and
+gets the eigenvalue ``shift`` of the orthogonal-basis matrix, one more than a Gershgorin bound
+of all the others, so it sorts after every real orbital and is never occupied. Padded AO
+slots are zeroed in H and S, so they are dropped the same way. A molecule with ``n_ao`` AOs
+and ``d`` dropped directions has ``n_ao - d`` orbitals at the front of ``mo_energy``
+(``n_orbitals``); the rest must be masked out by the caller. :func:`orbitals_numpy` returns
+just those ``n_ao - d``. S is data: no derivative is taken with respect to it.
 
 Dipole (au, e bohr) about the origin of the AO dipole integrals ``r = <mu| r - O |nu>``:
 ``mu = sum_A Z_A (R_A - O) - Tr(P r)``, ``P = 2 C_occ C_occ^T``.
@@ -36,6 +41,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 S_THRESHOLD = 1e-7  # overlap eigenvalues at or below this are dropped (linear dependence)
 
@@ -57,12 +63,31 @@ class Orbitals(NamedTuple):
     n_orbitals: jax.Array
 
 
-def orthogonalizer(s, ao_mask, s_threshold: float = S_THRESHOLD):
-    """Canonical orthogonalisation with dropped directions.
+def canonical_orthogonalizer(s, s_threshold: float = S_THRESHOLD, xp=np):
+    """The canonical-orthogonalisation rule: ``X = U L^-1/2`` over ``L > s_threshold``.
+
+    The one definition of the rule, for ``numpy`` (``xp=np``) and ``jax.numpy``
+    (``xp=jnp``, jit-able: the shapes do not depend on how many directions are dropped).
 
     Args:
-      s: ``[n, n]`` overlap.
-      ao_mask: ``[n]`` bool, real AOs.
+      s: ``[n, n]`` symmetric overlap.
+      s_threshold: overlap eigenvalues ``<=`` this are dropped (linear dependence).
+      xp: the array module.
+
+    Returns:
+      ``(x [n, n], keep [n] bool)`` with ``x^T S x = diag(keep)``; dropped columns are zero.
+    """
+    lam, u = xp.linalg.eigh(s)
+    keep = lam > s_threshold
+    return u * xp.where(keep, 1.0 / xp.sqrt(xp.where(keep, lam, 1.0)), 0.0), keep
+
+
+def orthogonalizer(s, ao_mask, s_threshold: float = S_THRESHOLD):
+    """:func:`canonical_orthogonalizer` of the real-AO block of a padded overlap (JAX).
+
+    Args:
+      s: ``[n, n]`` overlap (no gradient flows through it).
+      ao_mask: ``[n]`` bool, real AOs; padded slots are zeroed, hence dropped.
       s_threshold: overlap eigenvalues ``<=`` this are dropped.
 
     Returns:
@@ -70,9 +95,31 @@ def orthogonalizer(s, ao_mask, s_threshold: float = S_THRESHOLD):
     """
     mask2 = ao_mask[:, None] & ao_mask[None, :]
     s = jnp.where(mask2, jax.lax.stop_gradient(s), 0.0)
-    lam, u = jnp.linalg.eigh(s)
-    keep = lam > s_threshold
-    return u * jnp.where(keep, jax.lax.rsqrt(jnp.where(keep, lam, 1.0)), 0.0), keep
+    return canonical_orthogonalizer(s, s_threshold, jnp)
+
+
+def orbitals_numpy(h, s, s_threshold: float = S_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+    """The orbitals of :func:`solve` for one unpadded molecule, in NumPy float64 on the host.
+
+    The same rule and threshold as :func:`solve` (:func:`canonical_orthogonalizer`); the
+    dropped directions are left out rather than shifted to the end. NumPy rather than jax on
+    host arrays because the evaluation scripts and the labeller solve one molecule of a new
+    size at a time: NumPy's LAPACK call costs no compilation per AO count and stays float64
+    without ``jax_enable_x64`` (jax defaults to float32).
+
+    Args:
+      h: ``[n, n]`` symmetric Hamiltonian / Fock matrix (Eh).
+      s: ``[n, n]`` AO overlap.
+      s_threshold: overlap eigenvalues ``<=`` this are dropped.
+
+    Returns:
+      ``(e [m], c [n, m])``: the ``m = n - d`` ascending orbital energies and MO coefficients
+      (columns, ``c^T S c = 1``) with ``d`` dropped directions.
+    """
+    x, keep = canonical_orthogonalizer(np.asarray(s, np.float64), s_threshold, np)
+    x = x[:, keep]
+    e, v = np.linalg.eigh(_sym(x.T @ np.asarray(h, np.float64) @ x))
+    return e, x @ v
 
 
 def _occupied_virtual_inverse_gaps(w, occ):

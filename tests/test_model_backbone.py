@@ -2,7 +2,6 @@
 
 import functools
 
-import e3nn_jax as e3nn
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,9 +9,11 @@ import jraph
 import numpy as np
 import pytest
 
+from helm_jax.configs import base
 from helm_jax.model import backbone as backbone_lib
 from helm_jax.model import energy as energy_lib
-from helm_jax.nn import so3
+from equivariance_checks import (assert_equivariant, random_rotation, relative_error,
+                                 rotate_irreps, rotate_vectors)
 
 L_MAX = 2
 SPECIES = np.array([6, 1, 8, 1, 7])
@@ -28,7 +29,7 @@ SENDERS, RECEIVERS = np.nonzero(~np.eye(len(SPECIES), dtype=bool))
 
 
 def _config(**overrides):
-    config = backbone_lib.default_model_config()
+    config = base.get_config().model
     config.update(dict(channels=8, num_layers=2, l_max=L_MAX, m_max=L_MAX, num_rbf=8,
                        cutoff=4.0, num_elements=10, edge_channels_hidden=8, ffn_channels=8))
     config.update(overrides)
@@ -59,17 +60,25 @@ def _inputs(positions, species=SPECIES, senders=SENDERS, receivers=RECEIVERS,
                 else jnp.asarray(edge_mask))
 
 
-def _random_rotation(seed, dtype=jnp.float32):
-    return np.asarray(e3nn.rand_matrix(jax.random.PRNGKey(seed), (), dtype=dtype))
+def _rotate_features(rotation, features):
+    """(nodes, edges) of the backbone rotated by a 3x3 rotation."""
+    return tuple(rotate_irreps(rotation, x, L_MAX) for x in features)
 
 
-def _rotate_features(rotation, x):
-    d = so3.block_diagonal(so3.wigner_d_from_matrix(jnp.asarray(rotation), L_MAX))
-    return jnp.einsum('ab,nbc->nac', d, x)
-
-
-def _relative_error(x, y):
-    return float(jnp.abs(x - y).max() / jnp.abs(y).max())
+def _assert_backbone_equivariant(apply, params, q0, seeds, tol, dtype=jnp.float32):
+    """Nodes and edges of the generic molecule (POLAR_POSITIONS seen rotated by q0^T) rotate
+    with it, relative error below ``tol``: under random rotations from ``seeds``, and under q0
+    with the positions exactly POLAR_POSITIONS (edges 0->1 and 1->0 exactly on the pole)."""
+    generic = _generic_positions(q0)
+    rotations = {f'seed {seed}': (r, generic @ r.T)
+                 for seed, r in ((seed, random_rotation(seed)) for seed in seeds)}
+    rotations['q0 onto the pole'] = (q0, POLAR_POSITIONS)
+    errors = assert_equivariant(
+        lambda pos: apply(params, **_inputs(pos, dtype=dtype)), generic,
+        lambda rotation_positions, _: rotation_positions[1],
+        lambda rotation_positions, out: _rotate_features(rotation_positions[0], out),
+        rotations=rotations, atol=tol, relative=True)
+    print(f'{np.dtype(dtype).name} equivariance errors (absolute)', errors)
 
 
 @pytest.fixture(scope='module')
@@ -103,39 +112,25 @@ def test_config_roundtrip_and_unknown_field():
 
 def test_rotation_equivariance_float32(model):
     _, params, backbone = model
-    q0 = _random_rotation(0)
+    q0 = random_rotation(0)
     generic = _generic_positions(q0)
     nodes, edges = backbone(params, **_inputs(generic))
     assert nodes.shape == (5, (L_MAX + 1) ** 2, 8) and edges.shape == (20, 9, 8)
-    errors = []
-    for rotation, positions in [(_random_rotation(1), None), (_random_rotation(2), None),
-                                (q0, POLAR_POSITIONS)]:
-        positions = generic @ rotation.T if positions is None else positions
-        nodes_rot, edges_rot = backbone(params, **_inputs(positions))
-        errors.append(_relative_error(nodes_rot, _rotate_features(rotation, nodes)))
-        errors.append(_relative_error(edges_rot, _rotate_features(rotation, edges)))
-    print('float32 relative equivariance errors', errors)
-    assert max(errors) < 1e-5
+    _assert_backbone_equivariant(backbone, params, q0, (1, 2), 1e-5)
 
 
 def test_rotation_equivariance_float64_truncated_m():
     with jax.enable_x64(True):
         module = backbone_lib.HELMBackbone.from_config(
             _config(dtype='float64', param_dtype='float64', num_layers=1, m_max=1))
-        q0 = _random_rotation(3, jnp.float64)
-        generic = _inputs(_generic_positions(q0), dtype=jnp.float64)
-        params = jax.jit(module.init)(jax.random.PRNGKey(1), **generic)
+        q0 = random_rotation(3)
+        generic = _generic_positions(q0)
+        params = jax.jit(module.init)(jax.random.PRNGKey(1), **_inputs(generic,
+                                                                       dtype=jnp.float64))
         apply = jax.jit(module.apply)
-        nodes, edges = apply(params, **generic)
+        nodes, edges = apply(params, **_inputs(generic, dtype=jnp.float64))
         assert nodes.dtype == jnp.float64 and edges.dtype == jnp.float64
-        errors = []
-        for rotation in (_random_rotation(4, jnp.float64), q0):
-            positions = POLAR_POSITIONS if rotation is q0 else generic['positions'] @ rotation.T
-            nodes_rot, edges_rot = apply(params, **_inputs(positions, dtype=jnp.float64))
-            errors.append(_relative_error(nodes_rot, _rotate_features(rotation, nodes)))
-            errors.append(_relative_error(edges_rot, _rotate_features(rotation, edges)))
-    print('float64 relative equivariance errors', errors)
-    assert max(errors) < 1e-10
+        _assert_backbone_equivariant(apply, params, q0, (4,), 1e-10, jnp.float64)
 
 
 def test_translation_permutation_and_determinism(model):
@@ -147,8 +142,8 @@ def test_translation_permutation_and_determinism(model):
     np.testing.assert_array_equal(edges, edges_again)
 
     shifted = backbone(params, **_inputs(POLAR_POSITIONS + np.array([3.0, -1.0, 2.5])))
-    assert _relative_error(shifted[0], nodes) < 1e-5
-    assert _relative_error(shifted[1], edges) < 1e-5
+    assert relative_error(shifted[0], nodes) < 1e-5
+    assert relative_error(shifted[1], edges) < 1e-5
 
     rng = np.random.default_rng(0)
     perm = rng.permutation(len(SPECIES))  # new node i is old node perm[i]
@@ -157,8 +152,8 @@ def test_translation_permutation_and_determinism(model):
     permuted = backbone(params, **_inputs(POLAR_POSITIONS[perm], SPECIES[perm],
                                           inverse[SENDERS[edge_perm]],
                                           inverse[RECEIVERS[edge_perm]]))
-    assert _relative_error(permuted[0], nodes[perm]) < 1e-5
-    assert _relative_error(permuted[1], edges[edge_perm]) < 1e-5
+    assert relative_error(permuted[0], nodes[perm]) < 1e-5
+    assert relative_error(permuted[1], edges[edge_perm]) < 1e-5
 
 
 def _padded_inputs():
@@ -213,12 +208,11 @@ def test_energy_invariance_forces_and_energy_only_path(model):
     np.testing.assert_allclose(full, energies, rtol=1e-6)
     np.testing.assert_allclose(jnp.sum(forces, axis=0), 0.0, atol=1e-5 * np.abs(forces).max())
 
-    rotation = _random_rotation(5)
-    rotated = inputs['positions'] @ rotation.T
-    energies_rot, forces_rot = energy_fn(params, rotated)
-    np.testing.assert_allclose(energies_rot, energies, rtol=1e-5)
-    np.testing.assert_allclose(forces_rot, forces @ rotation.T,
-                               atol=1e-5 * np.abs(forces).max())
+    # Energies invariant (rtol), forces rotate (atol relative to the largest force).
+    assert_equivariant(lambda pos: energy_fn(params, pos), inputs['positions'],
+                       rotate_vectors, lambda r, out: (out[0], rotate_vectors(r, out[1])),
+                       rotations=[random_rotation(5)], rtol=(1e-5, 0.0), atol=(0.0, 1e-5),
+                       relative=(False, True), outputs=(energies, forces))
     energies_shift, forces_shift = energy_fn(params, inputs['positions'] + 1.5)
     np.testing.assert_allclose(energies_shift, energies, rtol=1e-5)
     np.testing.assert_allclose(forces_shift, forces, atol=1e-5 * np.abs(forces).max())
@@ -233,7 +227,7 @@ def test_remat_and_bfloat16_options(model):
         variant = backbone_lib.HELMBackbone.from_config(_config(**overrides))
         variant_nodes, _ = jax.jit(variant.apply)(backbone_params, **inputs)
         assert variant_nodes.dtype == jnp.float32
-        assert _relative_error(variant_nodes, nodes) < tol, overrides
+        assert relative_error(variant_nodes, nodes) < tol, overrides
 
 
 def _chunked_vs_unchunked(dtype, inputs):
@@ -259,33 +253,32 @@ def _chunked_vs_unchunked(dtype, inputs):
             return jnp.sum(jnp.sin(nodes)) + jnp.sum(jnp.sin(edges))
         return jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
 
-    errors = [_relative_error(a, b) for a, b in zip(jax.jit(chunked.apply)(params, **inputs),
-                                                    jax.jit(base.apply)(params, **inputs))]
+    errors = [relative_error(a, b) for a, b in zip(jax.jit(chunked.apply)(params, **inputs),
+                                                   jax.jit(base.apply)(params, **inputs))]
     (_, grads_chunked), (_, grads) = (loss(m)(params, inputs['positions'])
                                       for m in (chunked, base))
-    errors += [_relative_error(a, b) for a, b in zip(jax.tree.leaves(grads_chunked),
-                                                     jax.tree.leaves(grads))]
+    errors += [relative_error(a, b) for a, b in zip(jax.tree.leaves(grads_chunked),
+                                                    jax.tree.leaves(grads))]
     energy_only = jax.jit(functools.partial(chunked.apply, compute_edges=False))(params,
                                                                                  **inputs)
-    errors.append(_relative_error(energy_only[0], jax.jit(base.apply)(params, **inputs)[0]))
+    errors.append(relative_error(energy_only[0], jax.jit(base.apply)(params, **inputs)[0]))
     return errors, chunked, params
 
 
+@pytest.mark.slow
 def test_edge_chunked_path_matches_unchunked_float32():
     inputs, _ = _padded_inputs()  # padded edges and nodes inside the chunks
     errors, _, _ = _chunked_vs_unchunked('float32', inputs)
     assert max(errors) < 1e-5, max(errors)
 
 
+@pytest.mark.slow
 def test_edge_chunked_path_matches_unchunked_float64_and_is_equivariant():
     with jax.enable_x64(True):
         inputs = _inputs(POLAR_POSITIONS, dtype=jnp.float64)
         errors, chunked, params = _chunked_vs_unchunked('float64', inputs)
         assert max(errors) < 1e-12, max(errors)
         apply = jax.jit(chunked.apply)
-        nodes, edges = apply(params, **inputs)
-        rotation = _random_rotation(6, jnp.float64)
-        nodes_rot, edges_rot = apply(params, **_inputs(POLAR_POSITIONS @ rotation.T,
-                                                       dtype=jnp.float64))
-        assert _relative_error(nodes_rot, _rotate_features(rotation, nodes)) < 1e-10
-        assert _relative_error(edges_rot, _rotate_features(rotation, edges)) < 1e-10
+        assert_equivariant(lambda pos: apply(params, **_inputs(pos, dtype=jnp.float64)),
+                           POLAR_POSITIONS, rotate_vectors, _rotate_features,
+                           rotations=[random_rotation(6)], atol=1e-10, relative=True)

@@ -43,6 +43,7 @@ def test_pca_is_the_svd_projection():
     assert embeddings.pca(np.ones((5, 1))).shape == (5, 2)  # rank < 2: zero column
 
 
+@pytest.mark.slow
 def test_embeddings_do_not_depend_on_batching(setup):
     water, workdir = setup
     structures = embeddings.load_structures(water)
@@ -56,6 +57,7 @@ def test_embeddings_do_not_depend_on_batching(setup):
     assert np.abs(together["embeddings"][0] - together["embeddings"][3]).max() > 1e-6
 
 
+@pytest.mark.slow
 def test_run_writes_coordinates_plots_and_summary_with_umap_and_pca(setup, tmp_path,
                                                                    monkeypatch):
     water, workdir = setup

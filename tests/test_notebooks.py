@@ -9,6 +9,7 @@ import os
 import re
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,6 +21,7 @@ def _stdout(nb) -> str:
                    for o in c.outputs if o.output_type == "stream" and o.name == "stdout")
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs_headless(tmp_path, monkeypatch):
     monkeypatch.setenv("HELM_QUICKSTART_TINY", "1")
     monkeypatch.setenv("HELM_QUICKSTART_DIR", str(tmp_path))

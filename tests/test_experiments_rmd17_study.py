@@ -34,6 +34,7 @@ def study_inputs(tmp_path_factory):
     return str(root), labels
 
 
+@pytest.mark.slow
 def test_study_runs_resumes_and_reports(study_inputs, tmp_path):
     study = _study_module()
     rmd17, labels = study_inputs

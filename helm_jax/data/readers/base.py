@@ -1,0 +1,171 @@
+"""The :class:`Reader` interface every dataset reader implements, and shared helpers.
+
+A reader opens its file lazily, once per process, and drops the handle when pickled, so it
+can be sent to loader worker processes; :meth:`Reader._record` validates each structure and
+converts its AO matrices to PySCF order.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import os
+import pathlib
+import re
+import sqlite3
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from helm_jax import basis as basis_lib
+from helm_jax import conventions
+from helm_jax.data import geometry
+from helm_jax.data import splits as splits_lib
+from helm_jax.data.records import Record
+
+_SPLIT_NAME = re.compile(r"(?<![a-z])(train|valid|val|test)\w*$")  # file stem "..._test_all"
+
+
+@functools.lru_cache(maxsize=256)
+def _transform(elements: tuple[int, ...], basis: str, ecp: str | None,
+               convention: str) -> conventions.AOTransform:
+    return conventions.to_pyscf_transform(elements, basis, ecp, convention)
+
+
+def formula(elements: Sequence[int]) -> str:
+    """Hill-ordered formula of atomic numbers, e.g. ``C2H6O``."""
+    syms = [basis_lib.symbol(int(z)) for z in elements]
+    order = sorted(set(syms), key=lambda s: (s != "C", s != "H", s) if "C" in syms else s)
+    return "".join(s + (str(syms.count(s)) if syms.count(s) > 1 else "") for s in order)
+
+
+def require_file(path: str) -> str:
+    """Returns ``path`` as a string; raises FileNotFoundError naming it when it is missing."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"dataset file {path!r} does not exist: check the path")
+    return path
+
+
+def sqlite_readonly(path: str) -> sqlite3.Connection:
+    """A read-only SQLite connection usable from any thread of the process."""
+    uri = pathlib.Path(path).resolve().as_uri() + "?mode=ro"
+    return sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+
+class Reader:
+    """The interface every dataset reader implements.
+
+    Attributes:
+      path: the file (or LMDB directory).
+      basis: PySCF basis name of the matrices.
+      ecp: PySCF ECP name, or None.
+      kind: its name in the registry (:data:`helm_jax.data.readers.KINDS`).
+      convention: the AO order of the stored matrices (see :mod:`helm_jax.conventions`).
+    """
+
+    kind = ""
+    convention = "pyscf"
+
+    def __init__(self, path: str, basis: str, ecp: str | None = None):
+        self.path = require_file(path)
+        self.basis = basis
+        self.ecp = ecp or None
+        self._keys: list[str] = []
+        self._handle_obj, self._pid = None, None
+
+    @property
+    def keys(self) -> list[str]:
+        """The record names in the source (group names, row ids, ...), in index order."""
+        return self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __getitem__(self, i: int) -> Record:
+        i = operator.index(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} records in {self.path}")
+        return self._read(i % len(self))
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.path!r}, {len(self)} records, basis={self.basis!r}"
+                f", ecp={self.ecp!r})")
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_handle_obj": None, "_pid": None}
+
+    def converged_indices(self) -> np.ndarray:
+        """int64 ``[m]`` indices of the records whose SCF converged (all, unless the file says)."""
+        return np.arange(len(self), dtype=np.int64)
+
+    def splits(self, seed: int = 0,
+               sizes: Mapping[str, int | None] | Sequence[int | None] = (None,),
+               order: str = "random") -> dict[str, np.ndarray]:
+        """Disjoint splits of the converged records (:func:`helm_jax.data.splits.assign`).
+
+        Args:
+          seed: seed of the permutation (``order="random"``).
+          sizes: ``{name: count}`` or counts for ``("train", "val", "test")`` in order; at most
+            one count may be None, meaning "all remaining records".
+          order: ``"random"`` (a seeded permutation) or ``"contiguous"`` (file order).
+
+        Returns:
+          ``{name: sorted int64 indices}``.
+        """
+        return splits_lib.assign(self.converged_indices(), sizes, seed=seed, order=order,
+                                 source=self.path)
+
+    def published_splits(self) -> dict[str, np.ndarray]:
+        """The dataset's own split. Datasets published as one file per split name the file."""
+        match = _SPLIT_NAME.search(os.path.splitext(os.path.basename(self.path))[0])
+        if match is None:
+            raise NotImplementedError(
+                f"{self.kind} defines no split inside {self.path}; use splits(seed, sizes)")
+        return {match.group(0): self.converged_indices()}
+
+    def _handle(self) -> Any:
+        """The open file, (re)opened once per process."""
+        if self._handle_obj is None or self._pid != os.getpid():
+            self._handle_obj, self._pid = self._open(), os.getpid()
+        return self._handle_obj
+
+    def _open(self) -> Any:
+        raise NotImplementedError
+
+    def _read(self, i: int) -> Record:
+        raise NotImplementedError
+
+    def _record(self, *, key: str, elements, coords, fock, overlap=None, energy=None,
+                forces=None, charge: int = 0, spin: int | None = None, converged: bool = True,
+                ao_extras: Mapping[str, np.ndarray] | None = None,
+                extras: Mapping[str, Any] | None = None) -> Record:
+        """Validates one structure and converts its AO matrices to PySCF order.
+
+        ``ao_extras`` are further AO matrices ``[..., N, N]`` (converted like the Fock matrix);
+        ``extras`` are other per-structure arrays, kept as they are. Both end in
+        ``Record.extras``.
+        """
+        where = f"{self.path} [{key}]"
+        try:
+            z, _, spin = geometry.validate_structure(elements, coords, charge, spin,
+                                                     basis=self.basis, ecp=self.ecp or "")
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from err
+        n_ao = basis_lib.molecule_n_ao(z, self.basis, self.ecp)
+        mats = {"fock": fock, "overlap": overlap, **(ao_extras or {})}
+        for name, m in mats.items():
+            if m is not None and (np.ndim(m) < 2 or np.shape(m)[-2:] != (n_ao, n_ao)):
+                raise ValueError(
+                    f"{where}: {name} has shape {list(np.shape(m))} but {formula(z)} has {n_ao} "
+                    f"AOs in {self.basis}" + (f" + ECP {self.ecp}" if self.ecp else "")
+                    + ": the file is in another basis or the matrix belongs to another molecule")
+        t = _transform(tuple(int(e) for e in z), self.basis, self.ecp, self.convention)
+        conv = {k: None if m is None else t.apply(np.asarray(m, np.float64))
+                for k, m in mats.items()}
+        forces = None if forces is None else np.asarray(forces, np.float64).reshape(len(z), 3)
+        return Record(elements=z, coords=np.asarray(coords, np.float64).reshape(len(z), 3),
+                      fock=conv.pop("fock"), overlap=conv.pop("overlap"),
+                      energy=None if energy is None else float(energy), forces=forces,
+                      charge=int(charge), spin=int(spin), converged=bool(converged),
+                      key=str(key), extras={**conv, **(extras or {})})

@@ -1,0 +1,37 @@
+"""The project's own HDF5 files (``helm_jax.h5/v1``, written by :mod:`helm_jax.data.h5format`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from helm_jax.data import h5format
+from helm_jax.data.readers.base import Reader, require_file
+from helm_jax.data.records import Record
+
+
+class ProjectH5Reader(Reader):
+    """The project's own HDF5 files (``helm_jax.h5/v1``), streamed through ``H5Dataset``."""
+
+    kind = "h5"
+
+    def __init__(self, path: str):
+        ds = h5format.H5Dataset(require_file(path))
+        if not ds.is_native:
+            raise ValueError(f"{path} has no format={h5format.FORMAT!r} attr: it is not a "
+                             "project file (an OMol_CSH file? use kind='omol_csh')")
+        super().__init__(path, str(ds.attrs["basis"]), str(ds.attrs.get("ecp", "")))
+        self._ds = ds
+        self._keys = ds.keys
+
+    def converged_indices(self) -> np.ndarray:
+        """int64 ``[m]`` indices of the structures stored with ``converged=True``."""
+        return self._ds.converged_indices()
+
+    def _read(self, i: int) -> Record:
+        r = self._ds.read(self._keys[i])
+        is_ao = {k: k.startswith(h5format.AO_PREFIX) for k in r.extras}
+        return self._record(key=r.key, elements=r.elements, coords=r.coords, fock=r.fock,
+                            overlap=r.overlap, energy=r.energy, forces=r.forces,
+                            charge=r.charge, spin=r.spin, converged=r.converged,
+                            ao_extras={k: v for k, v in r.extras.items() if is_ao[k]},
+                            extras={k: v for k, v in r.extras.items() if not is_ao[k]})
