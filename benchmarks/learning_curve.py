@@ -76,11 +76,11 @@ def run_curve(config, seconds: float, max_steps: int, eval_every: int,
     from helm_jax.data import datasets, pipeline
     from helm_jax.evaluate import Evaluator
     from helm_jax.model import helm
-    from helm_jax.train_utils import build_optimizer
+    from helm_jax.optim import build_optimizer
 
     dtype = train.precision(config)
     mesh = parallel.make_mesh(1)
-    data = datasets.load_data(config)
+    data = train.load_data(config)
     model, weights, need, ctx = train.model_and_losses(config, data)
     it = pipeline.BatchIterator(data.graphs, data.splits["train"],
                                 datasets.batch_config(config.data), n_devices=1,
@@ -159,6 +159,7 @@ def table(curves: dict[str, dict], steps=CHECKPOINTS[:6]) -> str:
 def plot(paths: list[str], out: str) -> None:
     """Draws the curves of ``paths`` (H MAE vs steps and vs seconds) into ``out``."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
     curves = {}
     for p in paths:
         with open(p) as f:
@@ -166,16 +167,19 @@ def plot(paths: list[str], out: str) -> None:
         curves[c.get("name", os.path.splitext(os.path.basename(p))[0])] = c
     fig = Figure(figsize=(11, 4.2))
     ax1, ax2 = fig.subplots(1, 2, sharey=True)
-    for name, c in curves.items():
-        steps = [r["step"] for r in c["rows"]]
-        secs = [max(r["seconds"], 1e-3) for r in c["rows"]]
-        mae = [r["h_mae_uEh"] for r in c["rows"]]
-        ax1.plot(steps, mae, marker=".", label=name)
-        ax2.plot(secs, mae, marker=".", label=name)
+    for k, (name, c) in enumerate(curves.items()):
+        color = f"C{k}"
+        rows = c["rows"]
+        ax1.plot([r["step"] for r in rows], [r["h_mae_uEh"] for r in rows], marker=".",
+                 color=color, label=name)
+        timed = [r for r in rows if r.get("seconds") is not None]  # a steps-only curve has none
+        ax2.plot([max(r["seconds"], 1e-3) for r in timed], [r["h_mae_uEh"] for r in timed],
+                 marker=".", color=color, label=name)
     for ax, xl in ((ax1, "training step"), (ax2, "training seconds (2-core CPU)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(xl)
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
     ax1.set_ylabel("validation H MAE (uEh)")
     ax2.legend(fontsize=8)
