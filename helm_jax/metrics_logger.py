@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 
+from helm_jax import units
+
 
 class MetricsLogger:
     """Progress line, TensorBoard events, ``metrics.jsonl`` and ``learning_curve.png``.
@@ -126,3 +128,29 @@ def _hms(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
+
+def print_summary(result: dict) -> None:
+    """Prints the final validation and test metrics of a run (``train_and_evaluate``'s
+    result) in micro-Hartree, meV and atomic units."""
+    rows = []
+    for split in ("val", "test"):
+        m = result.get(split) or {}
+        cells = [split]
+        if "h_mae" in m:
+            cells += [f"H MAE {m['h_mae'] * 1e6:.2f} uEh",
+                      f"diag {m['h_mae_diag'] * 1e6:.2f}", f"off-diag {m['h_mae_offdiag'] * 1e6:.2f}"]
+        if "energy_ae" in m:
+            cells.append(f"E MAE {m['energy_ae'] * units.HARTREE_EV * 1e3:.2f} meV")
+        if "forces_ae" in m:
+            cells.append(f"F MAE {m['forces_ae'] * units.HARTREE_EV * 1e3:.2f} meV/A")
+        if "orbital_energy_mae" in m:
+            mev = units.HARTREE_EV * 1e3
+            cells += [f"orbital energy MAE {m['orbital_energy_mae'] * mev:.1f} meV",
+                      f"gap {m['gap_mae'] * mev:.1f} meV", f"dipole {m['dipole_mae']:.4f} au",
+                      f"polarizability {m['polarizability_mae']:.3f} au"]
+        rows.append(" | ".join(cells))
+    first, last = result.get("test_step0") or {}, result.get("test") or {}
+    if "h_mae" in first and "h_mae" in last:
+        rows.append(f"test H MAE at step 0: {first['h_mae'] * 1e6:.2f} uEh "
+                    f"({first['h_mae'] / last['h_mae']:.1f}x the final value)")
+    print("\n".join(rows), flush=True)

@@ -27,11 +27,11 @@ from optax import contrib as optax_contrib
 
 from helm_jax import checkpoint as ckpt_lib
 from helm_jax import losses as losses_lib
-from helm_jax import parallel, rundir, units
+from helm_jax import parallel, rundir
 from helm_jax.data import datasets, pipeline
 from helm_jax.evaluate import Evaluator
 from helm_jax.model import helm
-from helm_jax.metrics_logger import MetricsLogger
+from helm_jax.metrics_logger import MetricsLogger, print_summary
 from helm_jax.optim import build_optimizer
 
 
@@ -141,11 +141,25 @@ def model_and_losses(config, data: datasets.Data):
     if "qm" in need and not data.spec.qm_targets:
         raise ValueError(f"The losses {sorted(weights)} need quantum-chemistry labels: set "
                          "config.qm.enabled=True (data labelled with data_prep/label.py --dipole).")
+    _require_labels(weights, data)
     model = helm.build_model(config, data.template, data.stats)
     ctx = losses_lib.LossContext.create(data.spec.node_layout, data.spec.edge_layout,
                                         data.stats, n_virtual=config.qm.n_virtual,
                                         s_threshold=config.qm.s_threshold)
     return model, weights, need, ctx
+
+
+def _require_labels(weights: dict[str, float], data: datasets.Data) -> None:
+    """An energy or force loss needs at least one finite label in the training split."""
+    for name, has in (("energy", lambda g: np.isfinite(g.energy)),
+                      ("forces", lambda g: g.forces is not None)):
+        if name in weights and not any(has(data.graphs[i]) for i in data.splits["train"]):
+            raise ValueError(
+                f"config.losses.{name}={weights[name]} but none of the "
+                f"{len(data.splits['train'])} training structures of {data.reader.path} has "
+                f"{'an energy' if name == 'energy' else 'forces'}: use a file with these "
+                f"labels (data_prep/label.py{' --forces' if name == 'forces' else ''}) or "
+                f"set --config.losses.{name}=0.")
 
 
 def _init_params(model, batch, seed: int):
@@ -366,7 +380,7 @@ def _finish(run: _Run, state: TrainState, seconds: float) -> dict[str, Any]:
         run.logger.write(result["step"], "test", result["test"])
     run.logger.plot()
     if parallel.is_main_process():
-        _print_summary(result)
+        print_summary(result)
     return result
 
 
@@ -411,28 +425,3 @@ class _sigterm_flag:
 def _is_main_thread() -> bool:
     import threading
     return threading.current_thread() is threading.main_thread()
-
-
-def _print_summary(result: dict) -> None:
-    rows = []
-    for split in ("val", "test"):
-        m = result.get(split) or {}
-        cells = [split]
-        if "h_mae" in m:
-            cells += [f"H MAE {m['h_mae'] * 1e6:.2f} uEh",
-                      f"diag {m['h_mae_diag'] * 1e6:.2f}", f"off-diag {m['h_mae_offdiag'] * 1e6:.2f}"]
-        if "energy_ae" in m:
-            cells.append(f"E MAE {m['energy_ae'] * units.HARTREE_EV * 1e3:.2f} meV")
-        if "forces_ae" in m:
-            cells.append(f"F MAE {m['forces_ae'] * units.HARTREE_EV * 1e3:.2f} meV/A")
-        if "orbital_energy_mae" in m:
-            mev = units.HARTREE_EV * 1e3
-            cells += [f"orbital energy MAE {m['orbital_energy_mae'] * mev:.1f} meV",
-                      f"gap {m['gap_mae'] * mev:.1f} meV", f"dipole {m['dipole_mae']:.4f} au",
-                      f"polarizability {m['polarizability_mae']:.3f} au"]
-        rows.append(" | ".join(cells))
-    first, last = result.get("test_step0") or {}, result.get("test") or {}
-    if "h_mae" in first and "h_mae" in last:
-        rows.append(f"test H MAE at step 0: {first['h_mae'] * 1e6:.2f} uEh "
-                    f"({first['h_mae'] / last['h_mae']:.1f}x the final value)")
-    print("\n".join(rows), flush=True)

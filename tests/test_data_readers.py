@@ -20,6 +20,7 @@ from helm_jax import basis as basis_lib  # pylint: disable=wrong-import-position
 from helm_jax import conventions  # pylint: disable=wrong-import-position
 from helm_jax.data import h5format, readers  # pylint: disable=wrong-import-position
 from helm_jax.data.readers import schnorb  # pylint: disable=wrong-import-position
+from helm_jax.data.records import DataError  # pylint: disable=wrong-import-position
 from data_prep import verify  # pylint: disable=wrong-import-position
 from molecules import ETHANOL, HYDROGEN_IODIDE, METHYL_IODIDE, WATER, pyscf_mol  # pylint: disable=wrong-import-position
 
@@ -245,7 +246,8 @@ def test_project_h5_overlap_splits_and_verify_cli(tmp_path, svp):
         ds.published_splits()
     out = subprocess.run([sys.executable, "data_prep/verify.py", f"--data={path}", "--n=2"],
                          cwd=REPO, capture_output=True, text=True, check=False)
-    assert out.returncode == 0 and "OK: worst" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "OK: 2 records finite and symmetric; worst" in out.stdout, (
+        out.stdout + out.stderr)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -335,3 +337,55 @@ def test_registry_maps_kinds_to_readers_and_names_them_on_unknown_kinds(tmp_path
     path.write_bytes(b"")
     with pytest.raises(ValueError, match=r"choose one of \('h5', 'omol_csh'"):
         readers.open_dataset(str(path), kind="cube")
+
+
+def test_non_finite_and_asymmetric_labels_are_named_on_read_and_by_verify(tmp_path, svp,
+                                                                         capsys):
+    labs = [dict(lab) for lab in svp + svp]
+    labs[1]["h"] = labs[1]["h"].copy()
+    labs[1]["h"][3, 4] = np.nan
+    labs[2]["forces"] = labs[2]["forces"].copy()
+    labs[2]["forces"][0, 1] = np.inf
+    labs[3]["energy"] = np.nan
+    path = str(tmp_path / "bad.h5")
+    _write_project(path, labs, converged=[True] * 4)
+    ds = readers.open_dataset(path)
+    _check(ds[0], svp[0])
+    for i, name in ((1, "fock"), (2, "forces"), (3, "energy")):
+        with pytest.raises(DataError, match=rf"{path} \[{h5format.group_key(i)}\]: dataset "
+                                            rf"'{name}' holds [12] non-finite value"):
+            ds[i]
+    assert verify.main(["--data", path, "--n", "4"]) == 1
+    out = capsys.readouterr().out
+    assert all(f"FAIL record {i}" in out for i in (1, 2, 3)) and "FAIL record 0" not in out
+    asym = [dict(svp[1])]  # full matrices (the project format stores one triangle)
+    asym[0]["h"] = svp[1]["h"] + np.triu(np.full_like(svp[1]["h"], 1e-3), 1)
+    path = str(tmp_path / "asym.db")
+    _write_schnorb(path, asym)
+    assert verify.main(["--data", path, "--n", "1"]) == 1
+    assert "fock is not symmetric" in capsys.readouterr().out
+
+
+def test_corrupt_and_malformed_files_raise_the_project_error(tmp_path, svp):
+    path = tmp_path / "good.h5"
+    _write_project(str(path), svp, converged=[True, True])
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(data[: len(data) // 3])
+    with pytest.raises(DataError, match="truncated.h5: cannot be read as a dataset file .*"
+                                        "truncated, corrupt or of another format"):
+        readers.open_dataset(str(truncated))
+    noisy = tmp_path / "noisy.h5"  # the header survives, the middle is random bytes
+    rng = np.random.default_rng(0)
+    noisy.write_bytes(data[:4096] + rng.bytes(len(data) - 8192) + data[-4096:])
+    with pytest.raises(DataError, match="noisy.h5"):
+        ds = readers.open_dataset(str(noisy))
+        [ds[i] for i in range(len(ds))]
+    empty = tmp_path / "empty.xyz"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty.xyz.*(holds no structures|ASE cannot parse)"):
+        readers.open_dataset(str(empty))
+    unknown = tmp_path / "unknown.xyz"
+    unknown.write_text("2\n\nXx 0 0 0\nH 0 0 0.74\n")
+    with pytest.raises(DataError, match="unknown.xyz: ASE cannot parse it .*known element"):
+        readers.open_dataset(str(unknown))

@@ -113,3 +113,12 @@ def test_non_finite_loss_names_the_checkpoint_and_the_cause(water, tmp_path):
     with pytest.raises(FloatingPointError,
                        match="Non-finite loss or gradient at step .*optimisation diverged.*no checkpoint was saved"):
         train.train_and_evaluate(c, str(tmp_path / "nan"))
+
+
+def test_an_energy_loss_without_energy_labels_stops_before_the_first_step(tmp_path):
+    c = trainlib.tiny_config(trainlib.WATER_XYZ)  # geometries only: no H, no energies
+    c.losses.update(hamiltonian=0.0, energy=1.0)
+    with pytest.raises(ValueError, match=r"config.losses.energy=1.0 but none of the 5 "
+                                         r"training structures .* has an energy"):
+        train.train_and_evaluate(c, str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -25,6 +25,7 @@ import ase.data
 import numpy as np
 
 from helm_jax import basis as basis_lib
+from helm_jax.data.records import DataError
 
 MIN_DISTANCE = 0.1  # Angstrom; closer atoms are treated as a broken geometry.
 MAX_Z = 118
@@ -231,15 +232,7 @@ def read_structures(path: str, charge: int = 0, spin: int | None = None) -> list
         raise FileNotFoundError(f"input geometry file {path!r} does not exist")
     name = os.path.basename(path)
     # frames: (numbers [n], positions [n, 3], metadata dict) per frame.
-    if path.endswith((".db", ".json")):
-        import ase.db  # pylint: disable=import-outside-toplevel
-
-        frames = [(row.numbers, row.positions, _row_info(row))
-                  for row in ase.db.connect(path).select()]
-    else:
-        import ase.io  # pylint: disable=import-outside-toplevel
-
-        frames = [(a.numbers, a.positions, a.info) for a in ase.io.read(path, index=":")]
+    frames = _read_frames(path)
     structures = []
     for i, (numbers, positions, info) in enumerate(frames):
         where = f"{name}:{i}"
@@ -250,6 +243,40 @@ def read_structures(path: str, charge: int = 0, spin: int | None = None) -> list
         structures.append(Structure(elements=z, coords=np.asarray(positions, np.float64),
                                     charge=q, spin=int(s), source=where))
     return structures
+
+
+def _read_frames(path: str) -> list[tuple]:
+    """``(numbers [n], positions [n, 3], metadata dict)`` of every frame (ASE)."""
+    if path.endswith((".db", ".json")):
+        def read():
+            import ase.db  # pylint: disable=import-outside-toplevel
+            return [(row.numbers, row.positions, _row_info(row))
+                    for row in ase.db.connect(path).select()]
+        frames = ase_parse(path, read)
+    else:
+        frames = [(a.numbers, a.positions, a.info) for a in read_atoms(path)]
+    if not frames:
+        raise DataError(f"{path} holds no structures: an empty file or an empty database.")
+    return frames
+
+
+def read_atoms(path: str) -> list:
+    """Every frame of an xyz / extended-xyz file as ``ase.Atoms``; parse errors become
+    :class:`DataError` naming the file."""
+    import ase.io  # pylint: disable=import-outside-toplevel
+    return ase_parse(path, lambda: ase.io.read(path, index=":"))
+
+
+def ase_parse(path: str, read):
+    """``read()``, with ASE's many error types (UnknownFileTypeError, KeyError for an
+    unknown symbol, ...) re-raised as :class:`DataError` naming the file."""
+    try:
+        return read()
+    except Exception as err:  # pylint: disable=broad-except
+        raise DataError(
+            f"{path}: ASE cannot parse it ({type(err).__name__}: {err}). An xyz file needs, per "
+            "frame, an atom-count line, a comment line and one 'Symbol x y z' line per atom "
+            "with a known element symbol.") from err
 
 
 def build_mole(structure: Structure, basis: str, ecp: str = "", verbose: int = 0):

@@ -13,6 +13,17 @@ from typing import Any
 import numpy as np
 
 
+class DataError(ValueError):
+    """A dataset file that cannot be used as it is: the message names the file, the record
+    and the dataset, what is wrong and what to do."""
+
+
+# What the file libraries (h5py, sqlite3, lmdb, ASE) raise on truncated, corrupt or
+# malformed files; readers turn these into DataError.
+LIBRARY_ERRORS = (OSError, RuntimeError, KeyError, IndexError, EOFError, StopIteration,
+                  AttributeError, TypeError, UnicodeDecodeError)
+
+
 @dataclasses.dataclass(frozen=True)
 class Record:
     """One molecular structure with its labels.

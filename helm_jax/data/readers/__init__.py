@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 
 import h5py
 
 from helm_jax.data import h5format
+from helm_jax.data.records import LIBRARY_ERRORS, DataError
 from helm_jax.data.readers.base import Reader, formula, require_file, sqlite_readonly
 from helm_jax.data.readers.h5 import ProjectH5Reader
 from helm_jax.data.readers.nabladft import NablaDFTReader
@@ -43,7 +45,7 @@ READERS: dict[str, type[Reader]] = {cls.kind: cls for cls in (
 KINDS = tuple(READERS)
 
 __all__ = ["KINDS", "READERS", "NablaDFTReader", "OmolCshReader", "ProjectH5Reader",
-           "QH9Reader", "Reader", "SchNOrbReader", "XYZReader", "detect_kind", "formula",
+           "DataError", "QH9Reader", "Reader", "SchNOrbReader", "XYZReader", "detect_kind", "formula",
            "open_dataset", "reader_class", "require_file", "sqlite_readonly"]
 
 
@@ -103,4 +105,13 @@ def open_dataset(path: str, kind: str | None = None, **kw) -> Reader:
     Returns:
       The reader.
     """
-    return reader_class(kind or detect_kind(path))(path, **kw)
+    path = require_file(path)  # FileNotFoundError stays what it is
+    try:
+        return reader_class(kind or detect_kind(path))(path, **kw)
+    except DataError:
+        raise
+    except LIBRARY_ERRORS + (sqlite3.DatabaseError,) as err:
+        raise DataError(
+            f"{path}: cannot be read as a {kind or 'dataset'} file ({type(err).__name__}: "
+            f"{err}). It is truncated, corrupt or of another format: copy or label it again, "
+            f"or pass kind= one of {KINDS} if the detection picked the wrong one.") from err

@@ -21,7 +21,7 @@ from helm_jax import basis as basis_lib
 from helm_jax import conventions
 from helm_jax.data import geometry
 from helm_jax.data import splits as splits_lib
-from helm_jax.data.records import Record
+from helm_jax.data.records import LIBRARY_ERRORS, DataError, Record
 
 _SPLIT_NAME = re.compile(r"(?<![a-z])(train|valid|val|test)\w*$")  # file stem "..._test_all"
 
@@ -86,7 +86,17 @@ class Reader:
         i = operator.index(i)
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} records in {self.path}")
-        return self._read(i % len(self))
+        i %= len(self)
+        try:
+            return self._read(i)
+        except DataError:
+            raise
+        except LIBRARY_ERRORS + (sqlite3.DatabaseError,) as err:
+            raise DataError(
+                f"{self.path} [{self._keys[i] if i < len(self._keys) else i}]: record {i} "
+                f"cannot be read ({type(err).__name__}: {err}); the file is truncated or "
+                "corrupt: copy or label it again, and check it with python "
+                "data_prep/verify.py --data=FILE.") from err
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.path!r}, {len(self)} records, basis={self.basis!r}"
@@ -160,6 +170,7 @@ class Reader:
                     f"{where}: {name} has shape {list(np.shape(m))} but {formula(z)} has {n_ao} "
                     f"AOs in {self.basis}" + (f" + ECP {self.ecp}" if self.ecp else "")
                     + ": the file is in another basis or the matrix belongs to another molecule")
+        _check_finite(where, {**mats, "energy": energy, "forces": forces, **(extras or {})})
         t = _transform(tuple(int(e) for e in z), self.basis, self.ecp, self.convention)
         conv = {k: None if m is None else t.apply(np.asarray(m, np.float64))
                 for k, m in mats.items()}
@@ -169,3 +180,18 @@ class Reader:
                       energy=None if energy is None else float(energy), forces=forces,
                       charge=int(charge), spin=int(spin), converged=bool(converged),
                       key=str(key), extras={**conv, **(extras or {})})
+
+
+def _check_finite(where: str, arrays: Mapping[str, Any]) -> None:
+    """Raises :class:`DataError` naming the first label array with a NaN or Inf."""
+    for name, value in arrays.items():
+        if value is None or isinstance(value, (str, bytes)):
+            continue
+        a = np.asarray(value)
+        if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
+            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            raise DataError(
+                f"{where}: dataset {name!r} holds {bad} non-finite value(s) (NaN or Inf) of "
+                f"{a.size}: the label is corrupt. Relabel this structure (data_prep/label.py) "
+                "or remove it from the file; check the whole file with python "
+                "data_prep/verify.py --data=FILE --n=N.")

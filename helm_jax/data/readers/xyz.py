@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from helm_jax.data import geometry
 from helm_jax.data.readers.base import Reader
 from helm_jax.data.records import Record
 from helm_jax.units import HARTREE_EV
@@ -30,8 +31,7 @@ class XYZReader(Reader):
         self._keys = [str(i) for i in range(len(self._handle()))]
 
     def _open(self):
-        import ase.io  # pylint: disable=import-outside-toplevel
-        return ase.io.read(self.path, index=":")
+        return geometry.read_atoms(self.path)
 
     def _read(self, i: int) -> Record:
         atoms = self._handle()[i]
