@@ -389,3 +389,90 @@ def test_corrupt_and_malformed_files_raise_the_project_error(tmp_path, svp):
     unknown.write_text("2\n\nXx 0 0 0\nH 0 0 0.74\n")
     with pytest.raises(DataError, match="unknown.xyz: ASE cannot parse it .*known element"):
         readers.open_dataset(str(unknown))
+
+
+# ----------------------------------------------------------------------------- OMol_CSH keys, spin
+
+
+def _omol_labs():
+    return {"hi": _labels(HYDROGEN_IODIDE, "def2-tzvpd", "def2-tzvpd", seed=0),
+            "ch3i": _labels(METHYL_IODIDE, "def2-tzvpd", "def2-tzvpd", seed=1)}
+
+
+def test_omol_csh_nested_groups_and_own_key_cache(tmp_path):
+    labs = _omol_labs()
+    path = str(tmp_path / "omol_nested.h5")
+    expected = {"b/hi": labs["hi"], "a/x/ch3i": labs["ch3i"], "c": labs["hi"]}
+    _write_omol(path, expected)
+    with h5py.File(path, "a") as f:
+        f.create_group("empty/deeper")  # groups without fock are not molecules
+        f.create_dataset("meta", data=np.arange(3))
+    ds = readers.open_dataset(path)
+    assert ds.keys == ["a/x/ch3i", "b/hi", "c"]
+    for i, name in enumerate(ds.keys):
+        rec = ds[i]
+        assert rec.key == name
+        _check(rec, expected[name], with_overlap=False)
+    assert not os.path.exists(path + h5format.SIDECAR_SUFFIX)  # the reference's name: untouched
+    own = path + ".helm_jax_keys.json"
+    with open(own) as fh:
+        assert json.load(fh)["keys"] == ["a/x/ch3i", "b/hi", "c"]
+    assert readers.open_dataset(path).keys == ds.keys  # from the cache
+    flat = str(tmp_path / "omol_flat.h5")
+    _write_omol(flat, {"ch3i": labs["ch3i"], "hi": labs["hi"]})
+    with open(flat + ".helm_jax_keys.json", "w") as fh:
+        fh.write("not ours")  # a file this reader did not write is never overwritten
+    assert readers.open_dataset(flat).keys == ["ch3i", "hi"]
+    with open(flat + ".helm_jax_keys.json") as fh:
+        assert fh.read() == "not ours"
+    assert not os.path.exists(flat + h5format.SIDECAR_SUFFIX)
+
+
+def test_omol_csh_reference_keys_list_order_and_contiguous_split(tmp_path):
+    labs = _omol_labs()
+    path = str(tmp_path / "omol_csh_58k.h5")
+    _write_omol(path, {f"m{k}": labs["hi" if k % 2 else "ch3i"] for k in range(6)})
+    order = ["m3", "m0", "m5", "m1", "m4", "m2"]
+    listed = path + h5format.SIDECAR_SUFFIX
+    with open(listed, "w") as fh:
+        json.dump(order, fh)
+    with open(listed, "rb") as fh:
+        before = fh.read()
+    os.utime(listed, (1, 1))
+    ds = readers.open_dataset(path)
+    assert ds.keys == order and ds[0].key == "m3"
+    np.testing.assert_array_equal(ds[1].fock, labs["ch3i"]["h"])
+    parts = ds.splits(sizes={"train": 3, "val": 2, "test": None}, order="contiguous")
+    assert {k: [ds.keys[i] for i in v] for k, v in parts.items()} == {
+        "train": order[:3], "val": order[3:5], "test": order[5:]}
+    with open(listed, "rb") as fh:
+        assert fh.read() == before
+    assert os.stat(listed).st_mtime == 1
+    assert not os.path.exists(path + ".helm_jax_keys.json")  # the list is the key order
+    with open(listed, "w") as fh:
+        json.dump(["m0", "gone"], fh)
+    with pytest.raises(DataError, match=r"\[gone\]: key 1 of .*keys.json is not a group"):
+        readers.open_dataset(path)[1]  # pylint: disable=expression-not-assigned
+
+
+@pytest.mark.parametrize("charge,attr,two_s", [
+    (0, 0, 0), (0, 1, 0), (0, 2, 2), (0, 3, 2),   # HI: 26 valence electrons, 2S or 2S+1
+    (1, 1, 1), (1, 2, 1), (1, 4, 3), (1, 3, 3)])  # HI+: 25 electrons
+def test_omol_csh_spin_as_2s_or_multiplicity(tmp_path, charge, attr, two_s):
+    path = str(tmp_path / "omol_spin.h5")
+    _write_omol(path, {"hi": _omol_labs()["hi"]}, spin_attr=attr)
+    with h5py.File(path, "a") as f:
+        f["hi"].attrs["charge"] = charge
+    rec = readers.open_dataset(path)[0]
+    assert (rec.charge, rec.spin) == (charge, two_s)
+
+
+@pytest.mark.parametrize("charge,attr", [(0, 28), (0, -1), (1, 0), (1, 27)])
+def test_omol_csh_impossible_spin_raises(tmp_path, charge, attr):
+    path = str(tmp_path / "omol_bad_spin.h5")
+    _write_omol(path, {"grp/hi": _omol_labs()["hi"]}, spin_attr=attr)
+    with h5py.File(path, "a") as f:
+        f["grp/hi"].attrs["charge"] = charge
+    with pytest.raises(DataError, match=rf"omol_bad_spin.h5 \[grp/hi\]: spin attr {attr} fits "
+                                        r"neither 2S nor 2S\+1"):
+        readers.open_dataset(path)[0]  # pylint: disable=expression-not-assigned

@@ -3,9 +3,12 @@
 import json
 import os
 import subprocess
+import signal
 import sys
 import textwrap
+import time
 
+import numpy as np
 import pytest
 import trainlib
 
@@ -122,3 +125,48 @@ def test_an_energy_loss_without_energy_labels_stops_before_the_first_step(tmp_pa
                                          r"training structures .* has an energy"):
         train.train_and_evaluate(c, str(tmp_path / "run"))
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_at_five_random_moments_loses_nothing(water, tmp_path):
+    """Chaos: a run killed with SIGKILL five times and resumed each time ends with the
+    parameters and the metric rows of an uninterrupted run."""
+    steps = 16
+
+    def config():
+        c = trainlib.tiny_config(water, steps=steps)
+        c.train.update(checkpoint_every=2, eval_every=8)
+        return c
+
+    straight = str(tmp_path / "straight")
+    train.train_and_evaluate(config(), straight)
+    chaos = str(tmp_path / "chaos")
+    script = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import trainlib;"
+              f"from helm_jax import train; c = trainlib.tiny_config({water!r}, steps={steps});"
+              "c.train.update(checkpoint_every=2, eval_every=8);"
+              f"train.train_and_evaluate(c, {chaos!r})")
+    rng = np.random.default_rng(0)
+    targets = sorted(rng.choice(np.arange(2, steps), size=5, replace=False).tolist())
+    path = os.path.join(chaos, "metrics.jsonl")
+    for target in targets:  # kill once the run has logged `target` steps, plus a random delay
+        proc = subprocess.Popen([sys.executable, "-c", script], cwd=trainlib.ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline:
+            if os.path.exists(path) and len(_train_rows(chaos)) >= target:
+                time.sleep(float(rng.uniform(0.0, 0.3)))  # maybe mid-checkpoint
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    result = train.train_and_evaluate(config(), chaos)  # resumes (or finds it finished)
+    assert result["step"] == steps
+    assert trainlib.max_diff(trainlib.final_params(straight),
+                             trainlib.final_params(chaos)) < 1e-6
+    assert [r["step"] for r in _train_rows(chaos)] == list(range(1, steps + 1))  # once each
+
+
+def _train_rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if '"train"' in line]
