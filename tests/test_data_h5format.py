@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from helm_jax.data import h5format  # pylint: disable=wrong-import-position
+from helm_jax.data.records import DataError  # pylint: disable=wrong-import-position
 
 
 def _sym(n, seed=0):
@@ -183,3 +184,55 @@ def test_bad_fock_sizes(tmp_path):
             ds.read("tri")
     with h5format.H5Dataset(path, expected_nao=4) as ds:
         assert ds.read("tri").fock.shape == (4, 4)
+
+
+def test_checksums_written_and_verified(native, tmp_path):
+    path, records = native
+    with h5py.File(path, "r") as f:
+        sums = json.loads(f["0000000"].attrs[h5format.CHECKSUM_ATTR])
+        assert set(sums) == {"elements", "coords", "fock", "overlap", "energy", "forces",
+                             h5format.ATTRS_CHECKSUM_KEY}
+        assert sums["fock"] == h5format.checksum(f["0000000"]["fock"][()])
+        assert "forces" not in json.loads(f["0000001"].attrs[h5format.CHECKSUM_ATTR])
+    # A value changed after writing (same dtype and shape, still finite) is caught.
+    with h5py.File(path, "r+") as f:
+        f["0000002"]["fock"][3] += 1e-9
+    with h5format.H5Dataset(path) as ds:
+        np.testing.assert_array_equal(ds[0].fock, records[0]["fock"])
+        with pytest.raises(DataError, match=r"group '0000002', dataset 'fock': stored checksum "
+                                            r"[0-9a-f]{8} differs .* corrupted after it was "
+                                            "written; relabel it"):
+            ds[2]  # pylint: disable=pointless-statement
+    with h5format.H5Dataset(path, verify=False) as ds:
+        assert ds[2].fock[0, 3] == records[2]["fock"][0, 3] + 1e-9
+    # Label attrs are covered too.
+    with h5py.File(path, "r+") as f:
+        f["0000001"].attrs["charge"] = 2
+    with h5format.H5Dataset(path) as ds, pytest.raises(DataError, match="dataset '@attrs'"):
+        ds[1]  # pylint: disable=pointless-statement
+
+
+def test_files_without_checksums_still_read(native):
+    path, records = native
+    with h5py.File(path, "r+") as f:
+        for key in f:
+            del f[key].attrs[h5format.CHECKSUM_ATTR]
+        f["0000000"].create_dataset("mo_energy", data=np.arange(7.0))  # added after writing
+    with h5format.H5Dataset(path) as ds:
+        for i, r in enumerate(records):
+            np.testing.assert_array_equal(ds[i].fock, r["fock"])
+        np.testing.assert_array_equal(ds[0].extras["mo_energy"], np.arange(7.0))
+
+
+def test_wrong_dtype_and_missing_native_dataset(native):
+    path, _ = native
+    with h5py.File(path, "r+") as f:
+        del f["0000000"]["fock"]
+        f["0000000"].create_dataset("fock", data=np.bytes_("junk"))
+        del f["0000001"]["overlap"]
+    with h5format.H5Dataset(path, verify=False) as ds:
+        with pytest.raises(DataError, match=r"0000000/fock: expected a numeric dataset, found "
+                                            "dtype"):
+            ds[0]  # pylint: disable=pointless-statement
+        with pytest.raises(DataError, match=r"required dataset\(s\) \['overlap'\] missing"):
+            ds[1]  # pylint: disable=pointless-statement

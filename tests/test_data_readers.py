@@ -144,7 +144,7 @@ def test_omol_csh_round_trip_lazy_and_picklable(tmp_path):
             enumerate((("hi", HYDROGEN_IODIDE), ("ch3i", METHYL_IODIDE)))}
     path = str(tmp_path / "omol_csh_1k_test_common.h5")
     _write_omol(path, labs)
-    with open(path + h5format.SIDECAR_SUFFIX, "w") as fh:
+    with open(path + ".keys.json", "w") as fh:
         json.dump(["ch3i", "hi"], fh)  # the reference code's list: its order defines indices
     ds = readers.open_dataset(path)
     assert isinstance(ds, readers.OmolCshReader) and ds.keys == ["ch3i", "hi"]
@@ -413,7 +413,7 @@ def test_omol_csh_nested_groups_and_own_key_cache(tmp_path):
         rec = ds[i]
         assert rec.key == name
         _check(rec, expected[name], with_overlap=False)
-    assert not os.path.exists(path + h5format.SIDECAR_SUFFIX)  # the reference's name: untouched
+    assert not os.path.exists(path + ".keys.json")  # the reference's name: untouched
     own = path + ".helm_jax_keys.json"
     with open(own) as fh:
         assert json.load(fh)["keys"] == ["a/x/ch3i", "b/hi", "c"]
@@ -425,7 +425,7 @@ def test_omol_csh_nested_groups_and_own_key_cache(tmp_path):
     assert readers.open_dataset(flat).keys == ["ch3i", "hi"]
     with open(flat + ".helm_jax_keys.json") as fh:
         assert fh.read() == "not ours"
-    assert not os.path.exists(flat + h5format.SIDECAR_SUFFIX)
+    assert not os.path.exists(flat + ".keys.json")
 
 
 def test_omol_csh_reference_keys_list_order_and_contiguous_split(tmp_path):
@@ -433,7 +433,7 @@ def test_omol_csh_reference_keys_list_order_and_contiguous_split(tmp_path):
     path = str(tmp_path / "omol_csh_58k.h5")
     _write_omol(path, {f"m{k}": labs["hi" if k % 2 else "ch3i"] for k in range(6)})
     order = ["m3", "m0", "m5", "m1", "m4", "m2"]
-    listed = path + h5format.SIDECAR_SUFFIX
+    listed = path + ".keys.json"
     with open(listed, "w") as fh:
         json.dump(order, fh)
     with open(listed, "rb") as fh:

@@ -19,7 +19,14 @@ Layout (OMol_CSH-like, so one reader serves both):
                                         mo_energy, dipole, polarizability, targets_*, see
                                         helm_jax/data/reference_targets.py)
         attrs: charge, spin (2S), n_electrons, converged, scf_cycles, source,
+               checksums (JSON {dataset: crc32 hex, "@attrs": crc32 hex}),
                complete=True (written last)
+
+`checksums` holds, per dataset written by `write_structure`, the CRC32 of its dtype, shape
+and bytes (`checksum`), and under "@attrs" that of the label attrs above; `H5Dataset`
+recomputes them on read and raises `DataError` on a mismatch. Groups written before
+checksums existed (no attr) read unverified; datasets added to a group afterwards (e.g.
+`mo_energy` by helm_jax.predict) are not covered.
 
 Optional datasets are read into ``Record.extras`` (``ao_*`` unpacked to ``[..., N, N]``);
 files without them read as before.
@@ -34,12 +41,13 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Callable
+import zlib
+from typing import Callable, Mapping
 
 import h5py
 import numpy as np
 
-from helm_jax.data.records import Record
+from helm_jax.data.records import LIBRARY_ERRORS, DataError, Record
 
 FORMAT = "helm_jax.h5/v1"
 UNITS = {"coords": "angstrom", "fock": "hartree", "overlap": "hartree",
@@ -48,7 +56,10 @@ UNITS = {"coords": "angstrom", "fock": "hartree", "overlap": "hartree",
          "polarizability": "e^2 bohr^2 / hartree"}
 CORE_DATASETS = ("elements", "coords", "fock", "overlap", "energy", "forces")
 AO_PREFIX = "ao_"
-SIDECAR_SUFFIX = ".keys.json"
+SIDECAR_SUFFIX = ".helm_jax_index.json"  # never the reference's "<file>.keys.json" list
+CHECKSUM_ATTR = "checksums"
+ATTRS_CHECKSUM_KEY = "@attrs"
+LABEL_ATTRS = ("charge", "spin", "n_electrons", "converged", "scf_cycles", "source")
 
 
 def group_key(index: int) -> str:
@@ -108,6 +119,31 @@ def unpack_upper(vec: np.ndarray, n: int | None = None) -> np.ndarray:
     return h
 
 
+def checksum(value) -> str:
+    """CRC32 (8 hex digits) of an array's dtype, shape and bytes (little-endian, C order).
+
+    A file rewritten with another dtype or shape, or with any byte changed, gets another
+    checksum. Costs about 1 ms per 8 MB on one core.
+    """
+    a = np.ascontiguousarray(value)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    if a.dtype.kind not in "biuf":
+        return "non-numeric"  # never written by write_structure: always a mismatch
+    crc = zlib.crc32(f"{a.dtype.str}{list(a.shape)}".encode())
+    return f"{zlib.crc32(a.reshape(-1).view(np.uint8), crc):08x}"
+
+
+def attrs_checksum(attrs: Mapping) -> str:
+    """CRC32 (8 hex digits) of the label attrs `LABEL_ATTRS` of a structure group."""
+    values = {}
+    for name in LABEL_ATTRS:
+        v = attrs.get(name)
+        v = v.item() if isinstance(v, np.generic) else v
+        values[name] = v.decode() if isinstance(v, bytes) else v
+    return f"{zlib.crc32(json.dumps(values, sort_keys=True).encode()):08x}"
+
+
 def software_versions() -> dict[str, str]:
     """Versions of the libraries that produce a file, as file attrs."""
     import pyscf  # pylint: disable=import-outside-toplevel
@@ -127,7 +163,7 @@ def write_file_attrs(f: h5py.File, level: dict) -> None:
 def write_structure(parent: h5py.Group, key: str, *, elements, coords, fock, overlap,
                     energy: float, charge: int, spin: int, n_electrons: int,
                     converged: bool, scf_cycles: int, source: str, forces=None,
-                    extras: dict | None = None) -> None:
+                    extras: dict | None = None, checksums: bool = True) -> None:
     """Writes one structure group; `complete=True` is the last thing written.
 
     Args:
@@ -146,23 +182,31 @@ def write_structure(parent: h5py.Group, key: str, *, elements, coords, fock, ove
         source: input tag, e.g. "ethanol_train_01.xyz:17".
         forces: optional [n, 3] Eh/Angstrom.
         extras: optional named arrays; `ao_*` ones are [..., N, N] symmetric and stored packed.
+        checksums: store the `checksums` attr (False only to measure its cost or to make
+            files as written before it existed).
     """
-    g = parent.create_group(key)
-    g.create_dataset("elements", data=np.asarray(elements, dtype=np.int32))
-    g.create_dataset("coords", data=np.asarray(coords, dtype=np.float64))
-    g.create_dataset("fock", data=pack_upper(np.asarray(fock, dtype=np.float64)))
-    g.create_dataset("overlap", data=pack_upper(np.asarray(overlap, dtype=np.float64)))
-    g.create_dataset("energy", data=np.float64(energy))
+    data = {"elements": np.asarray(elements, dtype=np.int32),
+            "coords": np.asarray(coords, dtype=np.float64),
+            "fock": pack_upper(np.asarray(fock, dtype=np.float64)),
+            "overlap": pack_upper(np.asarray(overlap, dtype=np.float64)),
+            "energy": np.asarray(energy, dtype=np.float64)}
     if forces is not None:
-        g.create_dataset("forces", data=np.asarray(forces, dtype=np.float64))
+        data["forces"] = np.asarray(forces, dtype=np.float64)
     for name, value in (extras or {}).items():
         value = np.asarray(value, dtype=np.float64)
         if name.startswith(AO_PREFIX):
             value = value[..., *np.triu_indices(value.shape[-1])]
+        data[name] = value
+    g = parent.create_group(key)
+    for name, value in data.items():
         g.create_dataset(name, data=value)
-    g.attrs.update({"charge": int(charge), "spin": int(spin), "n_electrons": int(n_electrons),
-                    "converged": bool(converged), "scf_cycles": int(scf_cycles),
-                    "source": str(source)})
+    attrs = {"charge": int(charge), "spin": int(spin), "n_electrons": int(n_electrons),
+             "converged": bool(converged), "scf_cycles": int(scf_cycles), "source": str(source)}
+    if checksums:
+        sums = {name: checksum(value) for name, value in data.items()}
+        sums[ATTRS_CHECKSUM_KEY] = attrs_checksum(attrs)
+        attrs[CHECKSUM_ATTR] = json.dumps(sums)
+    g.attrs.update(attrs)
     g.attrs["complete"] = True
 
 
@@ -173,8 +217,8 @@ def open_h5(path: str) -> h5py.File:
                                 "it with `python -m data_prep.label --out ...`")
     try:
         return h5py.File(path, "r")
-    except OSError as err:
-        raise ValueError(_corrupt_message(path, err)) from err
+    except LIBRARY_ERRORS as err:
+        raise DataError(_corrupt_message(path, err)) from err
 
 
 def _corrupt_message(path: str, err: Exception) -> str:
@@ -191,23 +235,29 @@ class H5Dataset:
     """Random-access, streaming reader of project and OMol_CSH HDF5 files.
 
     Only the group names (and, for project files, the `complete`/`converged` flags) are
-    listed, once, and cached in `<path>.keys.json`, which is rebuilt when the file's
+    listed, once, and cached in `<path>.helm_jax_index.json`, which is rebuilt when the file's
     size or mtime changes. Groups are read one at a time on `__getitem__`. The file handle
     is opened lazily per process, so the object can be pickled into loader workers.
 
     Args:
         path: HDF5 file.
         expected_nao: optional N of the Fock matrix, as an int or a callable
-            `f(elements [n]) -> int` (e.g. from the basis); a mismatch raises ValueError.
+            `f(elements [n]) -> int` (e.g. from the basis); a mismatch raises DataError.
+        verify: compare each group's stored checksums (if any) with its data on read.
     """
 
-    def __init__(self, path: str, expected_nao: int | Callable[[np.ndarray], int] | None = None):
+    def __init__(self, path: str, expected_nao: int | Callable[[np.ndarray], int] | None = None,
+                 verify: bool = True):
         self.path = path
         self.expected_nao = expected_nao
+        self.verify = verify
         self._file, self._pid = None, None
         f = self._handle()
-        self.attrs = {k: (v.item() if isinstance(v, np.generic) else v)
-                      for k, v in f.attrs.items()}
+        try:
+            self.attrs = {k: (v.item() if isinstance(v, np.generic) else v)
+                          for k, v in f.attrs.items()}
+        except LIBRARY_ERRORS as err:
+            raise DataError(_corrupt_message(self.path, err)) from err
         self.is_native = self.attrs.get("format") == FORMAT
         self._keys, self._converged = self._load_index(f)
 
@@ -227,34 +277,108 @@ class H5Dataset:
         return np.flatnonzero(self._converged)
 
     def read(self, key: str) -> H5Record:
-        """Reads the group `key` (see `H5Record`)."""
+        """Reads the group `key` (see `H5Record`).
+
+        Raises:
+            DataError: the group is missing, corrupt, fails its checksums, or holds datasets
+                of the wrong kind, dtype or shape.
+        """
         f = self._handle()
-        if key not in f:
-            raise ValueError(f"{self.path}: group {key!r} is missing; if the key cache "
-                             f"{self.path}{SIDECAR_SUFFIX} is stale, delete it")
-        g = f[key]
+        where = f"{self.path}/{key}"
         try:
-            missing = [name for name in ("elements", "coords", "fock") if name not in g]
+            if key not in f or not isinstance(f[key], h5py.Group):
+                raise DataError(f"{self.path}: group {key!r} is missing; if the key cache "
+                                f"{self.path}{SIDECAR_SUFFIX} is stale, delete it")
+            g = f[key]
+            raw = {name: self._dataset(g, name, where) for name in g}
+            if self.is_native:  # write_structure writes these dtypes only
+                for name, value in raw.items():
+                    want = (np.int32 if name == "elements" else np.float64
+                            if name in CORE_DATASETS or name.startswith(AO_PREFIX) else None)
+                    if want is not None and value.dtype != want:
+                        raise DataError(f"{where}/{name}: dtype {value.dtype}, expected "
+                                        f"{np.dtype(want)}: the group was rewritten by another "
+                                        "tool or damaged; relabel it")
+            if self.verify:
+                self._verify(g, raw, where)
+            required = ("elements", "coords", "fock") + (
+                ("overlap", "energy") if self.is_native else ())
+            missing = [name for name in required if name not in raw]
             if missing:
-                raise ValueError(f"{self.path}/{key}: required dataset(s) {missing} missing; "
-                                 "the file is not in helm_jax.h5 / OMol_CSH layout")
-            elements = np.asarray(g["elements"][()], dtype=np.int32)  # [n]
-            coords = np.asarray(g["coords"][()], dtype=np.float64).reshape(-1, 3)  # [n, 3]
+                raise DataError(f"{where}: required dataset(s) {missing} missing; the file is "
+                                "not in helm_jax.h5 / OMol_CSH layout, or the group is damaged")
+            elements = raw["elements"]
+            if elements.ndim != 1 or np.any(elements != np.round(elements)):
+                raise DataError(f"{where}/elements: expected [n] integer atomic numbers, got "
+                                f"shape {list(elements.shape)} dtype {elements.dtype}")
+            elements = elements.astype(np.int32)  # [n]
+            coords = self._shaped(raw["coords"], (len(elements), 3), f"{where}/coords")
             nao = self._expected_nao(elements)
-            fock = self._unpack(g, "fock", key, nao)
-            overlap = self._unpack(g, "overlap", key, fock.shape[0]) if "overlap" in g else None
-            energy = float(g["energy"][()]) if "energy" in g else None
-            forces = np.asarray(g["forces"][()], np.float64) if "forces" in g else None
-            extras = {name: self._extra(g, name, fock.shape[0]) for name in g
-                      if name not in CORE_DATASETS}
+            fock = self._unpack(raw["fock"], f"{where}/fock", nao)
+            overlap = (self._unpack(raw["overlap"], f"{where}/overlap", fock.shape[0])
+                       if "overlap" in raw else None)
+            energy = (float(self._shaped(raw["energy"], (), f"{where}/energy"))
+                      if "energy" in raw else None)
+            forces = (self._shaped(raw["forces"], (len(elements), 3), f"{where}/forces")
+                      if "forces" in raw else None)
+            extras = {name: self._extra(value, f"{where}/{name}", name, fock.shape[0])
+                      for name, value in raw.items() if name not in CORE_DATASETS}
             attrs = g.attrs
             return H5Record(elements=elements, coords=coords, fock=fock, overlap=overlap,
                             energy=energy, forces=forces, charge=int(attrs.get("charge", 0)),
                             spin=int(attrs.get("spin", 0)),
                             converged=bool(attrs.get("converged", True)), key=key,
                             extras=extras)
+        except DataError:
+            raise
         except OSError as err:
-            raise ValueError(_corrupt_message(self.path, err)) from err
+            raise DataError(f"{where}: " + _corrupt_message(self.path, err)) from err
+        except LIBRARY_ERRORS + (ValueError,) as err:
+            raise DataError(f"{where}: cannot be read ({type(err).__name__}: {err}); the group "
+                            "is malformed or damaged: relabel it, or check the file with python "
+                            "data_prep/verify.py --data=FILE") from err
+
+    @staticmethod
+    def _dataset(g: h5py.Group, name: str, where: str) -> np.ndarray:
+        """The numeric array of dataset `name`; DataError for a group or a non-number dtype."""
+        obj = g[name]
+        if not isinstance(obj, h5py.Dataset) or obj.dtype.kind not in "biuf":
+            kind = f"dtype {obj.dtype}" if isinstance(obj, h5py.Dataset) else "a group"
+            raise DataError(f"{where}/{name}: expected a numeric dataset, found {kind}; the "
+                            "file was written by another tool or damaged: relabel it")
+        return np.asarray(obj[()])
+
+    def _verify(self, g: h5py.Group, raw: dict[str, np.ndarray], where: str) -> None:
+        """Compares the stored checksums (if any) with the data just read."""
+        stored = g.attrs.get(CHECKSUM_ATTR)
+        if stored is None:
+            return  # written before checksums existed
+        try:
+            stored = json.loads(stored)
+            if not isinstance(stored, dict):
+                raise ValueError(f"not a JSON object: {stored!r}")
+        except (TypeError, ValueError, UnicodeDecodeError) as err:
+            raise DataError(f"{where}: the {CHECKSUM_ATTR!r} attr is unreadable ({err}): the "
+                            "group was corrupted after it was written; relabel it") from err
+        for name, want in stored.items():
+            if name == ATTRS_CHECKSUM_KEY:
+                got = attrs_checksum(g.attrs)
+            elif name not in raw:
+                raise DataError(f"{where}/{name}: dataset listed in the stored checksums is "
+                                "missing: the group was damaged after it was written; relabel it")
+            else:
+                got = checksum(raw[name])
+            if got != want:
+                raise DataError(f"{self.path}: group {g.name.lstrip('/')!r}, dataset {name!r}: "
+                                f"stored checksum {want} differs from the data's {got}: the "
+                                "label was corrupted after it was written; relabel it")
+
+    @staticmethod
+    def _shaped(value: np.ndarray, shape: tuple, where: str) -> np.ndarray:
+        """`value` as float64 of `shape` (same-size arrays are reshaped, e.g. flat coords)."""
+        if value.size != math.prod(shape):
+            raise DataError(f"{where}: expected shape {list(shape)}, got {list(value.shape)}")
+        return value.astype(np.float64).reshape(shape)
 
     def close(self) -> None:
         """Closes the file handle (it reopens on the next read)."""
@@ -281,30 +405,33 @@ class H5Dataset:
             return int(self.expected_nao(elements))
         return self.expected_nao
 
-    def _unpack(self, g: h5py.Group, name: str, key: str, nao: int | None) -> np.ndarray:
-        packed = np.asarray(g[name][()], dtype=np.float64)  # [N (N + 1) / 2]
+    def _unpack(self, value: np.ndarray, where: str, nao: int | None) -> np.ndarray:
+        packed = value.astype(np.float64)  # [N (N + 1) / 2]
         if packed.ndim != 1:
-            raise ValueError(f"{self.path}/{key}/{name}: expected a packed 1-D upper triangle, "
-                             f"got shape {list(packed.shape)}")
+            raise DataError(f"{where}: expected a packed 1-D upper triangle, "
+                            f"got shape {list(packed.shape)}")
         try:
             n = n_from_packed_len(packed.shape[0])
         except ValueError as err:
-            raise ValueError(f"{self.path}/{key}/{name}: {err}") from err
+            raise DataError(f"{where}: {err}") from err
         if nao is not None and n != nao:
-            raise ValueError(f"{self.path}/{key}/{name}: packed size is a {n}x{n} matrix but the "
-                             f"basis of these elements has {nao} AOs; wrong basis or the file "
-                             "is from another code's basis (convert it first)")
+            raise DataError(f"{where}: packed size is a {n}x{n} matrix but the "
+                            f"basis of these elements has {nao} AOs; wrong basis or the file "
+                            "is from another code's basis (convert it first)")
         return unpack_upper(packed, n)
 
-    def _extra(self, g: h5py.Group, name: str, nao: int) -> np.ndarray:
+    @staticmethod
+    def _extra(value: np.ndarray, where: str, name: str, nao: int) -> np.ndarray:
         """An optional dataset; `ao_*` ones unpacked to [..., N, N]."""
-        value = np.asarray(g[name][()], dtype=np.float64)
+        value = value.astype(np.float64)
         if not name.startswith(AO_PREFIX):
             return value
         try:
+            if value.ndim < 1:
+                raise ValueError("expected [..., N(N+1)/2], got a scalar")
             mats = [unpack_upper(v, nao) for v in value.reshape(-1, value.shape[-1])]
         except ValueError as err:
-            raise ValueError(f"{self.path}{g.name}/{name}: {err}") from err
+            raise DataError(f"{where}: {err}") from err
         return np.stack(mats).reshape(value.shape[:-1] + (nao, nao))
 
     def _load_index(self, f: h5py.File) -> tuple[list[str], np.ndarray]:
@@ -328,8 +455,8 @@ class H5Dataset:
                     continue  # half-written group of a killed writer
                 keys.append(key)
                 converged.append(bool(attrs.get("converged", True)))
-        except OSError as err:
-            raise ValueError(_corrupt_message(self.path, err)) from err
+        except LIBRARY_ERRORS as err:
+            raise DataError(_corrupt_message(self.path, err)) from err
         if cached is None or isinstance(cached, dict):  # never overwrite a foreign list cache
             tmp = f"{sidecar}.tmp.{os.getpid()}"
             try:

@@ -6,18 +6,27 @@ import numpy as np
 
 from helm_jax.data import h5format
 from helm_jax.data.readers.base import Reader, require_file
-from helm_jax.data.records import Record
+from helm_jax.data.records import DataError, Record
 
 
 class ProjectH5Reader(Reader):
-    """The project's own HDF5 files (``helm_jax.h5/v1``), streamed through ``H5Dataset``."""
+    """The project's own HDF5 files (``helm_jax.h5/v1``), streamed through ``H5Dataset``.
+
+    Every problem with a record (a corrupt group, a stored checksum that differs from the data,
+    a wrong dtype or shape, a failed validation) raises :class:`DataError`.
+
+    Args:
+      path: the file.
+      verify: compare each structure's stored checksums with its data (files written before
+        checksums existed read unverified).
+    """
 
     kind = "h5"
 
-    def __init__(self, path: str):
-        ds = h5format.H5Dataset(require_file(path))
+    def __init__(self, path: str, verify: bool = True):
+        ds = h5format.H5Dataset(require_file(path), verify=verify)
         if not ds.is_native:
-            raise ValueError(f"{path} has no format={h5format.FORMAT!r} attr: it is not a "
+            raise DataError(f"{path} has no format={h5format.FORMAT!r} attr: it is not a "
                              "project file (an OMol_CSH file? use kind='omol_csh')")
         super().__init__(path, str(ds.attrs["basis"]), str(ds.attrs.get("ecp", "")))
         self._ds = ds
@@ -30,6 +39,14 @@ class ProjectH5Reader(Reader):
     def _read(self, i: int) -> Record:
         r = self._ds.read(self._keys[i])
         is_ao = {k: k.startswith(h5format.AO_PREFIX) for k in r.extras}
+        try:
+            return self._validated(r, is_ao)
+        except DataError:
+            raise
+        except ValueError as err:  # validation of a record the file holds: unusable data
+            raise DataError(str(err)) from err
+
+    def _validated(self, r: Record, is_ao: dict[str, bool]) -> Record:
         return self._record(key=r.key, elements=r.elements, coords=r.coords, fock=r.fock,
                             overlap=r.overlap, energy=r.energy, forces=r.forces,
                             charge=r.charge, spin=r.spin, converged=r.converged,

@@ -12,7 +12,7 @@ from helm_jax.data import geometry, h5format
 from helm_jax.data.readers.base import Reader, require_file
 from helm_jax.data.records import DataError, Record
 
-REFERENCE_KEYS_SUFFIX = h5format.SIDECAR_SUFFIX  # "<file>.keys.json": the reference's JSON list
+REFERENCE_KEYS_SUFFIX = ".keys.json"  # the reference's JSON list; never written here
 OWN_KEYS_SUFFIX = ".helm_jax_keys.json"  # this reader's cache; never written under the above
 _OWN_FORMAT = "helm_jax.omol_csh_keys/v1"
 
