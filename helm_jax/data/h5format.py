@@ -458,11 +458,17 @@ class H5Dataset:
         except LIBRARY_ERRORS as err:
             raise DataError(_corrupt_message(self.path, err)) from err
         if cached is None or isinstance(cached, dict):  # never overwrite a foreign list cache
-            tmp = f"{sidecar}.tmp.{os.getpid()}"
-            try:
-                with open(tmp, "w") as fh:
-                    json.dump({"stamp": stamp, "keys": keys, "converged": converged}, fh)
-                os.replace(tmp, sidecar)
-            except OSError:
-                pass  # read-only directory: keep the index in memory only
+            write_json_cache(sidecar, {"stamp": stamp, "keys": keys, "converged": converged})
         return keys, np.asarray(converged, dtype=bool)
+
+
+def write_json_cache(path: str, obj) -> None:
+    """Writes a JSON cache file atomically (a temporary file, then a rename); in a read-only
+    directory the caller keeps what it computed in memory only."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh)
+        os.replace(tmp, path)
+    except OSError:
+        pass

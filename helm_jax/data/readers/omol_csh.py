@@ -100,15 +100,9 @@ class _OmolH5(h5format.H5Dataset):
         try:
             keys = _walk(f)
         except OSError as err:
-            raise ValueError(h5format._corrupt_message(self.path, err)) from err  # pylint: disable=protected-access
+            raise DataError(h5format._corrupt_message(self.path, err)) from err  # pylint: disable=protected-access
         if ours or not os.path.exists(own):  # never overwrite a file this reader did not write
-            tmp = f"{own}.tmp.{os.getpid()}"
-            try:
-                with open(tmp, "w") as fh:
-                    json.dump({"format": _OWN_FORMAT, "stamp": stamp, "keys": keys}, fh)
-                os.replace(tmp, own)
-            except OSError:
-                pass  # read-only directory: keep the keys in memory only
+            h5format.write_json_cache(own, {"format": _OWN_FORMAT, "stamp": stamp, "keys": keys})
         return keys, np.ones(len(keys), bool)
 
 
