@@ -386,8 +386,9 @@ def test_corrupt_and_malformed_files_raise_the_project_error(tmp_path, svp):
     with pytest.raises(DataError, match="empty.xyz.*(holds no structures|ASE cannot parse)"):
         readers.open_dataset(str(empty))
     unknown = tmp_path / "unknown.xyz"
-    unknown.write_text("2\n\nXx 0 0 0\nH 0 0 0.74\n")
-    with pytest.raises(DataError, match="unknown.xyz: ASE cannot parse it .*known element"):
+    unknown.write_text("2\n\nH 0 0 0\nH 0 0 0.74\n" "2\n\nXx 0 0 0\nH 0 0 0.74\n")
+    with pytest.raises(DataError, match="unknown.xyz, frame 1: ASE cannot parse it .*known "
+                                        "element"):
         readers.open_dataset(str(unknown))
 
 

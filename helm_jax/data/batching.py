@@ -112,8 +112,10 @@ def pack_greedy(indices: Sequence[int], n_nodes: np.ndarray, n_edges: np.ndarray
         if not budget.fits(n, e, 1):
             raise BudgetError(
                 f"Molecule {i} ({n} atoms, {e} edges) exceeds the padding budget {budget} "
-                "(n_node and n_graph include one padding slot): raise the batch budgets "
-                "(config.data.batch) or use a smaller cutoff.")
+                "(n_node and n_graph include one padding slot): give larger batches "
+                "(--config.data.batch.edges_per_batch=N above this molecule's edges, or a "
+                "larger --config.data.batch.molecules_per_batch) or a smaller "
+                "--config.model.cutoff.")
         if cur and not budget.fits(tn + n, te + e, len(cur) + 1):
             batches.append(cur)
             cur, tn, te = [], 0, 0

@@ -262,21 +262,28 @@ def _read_frames(path: str) -> list[tuple]:
 
 def read_atoms(path: str) -> list:
     """Every frame of an xyz / extended-xyz file as ``ase.Atoms``; parse errors become
-    :class:`DataError` naming the file."""
+    :class:`DataError` naming the file and the frame."""
     import ase.io  # pylint: disable=import-outside-toplevel
-    return ase_parse(path, lambda: ase.io.read(path, index=":"))
+    frames: list = []
+
+    def read():
+        frames.extend(ase.io.iread(path, index=":"))  # frame by frame: a failure has an index
+        return frames
+    return ase_parse(path, read, frame=lambda: len(frames))
 
 
-def ase_parse(path: str, read):
+def ase_parse(path: str, read, frame=None):
     """``read()``, with ASE's many error types (UnknownFileTypeError, KeyError for an
-    unknown symbol, ...) re-raised as :class:`DataError` naming the file."""
+    unknown symbol, ...) re-raised as :class:`DataError` naming the file (and the frame,
+    0-based, from ``frame()`` when given)."""
     try:
         return read()
     except Exception as err:  # pylint: disable=broad-except
+        at = f", frame {frame()}" if frame is not None else ""
         raise DataError(
-            f"{path}: ASE cannot parse it ({type(err).__name__}: {err}). An xyz file needs, per "
-            "frame, an atom-count line, a comment line and one 'Symbol x y z' line per atom "
-            "with a known element symbol.") from err
+            f"{path}{at}: ASE cannot parse it ({type(err).__name__}: {err}). An xyz file "
+            "needs, per frame, an atom-count line, a comment line and one 'Symbol x y z' line "
+            "per atom with a known element symbol.") from err
 
 
 def build_mole(structure: Structure, basis: str, ecp: str = "", verbose: int = 0):
