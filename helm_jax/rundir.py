@@ -21,9 +21,10 @@ import fcntl
 import json
 import os
 import socket
-from typing import Any
 
 import ml_collections
+
+from helm_jax import configs
 
 LOCK_NAME = "run.lock"
 
@@ -98,22 +99,14 @@ def _describe(holder: dict) -> str:
             f"{holder.get('started')}")
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a.b.c": leaf}`` of a nested dict (a config's JSON form)."""
-    if isinstance(tree, dict):
-        out = {}
-        for k, v in tree.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def config_changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
     """Fields whose value differs between the checkpoint's config and ``config``, as
-    ``{field: (saved, now)}``, without the :data:`HARMLESS` ones. The step budget counts
+    ``{field: (saved, now)}``, without the :data:`HARMLESS` ones. The saved config is
+    completed first (:func:`helm_jax.configs.complete`), so fields added since the
+    checkpoint was written compare at the value it was trained with. The step budget counts
     as a change when a cosine schedule depends on it."""
-    now = flatten(json.loads(config.to_json_best_effort()))
-    old = flatten(saved)
+    now = configs.flatten(json.loads(config.to_json_best_effort()))
+    old = configs.flatten(json.loads(configs.complete(saved).to_json_best_effort()))
     harmless = set(HARMLESS)
     if now.get("optim.schedule") == "cosine":
         harmless.discard("train.num_steps")  # the schedule's length
@@ -122,13 +115,9 @@ def config_changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, 
         if key in harmless:
             continue
         a, b = old.get(key, "<absent>"), now.get(key, "<absent>")
-        if _normalise(a) != _normalise(b):
+        if a != b:
             changes[key] = (a, b)
     return changes
-
-
-def _normalise(v):
-    return list(v) if isinstance(v, tuple) else v
 
 
 def check_resume_config(saved: dict, config: ml_collections.ConfigDict,

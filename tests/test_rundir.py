@@ -65,6 +65,8 @@ def test_config_changes_ignore_harmless_fields():
     c.train.update(num_steps=10, log_every=5, eval_every=7)
     c.data.prefetch = 2
     assert rundir.config_changes(saved, c) == {}
+    del saved["train"]["allow_config_change"]  # a checkpoint from before the field existed
+    assert rundir.config_changes(saved, c) == {}
     c.optim.learning_rate = 5e-4
     c.seed = 3
     assert rundir.config_changes(saved, c) == {"optim.learning_rate": (1e-3, 5e-4),

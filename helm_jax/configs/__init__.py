@@ -98,15 +98,7 @@ def complete(saved: Mapping[str, Any]):
     from helm_jax.configs import base  # pylint: disable=import-outside-toplevel
 
     config = base.get_config()
-    flat = {}
-
-    def walk(node, prefix):
-        for k, v in node.items():
-            if isinstance(v, Mapping):
-                walk(v, f"{prefix}{k}.")
-            else:
-                flat[prefix + k] = v
-    walk(saved, "")
+    flat = flatten(saved)
     for key, value in LEGACY.items():
         flat.setdefault(key, value)
     for key, value in flat.items():
@@ -120,6 +112,17 @@ def complete(saved: Mapping[str, Any]):
             value = tuple(value)
         _assign(node, leaf, value)
     return config
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a.b.c": leaf}`` of a nested mapping (a config's JSON form)."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
 
 
 def _assign(node, leaf: str, value) -> None:
