@@ -381,6 +381,14 @@ def test_corrupt_and_malformed_files_raise_the_project_error(tmp_path, svp):
     with pytest.raises(DataError, match="noisy.h5"):
         ds = readers.open_dataset(str(noisy))
         [ds[i] for i in range(len(ds))]
+    labs = [dict(svp[0])]  # a Fock matrix of the wrong size is named as the Fock matrix
+    labs[0]["h"] = np.eye(len(svp[0]["h"]) + 2)
+    wrong = str(tmp_path / "wrong_fock.h5")
+    _write_project(wrong, labs, converged=[True])
+    n = len(svp[0]["h"])
+    with pytest.raises(DataError, match=rf"0000000/fock: packed size is a {n + 2}x{n + 2} "
+                                        rf"matrix but the basis of these elements has {n} AOs"):
+        readers.open_dataset(wrong)[0]
     empty = tmp_path / "empty.xyz"
     empty.write_text("")
     with pytest.raises(DataError, match="empty.xyz.*(holds no structures|ASE cannot parse)"):

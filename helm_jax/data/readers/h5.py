@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
+from helm_jax import basis as basis_lib
 from helm_jax.data import h5format
 from helm_jax.data.readers.base import Reader, require_file
 from helm_jax.data.records import DataError, Record
@@ -29,6 +32,10 @@ class ProjectH5Reader(Reader):
             raise DataError(f"{path} has no format={h5format.FORMAT!r} attr: it is not a "
                              "project file (an OMol_CSH file? use kind='omol_csh')")
         super().__init__(path, str(ds.attrs["basis"]), str(ds.attrs.get("ecp", "")))
+        # Every stored matrix is checked against its molecule's AO count in the file's basis,
+        # so a wrong-size matrix is reported under its own name.
+        ds.expected_nao = functools.partial(basis_lib.molecule_n_ao, basis=self.basis,
+                                            ecp=self.ecp)  # picklable
         self._ds = ds
         self._keys = ds.keys
 
