@@ -31,7 +31,10 @@ class Record:
     Attributes:
       elements: int32 ``[n]`` atomic numbers.
       coords: float64 ``[n, 3]`` Angstrom.
-      fock: float64 ``[N, N]`` Eh, PySCF AO order, or None (energy-only data).
+      fock: float64 ``[N, N]`` Eh, PySCF AO order, or None (energy-only data). For
+        spin-resolved (unrestricted, UKS/UHF) labels this is the alpha Fock matrix.
+      fock_beta: float64 ``[N, N]`` the beta Fock matrix of unrestricted labels, or None
+        (restricted labels: alpha = beta = ``fock``).
       overlap: float64 ``[N, N]`` or None (e.g. OMol_CSH files carry no overlap).
       energy: total energy in Eh, or None.
       forces: float64 ``[n, 3]`` Eh/Angstrom, or None.
@@ -45,6 +48,7 @@ class Record:
     elements: np.ndarray
     coords: np.ndarray
     fock: np.ndarray | None = None
+    fock_beta: np.ndarray | None = None
     overlap: np.ndarray | None = None
     energy: float | None = None
     forces: np.ndarray | None = None
@@ -58,3 +62,8 @@ class Record:
     def n_atoms(self) -> int:
         """Number of atoms."""
         return int(len(self.elements))
+
+    @property
+    def unrestricted(self) -> bool:
+        """Whether the labels are spin-resolved (separate alpha and beta Fock matrices)."""
+        return self.fock_beta is not None
