@@ -8,6 +8,11 @@ with the reference orbital energies, dipole and polarisability; `--polarizabilit
 self-consistent finite-field polarisability; `--targets_basis=def2-tzvp` stores the same targets
 of a larger basis (reduced-basis learning).
 
+Open shells: a frame with spin 2S != 0 (`--spin`, or `spin=` / `multiplicity=` in its
+extended-xyz header; `--charge` / `charge=` for ions) is labelled with UKS (UHF with
+`--method=hf`) and stores alpha and beta Fock matrices (`fock`, `fock_beta`);
+`--unrestricted` labels every frame, closed shells included, with UKS/UHF.
+
 Resumable: rerun the same command after an interruption; finished structures are kept.
 """
 
@@ -47,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="larger basis for reduced-basis targets, e.g. def2-tzvp")
     p.add_argument("--charge", type=int, default=0, help="default charge")
     p.add_argument("--spin", type=int, default=None, help="default 2S (n_alpha - n_beta)")
+    p.add_argument("--unrestricted", action=argparse.BooleanOptionalAction, default=False,
+                   help="UKS/UHF (alpha and beta Fock matrices) for every structure; open "
+                        "shells (2S != 0) are always unrestricted")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="threads per worker")
     p.add_argument("--start", type=int, default=0)
@@ -68,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                              progress=not a.no_progress,
                              props=Properties(dipole=a.dipole,
                                               polarizability_ff=a.polarizability_ff,
-                                              targets_basis=a.targets_basis))
+                                              targets_basis=a.targets_basis),
+                             unrestricted=a.unrestricted)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -58,10 +58,11 @@ def diagnose(ds: readers.Reader, rec: Record, tol: float) -> str:
 def verify(ds: readers.Reader, n: int, tol: float = 1e-6) -> int:
     """Checks the first ``n`` records of ``ds``; prints a line per structure.
 
-    Every record must read (the readers check that each label array, Fock, overlap, energy,
-    forces and stored targets, is finite and has its molecule's shape, and name the dataset
-    that is not); its Fock and overlap matrices must be symmetric to ``tol`` (relative to
-    their largest entry); and its overlap must equal PySCF's at its geometry.
+    Every record must read (the readers check that each label array, Fock (alpha and, for
+    spin-resolved labels, beta), overlap, energy, forces and stored targets, is finite and has
+    its molecule's shape, and name the dataset that is not); its Fock matrices (``fock`` and
+    ``fock_beta``) and overlap must be symmetric to ``tol`` (relative to their largest entry);
+    and its overlap must equal PySCF's at its geometry.
 
     Returns:
       The exit status (0 all agree, 1 an unreadable, non-finite, asymmetric or mismatching
@@ -78,10 +79,12 @@ def verify(ds: readers.Reader, n: int, tol: float = 1e-6) -> int:
             failed.append(i)
             continue
         problems = [f"{name} is not symmetric (max|M - M^T| = {asym:.2e})"
-                    for name, m in (("fock", rec.fock), ("overlap", rec.overlap))
+                    for name, m in (("fock", rec.fock), ("fock_beta", rec.fock_beta),
+                                    ("overlap", rec.overlap))
                     if m is not None
                     and (asym := float(np.abs(m - m.T).max())) > tol * max(1.0, np.abs(m).max())]
-        line = f"  {i:5d} key={rec.key} {readers.formula(rec.elements):12s}"
+        line = f"  {i:5d} key={rec.key} {readers.formula(rec.elements):12s}" + (
+            f" 2S={rec.spin} alpha/beta Fock" if rec.fock_beta is not None else "")
         if rec.overlap is not None:
             err = float(np.abs(rec.overlap - pyscf_overlap(rec, ds.basis, ds.ecp)).max())
             worst, compared = max(worst, err), compared + 1

@@ -166,13 +166,13 @@ def test_unconverged_recorded_and_excluded(tmp_path):
         np.testing.assert_array_equal(ds.converged_indices(), [0, 1])
 
 
-def test_rejects_open_shell_invalid_and_corrupt(tmp_path):
+def test_rejects_bad_parity_invalid_and_corrupt(tmp_path):
     path = tmp_path / "bad.xyz"
-    path.write_text("3\nmultiplicity=3\nO 0 0 0.117\nH 0 0.757 -0.469\nH 0 -0.757 -0.469\n"
+    path.write_text("3\nmultiplicity=2\nO 0 0 0.117\nH 0 0.757 -0.469\nH 0 -0.757 -0.469\n"
                     "3\n\nO 0 0 0.117\nH 0 0.757 -0.469\nH 0 0.757 -0.469\n")
-    with pytest.raises(ValueError, match="(?s)2 invalid structure.*open-shell.*bad.xyz:1: atoms 1 and 2"):
+    with pytest.raises(ValueError, match="(?s)2 invalid structure.*bad.xyz:0: .*cannot have spin 2S=1.*bad.xyz:1: atoms 1 and 2"):
         labelling.label_file(str(path), str(tmp_path / "o.h5"), HF_STO3G, progress=False)
-    with pytest.raises(ValueError, match="open-shell structure"):
+    with pytest.raises(ValueError, match="10 electrons, which cannot have spin 2S=1"):
         labelling.label_structure(geometry.read_structures(str(path))[0], HF_STO3G)
     corrupt = tmp_path / "c.h5"
     corrupt.write_bytes(b"garbage" * 50)

@@ -4,20 +4,25 @@ Layout (OMol_CSH-like, so one reader serves both):
 
     file attrs: format="helm_jax.h5/v1", method (xc name or "HF"), basis, ecp ("" if none),
                 grid_level, density_fit, conv_tol, units (JSON), pyscf_version,
-                helm_jax_version, numpy_version, h5py_version (+ labeller extras)
+                helm_jax_version, numpy_version, h5py_version (+ labeller extras;
+                unrestricted=True only when every structure was forced to UKS/UHF)
     /{index:07d}/                       one group per structure, index = input order
         elements  int32   [n]           atomic numbers
         coords    float64 [n, 3]        Angstrom
         fock      float64 [N(N+1)/2]    packed upper triangle incl. diagonal, row major,
-                                        Eh, PySCF AO order (N = number of AOs)
+                                        Eh, PySCF AO order (N = number of AOs); the
+                                        alpha Fock matrix of an unrestricted label
+        fock_beta float64 [N(N+1)/2]    only for unrestricted (UKS/UHF) labels: the beta
+                                        Fock matrix, packed like fock
         overlap   float64 [N(N+1)/2]    same packing
         energy    float64 []            total energy, Eh
         forces    float64 [n, 3]        optional, Eh/Angstrom
         ao_*      float64 [..., N(N+1)/2] optional symmetric AO matrices, packed like fock
                                         (ao_dipole [3, ...]: dipole integrals, bohr)
         <other>   float64 [...]         optional per-structure arrays (dipole_origin,
-                                        mo_energy, dipole, polarizability, targets_*, see
-                                        helm_jax/data/reference_targets.py)
+                                        mo_energy ([K], or [2, K] alpha/beta rows for
+                                        unrestricted labels), dipole, polarizability,
+                                        targets_*, see helm_jax/data/reference_targets.py)
         attrs: charge, spin (2S), n_electrons, converged, scf_cycles, source,
                checksums (JSON {dataset: crc32 hex, "@attrs": crc32 hex}),
                complete=True (written last)
@@ -31,9 +36,16 @@ checksums existed (no attr) read unverified; datasets added to a group afterward
 Optional datasets are read into ``Record.extras`` (``ao_*`` unpacked to ``[..., N, N]``);
 files without them read as before.
 
+A structure holds a spin-resolved label exactly when its group has `fock_beta`; restricted
+labels (and every file written before open shells were supported) have none, and read with
+`Record.fock_beta = None`. `fock_beta` is verified like `fock` (checksum, dtype, AO count).
+
 OMol_CSH files have only elements/coords/fock and attrs charge/spin: no overlap, energy,
-`format` or `complete`. A group lacking `complete` is skipped only in the project's own
-files (it was being written when the writer died); in foreign files it is complete.
+`format` or `complete`. Spin-resolved OMol_CSH-style groups are read in either of two
+layouts: `fock` of shape [2, N(N+1)/2] (row 0 alpha, row 1 beta, each packed as above), or
+`fock` [N(N+1)/2] plus `fock_beta` [N(N+1)/2] as in the project's files. A group lacking
+`complete` is skipped only in the project's own files (it was being written when the writer
+died); in foreign files it is complete.
 """
 
 from __future__ import annotations
@@ -50,11 +62,11 @@ import numpy as np
 from helm_jax.data.records import LIBRARY_ERRORS, DataError, Record
 
 FORMAT = "helm_jax.h5/v1"
-UNITS = {"coords": "angstrom", "fock": "hartree", "overlap": "hartree",
-         "energy": "hartree", "forces": "hartree/angstrom", "ao_dipole": "bohr",
-         "dipole_origin": "bohr", "mo_energy": "hartree", "dipole": "e bohr",
+UNITS = {"coords": "angstrom", "fock": "hartree", "fock_beta": "hartree",
+         "overlap": "hartree", "energy": "hartree", "forces": "hartree/angstrom",
+         "ao_dipole": "bohr", "dipole_origin": "bohr", "mo_energy": "hartree", "dipole": "e bohr",
          "polarizability": "e^2 bohr^2 / hartree"}
-CORE_DATASETS = ("elements", "coords", "fock", "overlap", "energy", "forces")
+CORE_DATASETS = ("elements", "coords", "fock", "fock_beta", "overlap", "energy", "forces")
 AO_PREFIX = "ao_"
 SIDECAR_SUFFIX = ".helm_jax_index.json"  # never the reference's "<file>.keys.json" list
 CHECKSUM_ATTR = "checksums"
@@ -163,7 +175,8 @@ def write_file_attrs(f: h5py.File, level: dict) -> None:
 def write_structure(parent: h5py.Group, key: str, *, elements, coords, fock, overlap,
                     energy: float, charge: int, spin: int, n_electrons: int,
                     converged: bool, scf_cycles: int, source: str, forces=None,
-                    extras: dict | None = None, checksums: bool = True) -> None:
+                    extras: dict | None = None, checksums: bool = True,
+                    fock_beta=None) -> None:
     """Writes one structure group; `complete=True` is the last thing written.
 
     Args:
@@ -171,7 +184,8 @@ def write_structure(parent: h5py.Group, key: str, *, elements, coords, fock, ove
         key: group name, `group_key(index)`.
         elements: [n] atomic numbers.
         coords: [n, 3] Angstrom.
-        fock: [N, N] Fock matrix (Eh, PySCF AO order); stored packed.
+        fock: [N, N] Fock matrix (Eh, PySCF AO order); stored packed. The alpha Fock matrix
+            of an unrestricted label.
         overlap: [N, N] AO overlap; stored packed.
         energy: total energy (Eh).
         charge: total charge.
@@ -184,12 +198,20 @@ def write_structure(parent: h5py.Group, key: str, *, elements, coords, fock, ove
         extras: optional named arrays; `ao_*` ones are [..., N, N] symmetric and stored packed.
         checksums: store the `checksums` attr (False only to measure its cost or to make
             files as written before it existed).
+        fock_beta: optional [N, N] beta Fock matrix of an unrestricted label, stored packed
+            as `fock_beta`; None (restricted labels) writes no such dataset.
     """
     data = {"elements": np.asarray(elements, dtype=np.int32),
             "coords": np.asarray(coords, dtype=np.float64),
             "fock": pack_upper(np.asarray(fock, dtype=np.float64)),
             "overlap": pack_upper(np.asarray(overlap, dtype=np.float64)),
             "energy": np.asarray(energy, dtype=np.float64)}
+    if fock_beta is not None:
+        fock_beta = np.asarray(fock_beta, dtype=np.float64)
+        if fock_beta.shape != np.shape(fock):
+            raise ValueError(f"fock_beta has shape {list(fock_beta.shape)}, fock "
+                             f"{list(np.shape(fock))}: both must be the same [N, N]")
+        data["fock_beta"] = pack_upper(fock_beta)
     if forces is not None:
         data["forces"] = np.asarray(forces, dtype=np.float64)
     for name, value in (extras or {}).items():
@@ -314,7 +336,15 @@ class H5Dataset:
             elements = elements.astype(np.int32)  # [n]
             coords = self._shaped(raw["coords"], (len(elements), 3), f"{where}/coords")
             nao = self._expected_nao(elements)
-            fock = self._unpack(raw["fock"], f"{where}/fock", nao)
+            packed_fock, packed_beta = raw["fock"], raw.get("fock_beta")
+            if not self.is_native and packed_fock.ndim == 2 and packed_fock.shape[0] == 2:
+                if packed_beta is not None:
+                    raise DataError(f"{where}: both a [2, ...] fock (alpha, beta) and a "
+                                    "fock_beta dataset: the beta Fock matrix is ambiguous")
+                packed_fock, packed_beta = packed_fock  # OMol_CSH-style [2, P]: alpha, beta
+            fock = self._unpack(packed_fock, f"{where}/fock", nao)
+            fock_beta = (self._unpack(packed_beta, f"{where}/fock_beta", fock.shape[0])
+                         if packed_beta is not None else None)
             overlap = (self._unpack(raw["overlap"], f"{where}/overlap", fock.shape[0])
                        if "overlap" in raw else None)
             energy = (float(self._shaped(raw["energy"], (), f"{where}/energy"))
@@ -324,9 +354,9 @@ class H5Dataset:
             extras = {name: self._extra(value, f"{where}/{name}", name, fock.shape[0])
                       for name, value in raw.items() if name not in CORE_DATASETS}
             attrs = g.attrs
-            return H5Record(elements=elements, coords=coords, fock=fock, overlap=overlap,
-                            energy=energy, forces=forces, charge=int(attrs.get("charge", 0)),
-                            spin=int(attrs.get("spin", 0)),
+            return H5Record(elements=elements, coords=coords, fock=fock, fock_beta=fock_beta,
+                            overlap=overlap, energy=energy, forces=forces,
+                            charge=int(attrs.get("charge", 0)), spin=int(attrs.get("spin", 0)),
                             converged=bool(attrs.get("converged", True)), key=key,
                             extras=extras)
         except DataError:

@@ -1,4 +1,4 @@
-"""Labels geometries with PySCF (restricted KS-DFT or HF) into the helm_jax HDF5 format.
+"""Labels geometries with PySCF (restricted or unrestricted KS-DFT or HF) into helm_jax HDF5.
 
 Library of the labelling command ``data_prep/label.py``:
 
@@ -13,7 +13,13 @@ Optional quantum-chemistry targets (`Properties`, see helm_jax/data/reference_ta
 integrals with the same-basis orbital energies, dipole and polarisability (`--dipole`), the
 self-consistent finite-field polarisability (`--polarizability_ff`), and the same targets of a
 larger basis at the same geometry (`--targets_basis=def2-tzvp`) for reduced-basis learning.
-Open-shell structures (spin != 0) are rejected: the format holds one restricted Fock matrix.
+
+Open shells: a structure with spin 2S != 0 (`--spin`, or the xyz header's `spin=` /
+`multiplicity=`, with `--charge` / `charge=`) is labelled with UKS (UHF for method HF), and
+`--unrestricted` (``label_file(..., unrestricted=True)``) asks for UKS/UHF for every structure,
+closed shells included. An unrestricted label stores the alpha Fock matrix as `fock` and the
+beta one as `fock_beta`, both of the final density (`mf.get_fock(dm=dm)`, `[2, N, N]`), and
+UKS/UHF energy and forces; a restricted label has no `fock_beta` (docs/data.md, "Open shells").
 
 Crash safety: every finished structure is written as its own one-group HDF5 file
 `<out>.parts/<index:07d>.h5` (temp file, fsync, os.replace), so a kill at any moment
@@ -22,6 +28,8 @@ old `<out>` plus the parts into a temp file that atomically replaces it, after w
 parts are deleted. Rerunning the same command skips every structure found in `<out>` or
 in the parts and labels only the rest. The level of theory (and --forces, input file
 name) is recorded in `<out>` and `<out>.parts/run.json`; a command that disagrees fails.
+`--unrestricted` is recorded as the attr `unrestricted=True` only when given, so files and
+parts written before the option existed (no attr) resume as restricted runs.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from helm_jax.data import geometry, h5format, reference_targets as targets_lib
 from helm_jax.units import BOHR_ANGSTROM
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+UNRESTRICTED_ATTR = "unrestricted"  # run/file attr, written (True) only by unrestricted runs
 _PART_RE = re.compile(r"^(\d{7})\.h5$")
 
 
@@ -108,7 +117,8 @@ class Label:
     """PySCF results for one structure.
 
     Attributes:
-        fock: [N, N] Fock matrix of the final density (Eh, PySCF AO order).
+        fock: [N, N] Fock matrix of the final density (Eh, PySCF AO order); the alpha one
+            for unrestricted (UKS/UHF) labels.
         overlap: [N, N] AO overlap.
         energy: total energy (Eh).
         forces: [n, 3] Eh/Angstrom, or None (not asked for, or SCF unconverged).
@@ -116,6 +126,8 @@ class Label:
         scf_cycles: SCF iterations.
         n_electrons: electrons in the calculation (ECP cores excluded).
         extras: optional targets (`Properties`), name -> array.
+        fock_beta: [N, N] beta Fock matrix of the final density for unrestricted labels,
+            None for restricted ones.
     """
 
     fock: np.ndarray
@@ -126,16 +138,41 @@ class Label:
     scf_cycles: int
     n_electrons: int
     extras: dict = dataclasses.field(default_factory=dict)
+    fock_beta: np.ndarray | None = None
+
+    @property
+    def unrestricted(self) -> bool:
+        """Whether the label is spin-resolved (UKS/UHF)."""
+        return self.fock_beta is not None
 
 
-def make_scf(mol, level: LevelOfTheory, max_cycle: int = 100):
-    """The restricted PySCF mean-field object (RHF or RKS) of `level` for a built Mole."""
+def make_scf(mol, level: LevelOfTheory, max_cycle: int = 100, unrestricted: bool | None = None):
+    """The PySCF mean-field object of `level` for a built Mole.
+
+    Args:
+        mol: built `pyscf.gto.Mole` (its charge and spin set).
+        level: level of theory.
+        max_cycle: SCF iteration limit.
+        unrestricted: UKS/UHF if True, RKS/RHF if False; None picks UKS/UHF exactly when the
+            molecule is an open shell (``mol.spin != 0``).
+
+    Returns:
+        An RHF / RKS / UHF / UKS object (density-fitted if `level.density_fit`).
+
+    Raises:
+        ValueError: a restricted SCF asked for an open-shell molecule.
+    """
     from pyscf import dft, scf  # pylint: disable=import-outside-toplevel
 
+    if unrestricted is None:
+        unrestricted = mol.spin != 0
+    if not unrestricted and mol.spin != 0:
+        raise ValueError(f"a restricted SCF cannot describe spin 2S={mol.spin}; use "
+                         "unrestricted=True (UKS/UHF)")
     if level.method == "HF":
-        mf = scf.RHF(mol)
+        mf = scf.UHF(mol) if unrestricted else scf.RHF(mol)
     else:
-        mf = dft.RKS(mol)
+        mf = dft.UKS(mol) if unrestricted else dft.RKS(mol)
         mf.xc = level.method
         mf.grids.level = level.grid_level
     if level.density_fit:
@@ -146,48 +183,57 @@ def make_scf(mol, level: LevelOfTheory, max_cycle: int = 100):
 
 
 def label_structure(structure: geometry.Structure, level: LevelOfTheory, max_cycle: int = 100,
-                    forces: bool = False, props: Properties = Properties()) -> Label:
-    """Runs one restricted SCF (RKS or RHF) and returns its labels.
+                    forces: bool = False, props: Properties = Properties(),
+                    unrestricted: bool = False) -> Label:
+    """Runs one SCF and returns its labels.
+
+    Restricted (RKS/RHF) for a closed shell (spin 2S = 0), unrestricted (UKS/UHF) for an open
+    shell (2S != 0) or when `unrestricted` is True. An unrestricted label holds the alpha and
+    beta Fock matrices of the final density (`mf.get_fock(dm=dm)`, `[2, N, N]`), the UKS/UHF
+    energy and forces, and its targets (`reference_targets.scf_properties`) with
+    `mo_energy` of shape `[2, K]` (alpha row, beta row).
 
     Args:
-        structure: the geometry (closed shell).
+        structure: the geometry with its charge and spin (2S).
         level: level of theory.
         max_cycle: SCF iteration limit.
         forces: also compute analytic forces (only when the SCF converged).
         props: optional targets (AO dipole integrals, reference and large-basis targets).
+        unrestricted: UKS/UHF even for a closed shell (its beta Fock then equals the alpha one
+            within the SCF tolerance).
 
     Returns:
-        The `Label`.
+        The `Label` (`fock_beta` None for a restricted SCF).
 
     Raises:
-        ValueError: for invalid geometries and open-shell structures.
+        ValueError: for invalid geometries and a charge/spin the electron count cannot have.
     """
     _, n_electrons, spin = geometry.validate_structure(
         structure.elements, structure.coords, structure.charge, structure.spin,
         basis=level.basis, ecp=level.ecp)
-    if spin != 0:
-        raise ValueError(f"{structure.source}: open-shell structure (spin 2S={spin}) is not "
-                         "supported; the format stores one restricted Fock matrix. Label "
-                         "closed-shell states only (check --charge/--spin or the xyz header).")
+    unrestricted = bool(unrestricted) or spin != 0
+    structure = dataclasses.replace(structure, spin=spin)  # a spin of None resolved by parity
     mol = geometry.build_mole(structure, level.basis, level.ecp)
-    mf = make_scf(mol, level, max_cycle)
+    mf = make_scf(mol, level, max_cycle, unrestricted)
     mf.kernel()
-    dm = mf.make_rdm1()  # [N, N] final density
-    fock = mf.get_fock(dm=dm)  # [N, N] h_core + V_eff[dm], no DIIS / level shift
+    dm = mf.make_rdm1()  # [N, N] (restricted) or [2, N, N] (alpha, beta) final density
+    fock = np.asarray(mf.get_fock(dm=dm))  # h_core + V_eff[dm], no DIIS / level shift
     grad = mf.nuc_grad_method().kernel() if forces and mf.converged else None  # [n, 3] Eh/bohr
     extras = {}
     if props.dipole:
         extras.update(targets_lib.scf_properties(mf, fock, props.polarizability_ff))
     if props.targets_basis:
         big = make_scf(geometry.build_mole(structure, props.targets_basis, level.ecp), level,
-                       max_cycle)
+                       max_cycle, unrestricted)
         big.kernel()
         extras.update(targets_lib.scf_properties(
             big, big.get_fock(dm=big.make_rdm1()), props.polarizability_ff, prefix="targets_"))
-    return Label(fock=np.asarray(fock), overlap=mol.intor("int1e_ovlp"), energy=float(mf.e_tot),
+    return Label(fock=fock[0] if unrestricted else fock, overlap=mol.intor("int1e_ovlp"),
+                 energy=float(mf.e_tot),
                  forces=None if grad is None else -np.asarray(grad) / BOHR_ANGSTROM,
                  converged=bool(mf.converged), scf_cycles=int(mf.cycles),
-                 n_electrons=n_electrons, extras=extras)
+                 n_electrons=n_electrons, extras=extras,
+                 fock_beta=fock[1] if unrestricted else None)
 
 
 def _fsync_path(path: str) -> None:
@@ -210,9 +256,9 @@ def _atomic_write(final: str, write) -> None:
 
 def _label_task(index: int, structure: geometry.Structure, level: LevelOfTheory,
                 max_cycle: int, forces: bool, parts_dir: str,
-                props: Properties = Properties()) -> tuple[int, bool]:
+                props: Properties = Properties(), unrestricted: bool = False) -> tuple[int, bool]:
     """Labels one structure and writes its part file; returns (index, converged)."""
-    label = label_structure(structure, level, max_cycle, forces, props)
+    label = label_structure(structure, level, max_cycle, forces, props, unrestricted)
     key = h5format.group_key(index)
 
     def write(tmp):
@@ -222,7 +268,7 @@ def _label_task(index: int, structure: geometry.Structure, level: LevelOfTheory,
                 overlap=label.overlap, energy=label.energy, forces=label.forces,
                 charge=structure.charge, spin=structure.spin, n_electrons=label.n_electrons,
                 converged=label.converged, scf_cycles=label.scf_cycles, source=structure.source,
-                extras=label.extras)
+                extras=label.extras, fock_beta=label.fock_beta)
 
     _atomic_write(os.path.join(parts_dir, key + ".h5"), write)
     return index, label.converged
@@ -300,10 +346,12 @@ def _finished_parts(parts_dir: str) -> dict[str, str]:
 def _check_same_theory(found: dict, wanted: dict, where: str) -> None:
     """Raises ValueError if `found` (attrs of `where`) disagrees with `wanted`.
 
-    `Properties` attrs missing from `found` (files written before they existed) count as the
-    defaults.
+    `Properties` attrs and `unrestricted` missing from `found` (files written before they
+    existed, or restricted runs, which do not write `unrestricted`) count as the defaults;
+    `unrestricted` missing from `wanted` counts as False too.
     """
-    found = {**Properties().attrs(),
+    wanted = {UNRESTRICTED_ATTR: False, **wanted}
+    found = {**Properties().attrs(), UNRESTRICTED_ATTR: False,
              **{k: (v.item() if isinstance(v, np.generic) else v) for k, v in found.items()}}
     diffs = [f"{k}={found.get(k)!r} there, {v!r} here" for k, v in wanted.items()
              if found.get(k) != v]
@@ -350,7 +398,7 @@ def label_file(input_path: str, out: str, level: LevelOfTheory, *, charge: int =
                spin: int | None = None, max_cycle: int = 100, forces: bool = False,
                workers: int = 1, threads: int | None = None, start: int = 0,
                limit: int | None = None, progress: bool = True,
-               props: Properties = Properties()) -> dict:
+               props: Properties = Properties(), unrestricted: bool = False) -> dict:
     """Labels structures [start, start + limit) of `input_path` into `out`, resumably.
 
     Args:
@@ -368,6 +416,10 @@ def label_file(input_path: str, out: str, level: LevelOfTheory, *, charge: int =
         limit: number of structures from `start` (None: all).
         progress: show a tqdm progress bar with ETA.
         props: optional targets; must match the ones recorded in an existing `out`.
+        unrestricted: UKS/UHF for every structure, closed shells included (open shells are
+            always unrestricted). Recorded as the file attr `unrestricted=True` (absent when
+            False, so files written before the option existed resume unchanged); must match
+            an existing `out`.
 
     Returns:
         Summary dict: requested, skipped, labelled, unconverged_new, in_file,
@@ -378,6 +430,8 @@ def label_file(input_path: str, out: str, level: LevelOfTheory, *, charge: int =
     stop = len(structures) if limit is None else min(len(structures), start + limit)
     run_attrs = {**dataclasses.asdict(level), "forces": bool(forces),
                  "input_file": os.path.basename(input_path), **props.attrs()}
+    if unrestricted:
+        run_attrs[UNRESTRICTED_ATTR] = True
     parts_dir = out + ".parts"
     done = set()
     if os.path.exists(out):
@@ -402,7 +456,8 @@ def label_file(input_path: str, out: str, level: LevelOfTheory, *, charge: int =
 
     per_worker = threads_per_worker(workers, threads)
     unconverged = 0
-    args = [(i, structures[i], level, max_cycle, forces, parts_dir, props) for i in todo]
+    args = [(i, structures[i], level, max_cycle, forces, parts_dir, props, bool(unrestricted))
+            for i in todo]
     with tqdm.tqdm(total=len(todo), unit="mol", disable=not progress, file=sys.stderr) as bar:
         for converged in _run_tasks(args, workers, per_worker):
             unconverged += not converged
@@ -426,14 +481,13 @@ def _write_json(path: str, obj) -> None:
 
 
 def _validate_all(structures: list[geometry.Structure], level: LevelOfTheory) -> None:
-    """Validates every structure before any SCF; raises one ValueError listing failures."""
+    """Validates every structure before any SCF (geometry, basis coverage, a charge/spin the
+    electron count can have); raises one ValueError listing failures."""
     errors = []
     for s in structures:
         try:
-            _, _, spin = geometry.validate_structure(s.elements, s.coords, s.charge, s.spin,
-                                                     basis=level.basis, ecp=level.ecp)
-            if spin != 0:
-                raise ValueError(f"open-shell (spin 2S={spin}) is not supported")
+            geometry.validate_structure(s.elements, s.coords, s.charge, s.spin,
+                                        basis=level.basis, ecp=level.ecp)
         except ValueError as err:
             errors.append(f"  {s.source}: {err}")
     if errors:

@@ -22,6 +22,17 @@ Definitions are those of :mod:`helm_jax.orbitals`, so the exact Fock matrix give
   them did not converge. About 3.5x the cost of the SCF itself. Stored for
   reference and for configs that ask for it (``config.qm.self_consistent_polarizability``).
 
+Unrestricted (UKS/UHF) labels, whose Fock matrix is a ``[2, N, N]`` pair (alpha, beta):
+
+* ``mo_energy`` is ``[2, N - d]``: row 0 the alpha and row 1 the beta orbital energies, each
+  the generalised eigenvalues of its own Fock matrix with the shared overlap (same ``d``).
+* ``dipole`` ``[3]`` is that of the total density ``P = Ca_occ Ca_occ^T + Cb_occ Cb_occ^T``
+  (``n_alpha``, ``n_beta`` = ``mol.nelec`` orbitals of each spin occupied).
+* ``polarizability`` ``[3, 3]`` sums the two spin channels, each with one electron per
+  orbital: ``alpha_kl = 2 sum_s sum_{i occ_s, a virt_s} r_k,ia r_l,ia / (e_a - e_i)`` (for
+  identical alpha and beta matrices this is the restricted formula above).
+* ``polarizability_ff`` uses the same UKS/UHF for the six field SCFs and the total density.
+
 Large-basis targets (reduced-basis learning) are the same quantities of a calculation in a
 larger basis at the same geometry, level and settings, stored under ``targets_*`` names
 (``targets_mo_energy [N_large - d]``, ``targets_dipole``, ``targets_polarizability``,
@@ -54,33 +65,63 @@ def orbital_properties(mol, fock: np.ndarray, overlap: np.ndarray) -> dict[str, 
     """Orbital energies, dipole and non-self-consistent polarisability of a Fock matrix.
 
     Args:
-      mol: the PySCF molecule (closed shell).
-      fock: ``[N, N]`` Fock matrix (Eh).
+      mol: the PySCF molecule (its ``nelec`` gives the occupations).
+      fock: ``[N, N]`` restricted Fock matrix (Eh; closed shell), or ``[2, N, N]`` the alpha
+        and beta Fock matrices of an unrestricted calculation.
       overlap: ``[N, N]`` AO overlap.
 
     Returns:
-      ``{"ao_dipole", "dipole_origin", "mo_energy", "dipole", "polarizability"}``.
+      ``{"ao_dipole", "dipole_origin", "mo_energy", "dipole", "polarizability"}``;
+      ``mo_energy`` is ``[N - d]`` for a restricted and ``[2, N - d]`` for an unrestricted
+      Fock matrix (see the module docstring).
+
+    Raises:
+      ValueError: a restricted Fock matrix of an open-shell molecule, or a wrong shape.
     """
     from helm_jax import orbitals  # Local import: it pulls in jax, which plain labelling never needs.
 
-    n_occ = mol.nelectron // 2
+    fock = np.asarray(fock, np.float64)
+    n = np.shape(overlap)[-1]
+    if fock.shape == (n, n):
+        if mol.spin != 0:
+            raise ValueError(f"a restricted [N, N] Fock matrix cannot describe spin 2S={mol.spin};"
+                             " pass the [2, N, N] alpha and beta Fock matrices")
+        channels = [(fock, mol.nelectron // 2, 2.0)]  # (F, occupied orbitals, electrons each)
+    elif fock.shape == (2, n, n):
+        n_alpha, n_beta = mol.nelec
+        channels = [(fock[0], n_alpha, 1.0), (fock[1], n_beta, 1.0)]
+    else:
+        raise ValueError(f"fock must be [N, N] or [2, N, N] with N={n}, got {list(fock.shape)}")
     r = ao_dipole(mol)  # [3, N, N]
-    e, c = orbitals.orbitals_numpy(fock, overlap)  # [N - d], [N, N - d]
-    occ, vir = c[:, :n_occ], c[:, n_occ:]
-    density = 2.0 * occ @ occ.T
+    density = np.zeros((n, n))
+    alpha = np.zeros((3, 3))
+    energies = []
+    for f, n_occ, weight in channels:
+        e, c = orbitals.orbitals_numpy(f, overlap)  # [N - d], [N, N - d]
+        occ, vir = c[:, :n_occ], c[:, n_occ:]
+        density += weight * occ @ occ.T
+        r_ov = np.einsum("pi,xpq,qa->xia", occ, r, vir)  # [3, n_occ, n_vir]
+        gap = e[n_occ:][None, :] - e[:n_occ][:, None]  # [n_occ, n_vir]
+        alpha += 2.0 * weight * np.einsum("kia,lia->kl", r_ov, r_ov / gap)
+        energies.append(e)
     dipole = nuclear_dipole(mol) - np.einsum("xij,ji->x", r, density)
-    r_ov = np.einsum("pi,xpq,qa->xia", occ, r, vir)  # [3, n_occ, n_vir]
-    gap = e[n_occ:][None, :] - e[:n_occ][:, None]  # [n_occ, n_vir]
-    alpha = 4.0 * np.einsum("kia,lia->kl", r_ov, r_ov / gap)
-    return {"ao_dipole": r, "dipole_origin": DIPOLE_ORIGIN.copy(), "mo_energy": e,
+    mo_energy = energies[0] if len(energies) == 1 else np.stack(energies)
+    return {"ao_dipole": r, "dipole_origin": DIPOLE_ORIGIN.copy(), "mo_energy": mo_energy,
             "dipole": dipole, "polarizability": alpha}
+
+
+def _total_density(dm: np.ndarray) -> np.ndarray:
+    """``[N, N]`` total density of a restricted ``[N, N]`` or unrestricted ``[2, N, N]`` one."""
+    dm = np.asarray(dm)
+    return dm if dm.ndim == 2 else dm[0] + dm[1]
 
 
 def finite_field_polarizability(mf, step: float = FIELD_STEP) -> np.ndarray:
     """Self-consistent polarisability ``[3, 3]`` (au) by central differences of the dipole.
 
     Args:
-      mf: a converged restricted SCF object (RHF/RKS, density fitting allowed).
+      mf: a converged SCF object (RHF/RKS or UHF/UKS, density fitting allowed); the field
+        SCFs are of the same kind, started from its density.
       step: field strength (au).
 
     Returns:
@@ -106,7 +147,8 @@ def finite_field_polarizability(mf, step: float = FIELD_STEP) -> np.ndarray:
             field.kernel(dm0=dm0)
             if not field.converged:
                 return np.full((3, 3), np.nan)
-            mus.append(nuclear_dipole(mol) - np.einsum("xij,ji->x", r, field.make_rdm1()))
+            mus.append(nuclear_dipole(mol)
+                       - np.einsum("xij,ji->x", r, _total_density(field.make_rdm1())))
         alpha[:, l] = (mus[0] - mus[1]) / (2 * step)
     return alpha
 
@@ -116,8 +158,9 @@ def scf_properties(mf, fock: np.ndarray, finite_field: bool = False,
     """All stored properties of one converged SCF (see the module docstring).
 
     Args:
-      mf: the converged SCF object.
-      fock: its Fock matrix ``[N, N]``.
+      mf: the converged SCF object (restricted or unrestricted).
+      fock: its Fock matrix, ``[N, N]`` (restricted) or ``[2, N, N]`` (alpha, beta), as
+        ``mf.get_fock(dm=mf.make_rdm1())`` returns it.
       finite_field: also compute ``polarizability_ff`` (six more SCFs).
       prefix: prepended to every name (``"targets_"`` for large-basis targets, which keep
         only the basis-independent quantities: no AO integrals).
@@ -125,7 +168,7 @@ def scf_properties(mf, fock: np.ndarray, finite_field: bool = False,
     Returns:
       ``{name: array}``.
     """
-    out = orbital_properties(mf.mol, fock, mf.get_ovlp())
+    out = orbital_properties(mf.mol, np.asarray(fock), mf.get_ovlp())
     if finite_field:
         out["polarizability_ff"] = finite_field_polarizability(mf)
     if prefix:

@@ -149,9 +149,11 @@ class Reader:
     def _record(self, *, key: str, elements, coords, fock, overlap=None, energy=None,
                 forces=None, charge: int = 0, spin: int | None = None, converged: bool = True,
                 ao_extras: Mapping[str, np.ndarray] | None = None,
-                extras: Mapping[str, Any] | None = None) -> Record:
+                extras: Mapping[str, Any] | None = None, fock_beta=None) -> Record:
         """Validates one structure and converts its AO matrices to PySCF order.
 
+        ``fock_beta`` is the beta Fock matrix of a spin-resolved label (``fock`` is then the
+        alpha one), checked and converted exactly like ``fock``; None for restricted labels.
         ``ao_extras`` are further AO matrices ``[..., N, N]`` (converted like the Fock matrix);
         ``extras`` are other per-structure arrays, kept as they are. Both end in
         ``Record.extras``.
@@ -163,7 +165,9 @@ class Reader:
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from err
         n_ao = basis_lib.molecule_n_ao(z, self.basis, self.ecp)
-        mats = {"fock": fock, "overlap": overlap, **(ao_extras or {})}
+        if fock_beta is not None and fock is None:
+            raise ValueError(f"{where}: a beta Fock matrix without an alpha one")
+        mats = {"fock": fock, "fock_beta": fock_beta, "overlap": overlap, **(ao_extras or {})}
         for name, m in mats.items():
             if m is not None and (np.ndim(m) < 2 or np.shape(m)[-2:] != (n_ao, n_ao)):
                 raise ValueError(
@@ -176,7 +180,8 @@ class Reader:
                 for k, m in mats.items()}
         forces = None if forces is None else np.asarray(forces, np.float64).reshape(len(z), 3)
         return Record(elements=z, coords=np.asarray(coords, np.float64).reshape(len(z), 3),
-                      fock=conv.pop("fock"), overlap=conv.pop("overlap"),
+                      fock=conv.pop("fock"), fock_beta=conv.pop("fock_beta"),
+                      overlap=conv.pop("overlap"),
                       energy=None if energy is None else float(energy), forces=forces,
                       charge=int(charge), spin=int(spin), converged=bool(converged),
                       key=str(key), extras={**conv, **(extras or {})})

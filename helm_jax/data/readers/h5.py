@@ -15,6 +15,11 @@ from helm_jax.data.records import DataError, Record
 class ProjectH5Reader(Reader):
     """The project's own HDF5 files (``helm_jax.h5/v1``), streamed through ``H5Dataset``.
 
+    Spin-resolved (unrestricted) labels, groups with a ``fock_beta`` dataset, read with
+    ``Record.fock_beta`` set (the beta Fock matrix; ``fock`` is the alpha one); restricted
+    labels read with ``fock_beta=None``. ``attrs["unrestricted"]`` is True when the labeller
+    was asked for UKS/UHF for every structure (``--unrestricted``).
+
     Every problem with a record (a corrupt group, a stored checksum that differs from the data,
     a wrong dtype or shape, a failed validation) raises :class:`DataError`.
 
@@ -39,6 +44,11 @@ class ProjectH5Reader(Reader):
         self._ds = ds
         self._keys = ds.keys
 
+    @property
+    def attrs(self) -> dict:
+        """The file attrs (level of theory, ``unrestricted`` when forced, versions, ...)."""
+        return self._ds.attrs
+
     def converged_indices(self) -> np.ndarray:
         """int64 ``[m]`` indices of the structures stored with ``converged=True``."""
         return self._ds.converged_indices()
@@ -55,7 +65,8 @@ class ProjectH5Reader(Reader):
 
     def _validated(self, r: Record, is_ao: dict[str, bool]) -> Record:
         return self._record(key=r.key, elements=r.elements, coords=r.coords, fock=r.fock,
-                            overlap=r.overlap, energy=r.energy, forces=r.forces,
+                            fock_beta=r.fock_beta, overlap=r.overlap, energy=r.energy,
+                            forces=r.forces,
                             charge=r.charge, spin=r.spin, converged=r.converged,
                             ao_extras={k: v for k, v in r.extras.items() if is_ao[k]},
                             extras={k: v for k, v in r.extras.items() if not is_ao[k]})

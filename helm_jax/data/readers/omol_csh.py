@@ -26,6 +26,12 @@ class OmolCshReader(Reader):
     depth-first name order. The walk is cached in ``<file>.helm_jax_keys.json`` (stamped with
     the file's size and mtime); a file of that name this reader did not write is left alone.
 
+    Spin-resolved (unrestricted) groups: a ``fock`` dataset of shape ``[2, N(N+1)/2]`` (row 0
+    alpha, row 1 beta, each packed like the restricted one), or ``fock`` plus ``fock_beta``
+    ``[N(N+1)/2]`` as in the project's own files, read as ``Record.fock`` (alpha) and
+    ``Record.fock_beta`` (beta), both converted from the ``omol_csh`` order. A group with a
+    1-D ``fock`` alone is restricted (``fock_beta=None``).
+
     The ``spin`` attr is read as 2S or as 2S+1, whichever its parity allows for the electron
     count (sum of atomic numbers minus ECP cores minus charge); a value neither fits raises
     :class:`DataError`.
@@ -54,7 +60,7 @@ class OmolCshReader(Reader):
         n_electrons = int(np.sum(r.elements)) - core - r.charge
         spin = spin_2s(r.spin, n_electrons, where=f"{self.path} [{key}]")
         return self._record(key=r.key, elements=r.elements, coords=r.coords, fock=r.fock,
-                            charge=r.charge, spin=spin)
+                            fock_beta=r.fock_beta, charge=r.charge, spin=spin)
 
 
 def spin_2s(value: int, n_electrons: int, where: str = "") -> int:
