@@ -161,7 +161,8 @@ class MoleculeSpec:
         n_conformers: Number of frames to generate (>= 3).
         source: Short provenance note for the reference geometry.
         charge: Total charge.
-        spin: 2S (number of unpaired electrons); always 0 here.
+        spin: 2S (number of unpaired electrons); 0 in :data:`MOLECULES`, non-zero for the
+            radicals of :data:`OPEN_SHELL`.
     """
 
     name: str
@@ -263,4 +264,47 @@ MOLECULES: list[MoleculeSpec] = [
                  "calc Pb-H 1.750"),
     MoleculeSpec("bismuthine", lambda: pyramidal("Bi", "H", 1.778, 90.5), 4,
                  "exp Bi-H 1.778, H-Bi-H 90.5"),
+]
+
+
+# Open-shell and charged species of the same elements (``open_shell.extxyz``): radicals
+# (doublets and two triplets), radical ions and closed-shell ions, 4 conformers each. They
+# are labelled unrestricted (UKS) where 2S > 0 and restricted otherwise; the closed-shell set
+# above is unchanged, so the default dataset's labels and cache stay valid.
+OPEN_SHELL: list[MoleculeSpec] = [
+    # neutral radicals, 2S = 1 (G2 = ASE's G2 collection, UMP2/6-31G* geometries)
+    MoleculeSpec("methyl", _g2("CH3"), 4, "G2", spin=1),
+    MoleculeSpec("amino", _g2("NH2"), 4, "G2", spin=1),
+    MoleculeSpec("formyl", _g2("HCO"), 4, "G2", spin=1),
+    MoleculeSpec("methoxy", _g2("CH3O"), 4, "G2", spin=1),
+    MoleculeSpec("vinyl", _g2("C2H3"), 4, "G2", spin=1),
+    MoleculeSpec("nitrogen_dioxide", _g2("NO2"), 4, "G2", spin=1),
+    MoleculeSpec("silyl", _g2("SiH3"), 4, "G2", spin=1),
+    MoleculeSpec("phosphino", _g2("PH2"), 4, "G2", spin=1),
+    MoleculeSpec("methylthio", _g2("CH3S"), 4, "G2", spin=1),
+    MoleculeSpec("germyl", lambda: pyramidal("Ge", "H", 1.530, 111.0), 4,
+                 "calc Ge-H 1.530, H-Ge-H 111", spin=1),
+    MoleculeSpec("stannyl", lambda: pyramidal("Sn", "H", 1.720, 110.0), 4,
+                 "calc Sn-H 1.720, H-Sn-H 110", spin=1),
+    # triplets, 2S = 2
+    MoleculeSpec("methylene_triplet", _g2("CH2_s3B1d"), 4, "G2", spin=2),
+    MoleculeSpec("silylene_triplet", _g2("SiH2_s3B1d"), 4, "G2", spin=2),
+    # radical ions, 2S = 1
+    MoleculeSpec("water_cation", lambda: bent("O", "H", 0.999, 109.3), 4,
+                 "calc O-H 0.999, H-O-H 109.3", charge=1, spin=1),
+    MoleculeSpec("ammonia_cation", lambda: planar_ax3("N", "H", 1.021), 4,
+                 "calc N-H 1.021, planar", charge=1, spin=1),
+    MoleculeSpec("carbon_dioxide_anion", lambda: bent("C", "O", 1.250, 134.0), 4,
+                 "calc C-O 1.250, O-C-O 134", charge=-1, spin=1),
+    # closed-shell ions, 2S = 0
+    MoleculeSpec("hydronium", lambda: pyramidal("O", "H", 0.976, 111.3), 4,
+                 "calc O-H 0.976, H-O-H 111.3", charge=1),
+    MoleculeSpec("ammonium", lambda: tetrahedral("N", "H", 1.021), 4,
+                 "calc N-H 1.021", charge=1),
+    MoleculeSpec("amide_anion", lambda: bent("N", "H", 1.030, 102.0), 4,
+                 "calc N-H 1.030, H-N-H 102", charge=-1),
+    MoleculeSpec("nitrite", lambda: bent("N", "O", 1.250, 115.0), 4,
+                 "calc N-O 1.250, O-N-O 115", charge=-1),
+    MoleculeSpec("borohydride", lambda: tetrahedral("B", "H", 1.240), 4,
+                 "calc B-H 1.240", charge=-1),
 ]

@@ -25,7 +25,8 @@ Usage::
 
     python data_prep/make_embedded_geometries.py \
         --out helm_jax/data/embedded/molecules.extxyz
-    OMP_NUM_THREADS=1 python data_prep/make_embedded_geometries.py --time
+    python data_prep/make_embedded_geometries.py --set=open_shell   # open_shell.extxyz
+    OMP_NUM_THREADS=1 python data_prep/make_embedded_geometries.py --time [--set=open_shell]
 
 ``--time`` runs one PBE/def2-TZVPD (density-fitted, default grids) single point
 per molecule on the reference geometry, checks convergence and the HOMO-LUMO
@@ -53,9 +54,12 @@ if __package__ in (None, ""):  # run as `python data_prep/make_embedded_geometri
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_prep.embedded_molecules import (  # pylint: disable=wrong-import-position
-    MOLECULES, MoleculeSpec)
+    MOLECULES, OPEN_SHELL, MoleculeSpec)
 
 DEFAULT_SEED = 20240611
+# --set name -> (molecule table, shipped output file)
+SETS = {"closed_shell": (MOLECULES, "helm_jax/data/embedded/molecules.extxyz"),
+        "open_shell": (OPEN_SHELL, "helm_jax/data/embedded/open_shell.extxyz")}
 DISP_RMS_RANGE = (0.03, 0.08)  # per-atom RMS displacement, Angstrom
 MIN_DISTANCE = 0.55  # sanity bound on interatomic distances, Angstrom
 # OMol_CSH element set: Z 1-20, 31-56, 72-83.
@@ -220,18 +224,25 @@ def single_point(atoms: Atoms, charge: int = 0, spin: int = 0,
     mol = gto.M(atom=[(s, tuple(p)) for s, p in zip(symbols, atoms.positions)],
                 unit="Angstrom", basis=basis, ecp=ecp or None, charge=charge,
                 spin=spin, verbose=0)
-    mf = dft.RKS(mol, xc=xc).density_fit()
+    mf = (dft.UKS if spin else dft.RKS)(mol, xc=xc).density_fit()
     energy = mf.kernel()
     fock = mf.get_fock()
     ovlp = mf.get_ovlp()
     wall = time.perf_counter() - t0
-    nocc = mol.nelectron // 2
-    e = np.sort(mf.mo_energy)
+    if spin:  # HOMO over both spins, LUMO over both spins
+        na, nb = mol.nelec
+        ea, eb = (np.sort(e) for e in mf.mo_energy)
+        homo = max(ea[na - 1], eb[nb - 1]) if nb else ea[na - 1]
+        gap = min(ea[na], eb[nb]) - homo
+    else:
+        nocc = mol.nelectron // 2
+        e = np.sort(mf.mo_energy)
+        gap = e[nocc] - e[nocc - 1]
     return {
         "time_s": round(wall, 2),
         "converged": bool(mf.converged),
         "energy": float(energy),
-        "gap": float(e[nocc] - e[nocc - 1]),
+        "gap": float(gap),
         "nao": int(mol.nao),
         "nelectron": int(mol.nelectron),
         "fock_shape": list(fock.shape),
@@ -301,8 +312,11 @@ def main(argv: list[str] | None = None) -> int:
         Process exit status.
     """
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="helm_jax/data/embedded/molecules.extxyz",
-                   help="output extended-xyz path")
+    p.add_argument("--set", choices=sorted(SETS), default="closed_shell",
+                   help="molecule table: the closed-shell default set or the "
+                        "open-shell and charged species")
+    p.add_argument("--out", default=None,
+                   help="output extended-xyz path (default: the set's shipped file)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--time", action="store_true",
                    help="time/verify PBE/def2-TZVPD single points instead of "
@@ -315,8 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write --time results to this JSON file")
     args = p.parse_args(argv)
 
+    table, default_out = SETS[args.set]
     if args.time:
-        results = time_all(MOLECULES, args.threads, args.workers, args.only,
+        results = time_all(table, args.threads, args.workers, args.only,
                            args.all_frames, args.seed)
         if args.json:
             with open(args.json, "w") as fh:
@@ -327,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
             print("FAILED:", bad)
         return 1 if bad else 0
 
-    frames = make_all(args.seed)
-    write(args.out, frames, format="extxyz")
+    frames = make_all(args.seed, table)
+    write(args.out or default_out, frames, format="extxyz")
     print(json.dumps(summary(frames)))
     return 0
 
