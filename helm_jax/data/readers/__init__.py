@@ -33,6 +33,7 @@ import h5py
 from helm_jax.data import h5format
 from helm_jax.data.records import LIBRARY_ERRORS, DataError
 from helm_jax.data.readers.base import Reader, formula, require_file, sqlite_readonly
+from helm_jax.data.readers.concat import ConcatReader
 from helm_jax.data.readers.h5 import ProjectH5Reader
 from helm_jax.data.readers.nabladft import NablaDFTReader
 from helm_jax.data.readers.omol_csh import OmolCshReader
@@ -44,7 +45,7 @@ READERS: dict[str, type[Reader]] = {cls.kind: cls for cls in (
     ProjectH5Reader, OmolCshReader, SchNOrbReader, NablaDFTReader, QH9Reader, XYZReader)}
 KINDS = tuple(READERS)
 
-__all__ = ["KINDS", "READERS", "NablaDFTReader", "OmolCshReader", "ProjectH5Reader",
+__all__ = ["KINDS", "READERS", "ConcatReader", "NablaDFTReader", "OmolCshReader", "ProjectH5Reader",
            "DataError", "QH9Reader", "Reader", "SchNOrbReader", "XYZReader", "detect_kind", "formula",
            "open_dataset", "reader_class", "require_file", "sqlite_readonly"]
 
