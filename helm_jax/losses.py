@@ -3,7 +3,9 @@
 A loss is a function ``loss(out, batch, ctx) -> LossSums`` registered under a name with the
 model outputs it reads (:func:`register`):
 
-* ``out``: the model outputs (``node_h``, ``edge_h``, ``energy``, ``forces``, ``qm``);
+* ``out``: the model outputs (``node_h``, ``edge_h``, ``energy``, ``forces``, ``qm``; a
+  spin-resolved model adds ``node_h_beta``, ``edge_h_beta``, which :func:`node_error`,
+  :func:`edge_error` and the Hamiltonian losses include);
 * ``batch``: the padded ``jraph.GraphsTuple`` of one device;
 * ``ctx``: :class:`LossContext` (label layouts, per-element statistics, mask tables).
 
@@ -156,25 +158,76 @@ class LossContext:
                    ao_table, int(n_virtual), float(s_threshold))
 
 
-def node_error(out, batch, ctx: LossContext):
-    """Standardised node-label error and validity mask, ``[N, D_node]`` each."""
+SPINS = ("alpha", "beta")
+#: Per-spin H MAE metrics (:func:`hamiltonian_mae_alpha`, :func:`hamiltonian_mae_beta`) for
+#: spin-resolved models; an evaluator adds them like :data:`QM_METRICS`.
+SPIN_METRICS = ("hamiltonian_mae_alpha", "hamiltonian_mae_beta")
+
+
+def spins(out, spin: str | None = None) -> tuple[str, ...]:
+    """The spins a loss sums over: ``spin`` if given, else ``("alpha", "beta")`` when the
+    model outputs beta blocks (``node_h_beta``) and ``("alpha",)`` otherwise."""
+    if spin is not None:
+        if spin not in SPINS:
+            raise ValueError(f"spin={spin!r}: choose one of {SPINS} (or None: both).")
+        return (spin,)
+    return SPINS if "node_h_beta" in out else ("alpha",)
+
+
+def _h_pair(out, batch, spin: str, where: str):
+    """``(prediction, label)`` keys of one spin: ``node_h``/``h`` or ``*_beta``/``h_beta``.
+
+    A model without beta outputs predicts the restricted H, so its beta prediction is its
+    alpha one; a batch without beta labels (restricted data) has beta = alpha.
+    """
+    if spin == "alpha":
+        return out[f"{where}_h"], getattr(batch, f"{where}s")["h"]
+    labels = getattr(batch, f"{where}s")
+    if "node_h_beta" in out and "h_beta" not in labels:
+        raise ValueError("The model predicts beta blocks but the batch has no beta labels "
+                         "(h_beta): build the data with GraphSpec(spin_resolved=True) "
+                         "(set by --config.heads.spin=sum_diff or alpha_beta).")
+    return (out.get(f"{where}_h_beta", out[f"{where}_h"]),
+            labels.get("h_beta", labels["h"]))
+
+
+def node_error(out, batch, ctx: LossContext, spin: str | None = None):
+    """Standardised node-label error and validity mask, ``[N, D_node]`` each.
+
+    For a model with beta outputs (and ``spin`` None) the alpha and beta errors are
+    concatenated along the rows, ``[2N, D_node]``; ``spin="alpha"`` or ``"beta"`` selects one.
+    """
     z = batch.nodes["species"]
-    target = stats_lib.standardize_nodes(batch.nodes["h"], z, ctx.node_mean, ctx.node_std,
-                                         ctx.node_layout.muls[0])
     has_h = batch.globals["h_mask"][batching.graph_of_nodes(batch)]
     mask = graphs_lib.label_masks(z, z, ctx.node_layout, ctx.slot_table) & has_h[:, None]
-    return out["node_h"] - target, mask
+    errs = []
+    for s in spins(out, spin):
+        pred, label = _h_pair(out, batch, s, "node")
+        target = stats_lib.standardize_nodes(label, z, ctx.node_mean, ctx.node_std,
+                                             ctx.node_layout.muls[0])
+        errs.append(pred - target)
+    if len(errs) == 1:
+        return errs[0], mask
+    return jnp.concatenate(errs), jnp.concatenate([mask] * len(errs))
 
 
-def edge_error(out, batch, ctx: LossContext):
-    """Edge-label error and validity mask, ``[E, D_edge]`` each (padding edges masked)."""
+def edge_error(out, batch, ctx: LossContext, spin: str | None = None):
+    """Edge-label error and validity mask, ``[E, D_edge]`` each (padding edges masked).
+
+    For a model with beta outputs (and ``spin`` None) the alpha and beta errors are
+    concatenated along the rows, ``[2E, D_edge]``; ``spin="alpha"`` or ``"beta"`` selects one.
+    """
     z = batch.nodes["species"]
     zs, zr = z[batch.senders], z[batch.receivers]
     real = batching.edge_mask(z, batch.senders, batch.receivers)
     has_h = batch.globals["h_mask"][batching.graph_of_nodes(batch)][batch.senders]
     mask = graphs_lib.label_masks(zs, zr, ctx.edge_layout, ctx.slot_table)
     mask = mask & (real & has_h)[:, None]
-    return out["edge_h"] - batch.edges["h"], mask
+    errs = [pred - label for pred, label in
+            (_h_pair(out, batch, s, "edge") for s in spins(out, spin))]
+    if len(errs) == 1:
+        return errs[0], mask
+    return jnp.concatenate(errs), jnp.concatenate([mask] * len(errs))
 
 
 @register(needs=("hamiltonian",))
@@ -182,6 +235,7 @@ def hamiltonian(out, batch, ctx: LossContext) -> LossSums:
     """``sqrt(MSE) + MSE`` over all valid node (standardised l = 0) and edge label entries.
 
     The irreps maps are orthogonal, so the MSE over irreps equals the MSE over block entries.
+    A spin-resolved model's alpha and beta entries count alike (one mean over both spins).
     """
     en, mn = node_error(out, batch, ctx)
     ee, me = edge_error(out, batch, ctx)
@@ -195,23 +249,18 @@ def _safe_mse(s):
     return s["se"] / jnp.maximum(s["n"], 1.0)
 
 
-@register(needs=("hamiltonian",))
-def hamiltonian_mae(out, batch, ctx: LossContext) -> LossSums:
-    """Mean absolute error (Eh) over the valid entries of the graph's H blocks.
-
-    Irreps are mapped back to blocks (physical units, node l = 0 references restored), so
-    this is the field's H MAE restricted to atom pairs within the cutoff. Usable as a metric
-    or as an L1 loss.
-    """
+def _h_abs_sums(out, batch, ctx: LossContext, spin: str):
+    """``(sum |error|, count)`` over the valid block entries of one spin (Eh)."""
     z = batch.nodes["species"]
     mul0 = ctx.node_layout.muls[0]
     back = lambda y: stats_lib.destandardize_nodes(y, z, ctx.node_mean, ctx.node_std, mul0)
-    pred_n = ctx.node_layout.irreps_to_blocks(back(out["node_h"]))
-    ref_n = ctx.node_layout.irreps_to_blocks(batch.nodes["h"])
+    pred, label = _h_pair(out, batch, spin, "node")
+    pred_n = ctx.node_layout.irreps_to_blocks(back(pred))
+    ref_n = ctx.node_layout.irreps_to_blocks(label)
     ao = jnp.asarray(ctx.ao_table)
     has_h_n = batch.globals["h_mask"][batching.graph_of_nodes(batch)]
     mask_n = (ao[z][:, :, None] & ao[z][:, None, :]) & has_h_n[:, None, None]
-    ee, me = edge_error(out, batch, ctx)
+    ee, me = edge_error(out, batch, ctx, spin)
     err_e = ctx.edge_layout.irreps_to_blocks(ee)
     zs, zr = z[batch.senders], z[batch.receivers]
     edge_ok = jnp.any(me, axis=-1)
@@ -219,7 +268,40 @@ def hamiltonian_mae(out, batch, ctx: LossContext) -> LossSums:
     ae = (jnp.sum(jnp.where(mask_n, jnp.abs(pred_n - ref_n), 0.0))
           + jnp.sum(jnp.where(mask_e, jnp.abs(err_e), 0.0)))
     n = (jnp.sum(mask_n) + jnp.sum(mask_e)).astype(ae.dtype)
+    return ae, n
+
+
+def _mae_sums(out, batch, ctx: LossContext, spin: str | None) -> LossSums:
+    parts = [_h_abs_sums(out, batch, ctx, s) for s in spins(out, spin)]
+    ae, n = parts[0]
+    for a, k in parts[1:]:
+        ae, n = ae + a, n + k
     return LossSums({"ae": ae, "n": n}, lambda s: s["ae"] / jnp.maximum(s["n"], 1.0))
+
+
+@register(needs=("hamiltonian",))
+def hamiltonian_mae(out, batch, ctx: LossContext) -> LossSums:
+    """Mean absolute error (Eh) over the valid entries of the graph's H blocks.
+
+    Irreps are mapped back to blocks (physical units, node l = 0 references restored), so
+    this is the field's H MAE restricted to atom pairs within the cutoff. Usable as a metric
+    or as an L1 loss. A spin-resolved model's alpha and beta blocks count alike.
+    """
+    return _mae_sums(out, batch, ctx, None)
+
+
+@register(needs=("hamiltonian",))
+def hamiltonian_mae_alpha(out, batch, ctx: LossContext) -> LossSums:
+    """:func:`hamiltonian_mae` of the alpha blocks only (the restricted H of a model
+    without beta outputs)."""
+    return _mae_sums(out, batch, ctx, "alpha")
+
+
+@register(needs=("hamiltonian",))
+def hamiltonian_mae_beta(out, batch, ctx: LossContext) -> LossSums:
+    """:func:`hamiltonian_mae` of the beta blocks only (beta = alpha for a model without beta
+    outputs and for restricted labels)."""
+    return _mae_sums(out, batch, ctx, "beta")
 
 
 @register(needs=("energy",))

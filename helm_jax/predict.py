@@ -5,6 +5,12 @@
     mf.kernel(dm0=predictor.initial_guess(mol))   # SCF started from the predicted density
     e, f = predictor.energy_and_forces(atoms)     # eV, eV/A (energy head)
 
+Open shells (a model with ``config.heads.spin`` other than "none"; docs/model_and_training.md,
+"Open shells"): the charge and 2S come from ``mol.charge``, ``mol.spin`` or
+``atoms.info["charge"]``, ``atoms.info["spin"]`` (2S; or ``"multiplicity"`` = 2S + 1), and
+``predict_hamiltonian`` returns ``[2, n_ao, n_ao]`` (alpha, beta) for 2S != 0,
+``initial_guess`` a UKS density ``[2, n_ao, n_ao]``.
+
 Inputs are ``ase.Atoms``, built ``pyscf.gto.Mole`` objects (whose basis and ECP must be the
 checkpoint's) or :class:`helm_jax.data.records.Record`, alone or in a list. Molecules are
 grouped by size class (atom and edge counts rounded up to powers of two) and batched with
@@ -85,8 +91,19 @@ def to_record(x: Any, template: basis_lib.Template) -> Record:
                              "supported.")
         return Record(elements=np.asarray(x.numbers, np.int32),
                       coords=np.asarray(x.get_positions(), np.float64),
-                      charge=int(round(float(x.info.get("charge", 0)))))
+                      charge=int(round(float(x.info.get("charge", 0)))),
+                      spin=_atoms_spin(x.info))
     raise TypeError(f"Expected ase.Atoms, pyscf.gto.Mole or Record, got {type(x).__name__}.")
+
+
+def _atoms_spin(info: dict) -> int:
+    """2S of an ``ase.Atoms`` from ``info["spin"]`` (2S) or ``info["multiplicity"]`` (2S + 1);
+    0 when neither is given (PySCF's default)."""
+    if info.get("spin") is not None:
+        return int(round(float(info["spin"])))
+    if info.get("multiplicity") is not None:
+        return int(round(float(info["multiplicity"]))) - 1
+    return 0
 
 
 class Predictor:
@@ -106,7 +123,9 @@ class Predictor:
         if self.dtype == np.float64 and not jax.config.jax_enable_x64:
             jax.config.update("jax_enable_x64", True)
         self.spec = GraphSpec(self.template, cutoff=float(self.config.model.cutoff),
-                              reduced_nodes=bool(self.config.heads.reduced_nodes))
+                              reduced_nodes=bool(self.config.heads.reduced_nodes),
+                              charge_spin_embedding=bool(
+                                  self.config.model.charge_spin_embedding))
         self.model = helm.build_model(self.config, self.template, self.stats)
         self.params = jax.device_put(loaded.params)
         self.max_molecules, self.max_edges = int(max_molecules), int(max_edges)
@@ -170,6 +189,29 @@ class Predictor:
         single = not isinstance(x, (list, tuple))
         return single, [to_record(m, self.template) for m in ([x] if single else x)]
 
+    @property
+    def spin_resolved(self) -> bool:
+        """Whether the model predicts alpha and beta blocks (``config.heads.spin``)."""
+        return self.model.spin_resolved
+
+    def _check_open_shell(self, records: Sequence[Record]) -> None:
+        """Refuses open shells (2S != 0) for a model that cannot predict their two spins."""
+        open_shell = [r for r in records if int(r.spin) != 0]
+        if not open_shell:
+            return
+        r = open_shell[0]
+        missing = [flag for flag, ok in (
+            ("--config.heads.spin=sum_diff (or alpha_beta)", self.spin_resolved),
+            ("--config.model.charge_spin_embedding=True",
+             bool(self.config.model.charge_spin_embedding))) if not ok]
+        if missing:
+            name = f"Molecule {r.key!r}" if r.key else "A molecule"
+            raise ValueError(
+                f"{name} is open shell (2S={r.spin}, charge {r.charge}), but this "
+                f"checkpoint's model was trained without {' and '.join(missing)}: it predicts "
+                "one restricted, closed-shell H. Use a checkpoint trained with those flags on "
+                "spin-resolved (unrestricted) labels.")
+
     def predict_hamiltonian(self, x) -> np.ndarray | list[np.ndarray]:
         """Predicted H (Eh, PySCF AO order of the checkpoint's basis, symmetrised).
 
@@ -177,33 +219,49 @@ class Predictor:
           x: an ``ase.Atoms``, built ``pyscf.gto.Mole`` or Record, or a list of them.
 
         Returns:
-          ``[n_ao, n_ao]`` float64, or a list of them for a list input.
+          ``[n_ao, n_ao]`` float64 for a closed shell (2S = 0), ``[2, n_ao, n_ao]`` (alpha,
+          beta) for an open shell (a spin-resolved model only); a list of them for a list
+          input.
+
+        Raises:
+          ValueError: an open-shell molecule for a model that is not spin-resolved.
         """
         single, records = self._records(x)
+        self._check_open_shell(records)
         out: list[np.ndarray | None] = [None] * len(records)
         for idx, batch in self.batches(self.graphs(records)):
             pred = jax.device_get(self._hamiltonian(self.params, batch))
-            fulls = assemble.batch_to_full(pred, batch, self.spec.node_layout,
-                                           self.spec.edge_layout, self.stats)
-            for i, h in zip(idx, fulls):
-                out[i] = h
+            layouts = (self.spec.node_layout, self.spec.edge_layout, self.stats)
+            fulls = assemble.batch_to_full(pred, batch, *layouts)
+            betas = (assemble.batch_to_full(pred, batch, *layouts, spin="beta")
+                     if self.spin_resolved else fulls)
+            for i, h, hb in zip(idx, fulls, betas):
+                out[i] = h if int(records[i].spin) == 0 else np.stack([h, hb])
         return out[0] if single else out
 
     def initial_guess(self, mol) -> np.ndarray:
-        """Closed-shell density ``2 C_occ C_occ^T`` of the predicted H, for ``mf.kernel(dm0=)``.
+        """Density of the predicted H for ``mf.kernel(dm0=)``.
+
+        Closed shells (``mol.spin == 0``): ``2 C_occ C_occ^T`` ``[n_ao, n_ao]``. Open shells
+        (a spin-resolved model): the UKS/UHF density ``[2, n_ao, n_ao]``, the ``n_alpha``
+        lowest orbitals of the alpha H and the ``n_beta`` lowest of the beta H
+        (``mol.nelec``).
 
         Args:
-          mol: a built PySCF Mole in the checkpoint's basis (spin 0).
+          mol: a built PySCF Mole in the checkpoint's basis.
 
         Returns:
-          ``[n_ao, n_ao]`` density matrix (orbitals with the Mole's overlap).
+          The density matrix (orbitals with the Mole's overlap).
         """
-        if mol.spin != 0:
-            raise ValueError(f"initial_guess builds closed-shell densities; the Mole has "
-                             f"spin 2S={mol.spin}.")
         h = self.predict_hamiltonian(mol)
-        _, c = pyscf_metrics.orbitals(h, mol.intor_symmetric("int1e_ovlp"))
-        return pyscf_metrics.density_matrix(c, mol.nelectron // 2)
+        s = mol.intor_symmetric("int1e_ovlp")
+        if mol.spin == 0:
+            _, c = pyscf_metrics.orbitals(h, s)
+            return pyscf_metrics.density_matrix(c, mol.nelectron // 2)
+        # density_matrix is the doubly occupied 2 C C^T; one spin's is half of it.
+        return np.stack([pyscf_metrics.density_matrix(pyscf_metrics.orbitals(h[k], s)[1],
+                                                      int(mol.nelec[k])) / 2.0
+                         for k in range(2)])
 
     def energy_and_forces(self, x) -> tuple[Any, Any]:
         """Total energy (eV) and forces (eV/A) from the energy head.
@@ -239,6 +297,8 @@ def write_predictions(predictor: Predictor, geometries: str, out: str) -> int:
     Each group holds the predicted ``fock`` (H), the PySCF ``overlap``, the
     ``mo_energy`` [n_ao] (Eh, ascending) of ``H C = S C e``, and, when the checkpoint trained
     its energy head, the predicted ``energy`` (Eh, NaN otherwise) and ``forces`` (Eh/A).
+    An open-shell frame (a spin-resolved model) stores the alpha H as ``fock`` and the beta
+    H as ``fock_beta``, with ``mo_energy`` of the alpha and ``mo_energy_beta`` of the beta H.
     The file is written to a temporary name and renamed when complete.
 
     Args:
@@ -263,12 +323,17 @@ def write_predictions(predictor: Predictor, geometries: str, out: str) -> int:
         for i, (s, mol, h) in enumerate(zip(structures, moles, hamiltonians)):
             overlap = mol.intor_symmetric("int1e_ovlp")
             key = h5format.group_key(i)
+            h_alpha, h_beta = (h[0], h[1]) if h.ndim == 3 else (h, None)
             h5format.write_structure(
-                f, key, elements=s.elements, coords=s.coords, fock=h, overlap=overlap,
+                f, key, elements=s.elements, coords=s.coords, fock=h_alpha, overlap=overlap,
                 energy=energies[i] / HARTREE_EV,
                 forces=None if forces[i] is None else forces[i] / HARTREE_EV,
                 charge=s.charge, spin=s.spin, n_electrons=mol.nelectron, converged=True,
-                scf_cycles=0, source=s.source)
-            f[key].create_dataset("mo_energy", data=pyscf_metrics.orbitals(h, overlap)[0])
+                scf_cycles=0, source=s.source, fock_beta=h_beta)
+            f[key].create_dataset("mo_energy",
+                                  data=pyscf_metrics.orbitals(h_alpha, overlap)[0])
+            if h_beta is not None:
+                f[key].create_dataset("mo_energy_beta",
+                                      data=pyscf_metrics.orbitals(h_beta, overlap)[0])
     os.replace(tmp, out)
     return len(structures)

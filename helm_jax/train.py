@@ -105,6 +105,10 @@ def make_train_step(model, tx, ctx, weights: dict[str, float], need: set[str],
             if "hamiltonian" in need:
                 mae = losses_lib.hamiltonian_mae(out, batch, ctx)
                 values["h_mae"] = mae.combine(_psum(mae.sums))
+                if "node_h_beta" in out:  # spin-resolved: each spin's H MAE too
+                    for spin in losses_lib.SPINS:
+                        mae = losses_lib.resolve(f"hamiltonian_mae_{spin}")(out, batch, ctx)
+                        values[f"h_mae_{spin}"] = mae.combine(_psum(mae.sums))
             return loss, values
 
         (loss, values), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -189,12 +193,16 @@ def _transfer_backbone(params, config):
 
 def load_data(config: ml_collections.ConfigDict, workdir: str | None = None) -> datasets.Data:
     """The run's data (:func:`helm_jax.data.datasets.load_data`) with the graph options the
-    model and losses of ``config`` need."""
+    model and losses of ``config`` need: beta labels when ``config.heads.spin`` is not
+    "none", and the charge/spin checks of ``config.model.charge_spin_embedding`` (open
+    shells need the embedding; spin-resolved labels need a spin-resolved head)."""
     qm = config.qm
     return datasets.load_data(config.data, cutoff=config.model.cutoff,
                               reduced_nodes=config.heads.reduced_nodes,
                               qm_targets=qm.targets if qm.enabled else "",
                               qm_polarizability_ff=qm.self_consistent_polarizability,
+                              spin_resolved=config.heads.spin != "none",
+                              charge_spin_embedding=bool(config.model.charge_spin_embedding),
                               workdir=workdir)
 
 

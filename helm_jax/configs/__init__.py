@@ -86,7 +86,8 @@ def parse_variant(text: str | None, *, groups: Mapping[str, tuple[str, ...]] | N
 # Fields added after checkpoints were first written, with the value that reproduces what
 # those checkpoints were trained with (the current default may differ).
 LEGACY = {"heads.label_scale": "none", "data.node_reference": "standardize",
-          "data.split_order": "random"}
+          "data.split_order": "random", "model.charge_spin_embedding": False,
+          "heads.spin": "none"}
 
 
 def complete(saved: Mapping[str, Any]):

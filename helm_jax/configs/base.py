@@ -34,7 +34,12 @@ def model_config() -> ml_collections.ConfigDict:
         # in the backward pass), so activation memory no longer grows with E x (l_max+1)^2
         # x C per intermediate. 0 disables chunking. Same parameters, same outputs.
         edge_chunk_size=2048,
-        chunk_edges_above=2048))
+        chunk_edges_above=2048,
+        # Learned embeddings of the total charge and of 2S = n_alpha - n_beta added to the
+        # l = 0 initial node features (helm_jax/model/backbone.py; charges -10..10, 2S
+        # 0..10). Needed for open-shell data; False keeps the parameters and outputs of
+        # models without it. docs/model_and_training.md, "Open shells".
+        charge_spin_embedding=False))
 
 
 def heads_config() -> ml_collections.ConfigDict:
@@ -43,8 +48,11 @@ def heads_config() -> ml_collections.ConfigDict:
     # (their root mean square), "rms_per_degree" (per degree l, nodes and edges apart) or
     # "none" (Eh); see helm_jax/data/statistics.py and docs/learning_efficiency.md.
     # reduced_nodes: predict only the node blocks' independent irreps.
+    # spin: "none" (one restricted H), "alpha_beta" (separate alpha and beta heads) or
+    # "sum_diff" (a spin-averaged part A and a spin difference D: alpha = A + D, beta = A - D);
+    # closed shells get alpha = beta exactly (helm_jax/model/heads.py).
     return ml_collections.ConfigDict(dict(hidden=128, energy_hidden=128, reduced_nodes=True,
-                                          label_scale="rms"))
+                                          label_scale="rms", spin="none"))
 
 
 def get_config() -> ml_collections.ConfigDict:

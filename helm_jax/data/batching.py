@@ -156,7 +156,8 @@ def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
 
 
 def pad_batch(graphs: Sequence[MolGraph], budget: Budget, node_dim: int | None,
-              edge_dim: int | None, dtype=np.float32) -> jraph.GraphsTuple:
+              edge_dim: int | None, dtype=np.float32, spin_resolved: bool = False
+              ) -> jraph.GraphsTuple:
     """Concatenates molecules into one padded ``GraphsTuple`` of numpy arrays.
 
     Args:
@@ -164,12 +165,15 @@ def pad_batch(graphs: Sequence[MolGraph], budget: Budget, node_dim: int | None,
       budget: padded sizes.
       node_dim, edge_dim: label sizes, or None to leave Hamiltonian labels out.
       dtype: float dtype of positions and labels.
+      spin_resolved: also ship beta labels ``h_beta`` (``GraphSpec.spin_resolved``); a
+        graph with restricted labels gets its alpha labels there.
 
     Returns:
       ``GraphsTuple`` with nodes ``species [N]``, ``positions [N, 3]``, ``forces [N, 3]``,
-      ``forces_mask [N]`` (and ``h [N, node_dim]``); edges ``h [E, edge_dim]``; globals
-      ``energy [G]``, ``energy_mask [G]``, ``h_mask [G]`` and, if ``budget.n_ao``,
-      ``qm`` (:func:`pad_qm`).
+      ``forces_mask [N]`` (and ``h [N, node_dim]``, with ``spin_resolved`` also ``h_beta``);
+      edges ``h [E, edge_dim]`` (and ``h_beta``); globals ``energy [G]``,
+      ``energy_mask [G]``, ``h_mask [G]``, ``charge`` and ``spin`` (int32 ``[G]``, 2S; 0 on
+      padding graphs) and, if ``budget.n_ao``, ``qm`` (:func:`pad_qm`).
 
     Raises:
       BudgetError: the molecules do not fit the budget together.
@@ -198,12 +202,18 @@ def pad_batch(graphs: Sequence[MolGraph], budget: Budget, node_dim: int | None,
     edges = {}
     h_mask = np.array([g.node_labels is not None for g in graphs], bool)
     if node_dim is not None:
-        nodes["h"] = _pad_rows(cat([g.node_labels if g.node_labels is not None
-                                    else np.zeros((g.n_node, node_dim)) for g in graphs],
-                                   (0, node_dim), np.float64), budget.n_node).astype(dtype)
-        edges["h"] = _pad_rows(cat([g.edge_labels if g.edge_labels is not None
-                                    else np.zeros((g.n_edge, edge_dim)) for g in graphs],
-                                   (0, edge_dim), np.float64), budget.n_edge).astype(dtype)
+        def labels(rows, dim, n, pick):
+            return _pad_rows(cat([pick(g) if pick(g) is not None else np.zeros((rows(g), dim))
+                                  for g in graphs], (0, dim), np.float64), n).astype(dtype)
+
+        n_rows, e_rows = (lambda g: g.n_node), (lambda g: g.n_edge)
+        nodes["h"] = labels(n_rows, node_dim, budget.n_node, lambda g: g.node_labels)
+        edges["h"] = labels(e_rows, edge_dim, budget.n_edge, lambda g: g.edge_labels)
+        if spin_resolved:  # restricted labels: beta = alpha
+            nodes["h_beta"] = labels(n_rows, node_dim, budget.n_node, lambda g: (
+                g.node_labels if g.node_labels_beta is None else g.node_labels_beta))
+            edges["h_beta"] = labels(e_rows, edge_dim, budget.n_edge, lambda g: (
+                g.edge_labels if g.edge_labels_beta is None else g.edge_labels_beta))
     energy = np.array([g.energy for g in graphs], np.float64)
     n_graph_pad = budget.n_graph - len(graphs)
     n_node = np.concatenate([[g.n_node for g in graphs], [budget.n_node - tn],
@@ -214,6 +224,8 @@ def pad_batch(graphs: Sequence[MolGraph], budget: Budget, node_dim: int | None,
         "energy": _pad_rows(np.nan_to_num(energy), budget.n_graph).astype(np.float64),
         "energy_mask": _pad_rows(np.isfinite(energy), budget.n_graph),
         "h_mask": _pad_rows(h_mask, budget.n_graph),
+        "charge": _pad_rows(np.array([g.charge for g in graphs], np.int32), budget.n_graph),
+        "spin": _pad_rows(np.array([g.spin for g in graphs], np.int32), budget.n_graph),
     }
     if budget.n_ao:
         globals_["qm"] = pad_qm(graphs, budget, dtype)

@@ -13,7 +13,8 @@
   cache_graphs: keep built graphs in memory (small datasets).
   embedded_limit: label only the first N embedded structures (quick test configs).
 
-What the graphs hold beyond that (cutoff, node-block layout, quantum-chemistry targets) comes
+What the graphs hold beyond that (cutoff, node-block layout, quantum-chemistry targets,
+spin-resolved labels, the charge/spin checks of the model's conditioning) comes
 from the model and its losses, so it is passed in explicitly as a :class:`GraphSpec`'s
 options (``helm_jax.train.load_data`` does it from a whole config).
 """
@@ -75,13 +76,15 @@ def scan_elements(reader) -> list[int]:
 
 def load_data(data_cfg: ml_collections.ConfigDict, *, cutoff: float, reduced_nodes: bool,
               qm_targets: str = "", qm_polarizability_ff: bool = False,
+              spin_resolved: bool = False, charge_spin_embedding: bool | None = None,
               workdir: str | None = None) -> Data:
     """Opens the data, builds the template and splits, and computes (or loads) statistics.
 
     Args:
       data_cfg: the ``config.data`` section (fields in the module docstring).
-      cutoff, reduced_nodes, qm_targets, qm_polarizability_ff: the graphs' options
-        (:class:`helm_jax.data.graphs.GraphSpec`).
+      cutoff, reduced_nodes, qm_targets, qm_polarizability_ff, spin_resolved,
+        charge_spin_embedding: the graphs' options (:class:`helm_jax.data.graphs.GraphSpec`;
+        statistics over both spins' labels with ``spin_resolved``).
       workdir: the run's directory (None: nothing is saved).
 
     Statistics are cached as ``<workdir>/statistics.json`` so a resumed run uses exactly the
@@ -92,7 +95,9 @@ def load_data(data_cfg: ml_collections.ConfigDict, *, cutoff: float, reduced_nod
     elements = data_cfg.elements or scan_elements(reader)
     template = basis_lib.make_template(elements, reader.basis, reader.ecp)
     spec = GraphSpec(template, cutoff=float(cutoff), reduced_nodes=bool(reduced_nodes),
-                     qm_targets=qm_targets, qm_polarizability_ff=bool(qm_polarizability_ff))
+                     qm_targets=qm_targets, qm_polarizability_ff=bool(qm_polarizability_ff),
+                     spin_resolved=bool(spin_resolved),
+                     charge_spin_embedding=charge_spin_embedding)
     graphs = pipeline.GraphDataset(reader, spec, with_labels=True,
                                    cache=bool(data_cfg.cache_graphs))
     splits = splits_lib.from_config(data_cfg, reader)
@@ -102,7 +107,8 @@ def load_data(data_cfg: ml_collections.ConfigDict, *, cutoff: float, reduced_nod
     else:
         stats = compute_statistics((graphs[i] for i in splits["train"]), spec.node_layout,
                                    node_reference=data_cfg.node_reference,
-                                   edge_layout=spec.edge_layout)
+                                   edge_layout=spec.edge_layout,
+                                   spin_resolved=spec.spin_resolved)
         if stats_path and parallel.is_main_process():  # every process computed the same
             os.makedirs(workdir, exist_ok=True)
             stats.save(stats_path)

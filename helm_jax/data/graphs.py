@@ -10,6 +10,11 @@ With ``GraphSpec.qm_targets`` set, a graph also carries :class:`QMLabels`: what 
 differentiable quantum-chemistry losses (:mod:`helm_jax.orbitals`) need to assemble the predicted
 full H inside the jitted step and compare its orbital energies, dipole and polarisability
 with reference targets (see :mod:`helm_jax.data.reference_targets`).
+
+Open shells (docs/model_and_training.md, "Open shells"): every graph carries its total
+charge and 2S; with ``GraphSpec.spin_resolved`` the beta Fock matrix of unrestricted labels
+becomes ``node_labels_beta`` / ``edge_labels_beta`` (None for restricted labels, whose beta
+blocks equal the alpha ones).
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ from helm_jax.data import geometry
 from helm_jax.data.records import Record
 
 QM_TARGETS = ("", "reference", "large_basis")
+#: Total charges and spins 2S the charge/spin embedding covers (``config.model.
+#: charge_spin_embedding``): charges ``-MAX_CHARGE..MAX_CHARGE``, 2S ``0..MAX_SPIN``.
+MAX_CHARGE = 10
+MAX_SPIN = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +48,15 @@ class GraphSpec:
         (``""``).
       qm_polarizability_ff: use the self-consistent finite-field polarisability
         (``*polarizability_ff``) as the target instead of the non-self-consistent one.
+      spin_resolved: keep the beta labels of unrestricted records (``Record.fock_beta``) as
+        ``MolGraph.node_labels_beta`` / ``edge_labels_beta`` (a model with
+        ``config.heads.spin`` other than "none"). False: records with beta labels are
+        refused (a restricted model cannot learn them), naming the flag to set.
+      charge_spin_embedding: whether the model reads each graph's charge and spin
+        (``config.model.charge_spin_embedding``). True: both must lie in the embedding's
+        range (:data:`MAX_CHARGE`, :data:`MAX_SPIN`); False: open-shell records
+        (``spin != 0``) are refused, since the model could not tell them from closed
+        shells; None (default): not checked (label-free graphs, tools).
     """
 
     template: basis_lib.Template
@@ -46,6 +64,8 @@ class GraphSpec:
     reduced_nodes: bool = True
     qm_targets: str = ""
     qm_polarizability_ff: bool = False
+    spin_resolved: bool = False
+    charge_spin_embedding: bool | None = None
 
     def __post_init__(self):
         if self.qm_targets not in QM_TARGETS:
@@ -124,6 +144,11 @@ class MolGraph:
       forces: ``[n, 3]`` Eh/Angstrom, or None.
       key: source record key.
       qm: quantum-chemistry inputs and targets (only with ``GraphSpec.qm_targets``).
+      charge: total charge.
+      spin: 2S = n_alpha - n_beta.
+      node_labels_beta, edge_labels_beta: irreps of the beta Fock matrix's blocks (same
+        layouts) for unrestricted labels with ``GraphSpec.spin_resolved``; None for
+        restricted labels (beta = alpha).
     """
 
     species: np.ndarray
@@ -136,6 +161,10 @@ class MolGraph:
     forces: np.ndarray | None
     key: str = ""
     qm: QMLabels | None = None
+    charge: int = 0
+    spin: int = 0
+    node_labels_beta: np.ndarray | None = None
+    edge_labels_beta: np.ndarray | None = None
 
     @property
     def n_node(self) -> int:
@@ -174,8 +203,9 @@ def build_graph(record: Record, spec: GraphSpec, with_labels: bool = True,
       The :class:`MolGraph`.
 
     Raises:
-      ValueError: bad geometry, an element outside the template, or a Fock matrix whose size
-        does not fit the basis.
+      ValueError: bad geometry, an element outside the template, a Fock matrix whose size
+        does not fit the basis, or a charge / spin / spin-resolved label the spec refuses
+        (:class:`GraphSpec`).
     """
     if validate:
         z, coords = geometry.check_geometry(record.elements, record.coords, record.key)
@@ -184,19 +214,58 @@ def build_graph(record: Record, spec: GraphSpec, with_labels: bool = True,
         coords = np.asarray(record.coords, np.float64)
     for zi in set(z.tolist()):
         spec.template.element(zi)  # clear error for an element outside the template
+    check_charge_spin(record, spec, with_labels)
     senders, receivers = radius_edges(coords, spec.cutoff)
-    node_labels = edge_labels = None
-    if with_labels and record.fock is not None:
-        node_b, edge_b = blocks.full_to_blocks(np.asarray(record.fock, np.float64), z,
+    node_labels = edge_labels = node_labels_beta = edge_labels_beta = None
+
+    def irreps(fock):
+        node_b, edge_b = blocks.full_to_blocks(np.asarray(fock, np.float64), z,
                                                spec.template, senders, receivers)
-        node_labels = spec.node_layout.blocks_to_irreps(node_b)
-        edge_labels = spec.edge_layout.blocks_to_irreps(edge_b)
+        return spec.node_layout.blocks_to_irreps(node_b), spec.edge_layout.blocks_to_irreps(
+            edge_b)
+
+    if with_labels and record.fock is not None:
+        node_labels, edge_labels = irreps(record.fock)
+        if record.fock_beta is not None:
+            node_labels_beta, edge_labels_beta = irreps(record.fock_beta)
     energy = np.nan if record.energy is None else float(record.energy)
     forces = None if record.forces is None else np.asarray(record.forces, np.float64)
     qm = qm_labels(record, spec, senders, receivers) if spec.qm_targets else None
     return MolGraph(species=z, positions=coords, senders=senders, receivers=receivers,
                     node_labels=node_labels, edge_labels=edge_labels, energy=energy,
-                    forces=forces, key=record.key, qm=qm)
+                    forces=forces, key=record.key, qm=qm, charge=int(record.charge),
+                    spin=int(record.spin), node_labels_beta=node_labels_beta,
+                    edge_labels_beta=edge_labels_beta)
+
+
+def check_charge_spin(record: Record, spec: GraphSpec, with_labels: bool = True) -> None:
+    """Refuses what the model of ``spec`` cannot represent, with the flag that fixes it.
+
+    Raises:
+      ValueError: spin-resolved labels without ``spec.spin_resolved``; an open shell for a
+        model without the charge/spin embedding; a charge or spin outside the embedding's
+        range.
+    """
+    name = record.key or "<record>"
+    if with_labels and record.fock is not None and record.fock_beta is not None \
+            and not spec.spin_resolved:
+        raise ValueError(
+            f"Record {name!r} has spin-resolved (unrestricted) Fock labels, which a "
+            "restricted Hamiltonian head cannot learn: set --config.heads.spin=sum_diff (or "
+            "alpha_beta) together with --config.model.charge_spin_embedding=True.")
+    if spec.charge_spin_embedding is False and int(record.spin) != 0:
+        raise ValueError(
+            f"Record {name!r} is open shell (2S={record.spin}) but the model does not read the "
+            "spin: set --config.model.charge_spin_embedding=True (and --config.heads.spin="
+            "sum_diff for spin-resolved labels).")
+    if spec.charge_spin_embedding:
+        if not -MAX_CHARGE <= int(record.charge) <= MAX_CHARGE:
+            raise ValueError(f"Record {name!r} has charge {record.charge}, outside the range "
+                             f"-{MAX_CHARGE}..{MAX_CHARGE} of the charge embedding.")
+        if not 0 <= int(record.spin) <= MAX_SPIN:
+            raise ValueError(f"Record {name!r} has 2S={record.spin}, outside the range "
+                             f"0..{MAX_SPIN} of the spin embedding (2S = n_alpha - n_beta "
+                             "must be non-negative: swap the alpha and beta labels).")
 
 
 def qm_labels(record: Record, spec: GraphSpec, senders: np.ndarray,

@@ -8,6 +8,8 @@ pure function of ``(seed, epoch)``: the iterator's state is just ``{epoch, step}
 checkpoints and restored exactly. A background thread prefetches the next batches.
 With quantum-chemistry labels (``GraphSpec.qm_targets``) each bucket's budget also fixes the
 padded AO count ``n_ao``: that of the bucket's largest molecule unless the budget names one.
+With ``GraphSpec.spin_resolved`` the batches also carry the beta labels ``h_beta``
+(:func:`helm_jax.data.batching.pad_batch`).
 """
 
 from __future__ import annotations
@@ -143,6 +145,7 @@ class BatchIterator:
         with_h = data.with_labels and data.spec is not None
         self.node_dim = data.spec.node_layout.dim if with_h else None
         self.edge_dim = data.spec.edge_layout.dim if with_h else None
+        self.spin_resolved = bool(with_h and data.spec.spin_resolved)
         self.epoch, self.step = 0, 0
         self._plan_cache: tuple[int, list] | None = None
 
@@ -187,7 +190,8 @@ class BatchIterator:
         for idx in per_device:
             graphs = [self._graph(i) for i in idx]
             out.append(batching.pad_batch(graphs, self.budgets[bucket], self.node_dim,
-                                          self.edge_dim, self.dtype))
+                                          self.edge_dim, self.dtype,
+                                          spin_resolved=self.spin_resolved))
         return batching.stack_device_batches(out)
 
     def _graph(self, i: int) -> MolGraph:

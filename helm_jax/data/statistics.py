@@ -12,7 +12,10 @@
   of the total energy on element counts; models fit ``E - E_ref``.
 
 Statistics are computed from training graphs only, saved as JSON next to the dataset cache
-and inside checkpoints.
+and inside checkpoints. For a spin-resolved model (``spin_resolved``) the node references and
+the label RMS units are computed over the alpha and the beta labels together (a graph with
+restricted labels counts its labels once per spin, as the loss does), and both spins are
+normalised with them (docs/model_and_training.md, "Open shells").
 """
 
 from __future__ import annotations
@@ -125,7 +128,8 @@ NODE_REFERENCES = ("shift", "standardize")
 
 def compute_statistics(graphs: Iterable[MolGraph], node_layout: blocks.IrrepsLayout,
                        ridge: float = 1e-8, node_reference: str = "shift",
-                       edge_layout: blocks.IrrepsLayout | None = None) -> Statistics:
+                       edge_layout: blocks.IrrepsLayout | None = None,
+                       spin_resolved: bool = False) -> Statistics:
     """Computes :class:`Statistics` from training graphs.
 
     Args:
@@ -136,6 +140,8 @@ def compute_statistics(graphs: Iterable[MolGraph], node_layout: blocks.IrrepsLay
       node_reference: ``"shift"`` (subtract the per-element mean; ``node_std`` is all ones)
         or ``"standardize"`` (also divide by the per-element standard deviation).
       edge_layout: the edge labels' irreps layout (needed for the label RMS).
+      spin_resolved: take the node references and label RMS over both spins' labels (the
+        beta labels of a graph, or its alpha labels again where they are restricted).
 
     Returns:
       The statistics.
@@ -154,18 +160,22 @@ def compute_statistics(graphs: Iterable[MolGraph], node_layout: blocks.IrrepsLay
     edge_n = np.zeros_like(edge_sq) if edge_layout is not None else None
     counts, energies = [], []
     for g in graphs:
-        if g.node_labels is not None:
+        node_sets = _spin_labels(g.node_labels, g.node_labels_beta, spin_resolved)
+        edge_sets = _spin_labels(g.edge_labels, g.edge_labels_beta, spin_resolved)
+        if node_sets:
             m = label_masks(g.species, g.species, node_layout, table)
-            y0 = g.node_labels[:, :mul0]
+        for y in node_sets:
+            y0 = y[:, :mul0]
             np.add.at(s1, g.species, np.where(m[:, :mul0], y0, 0.0))
             np.add.at(s2, g.species, np.where(m[:, :mul0], y0 * y0, 0.0))
             np.add.at(cnt, g.species, m[:, :mul0])
-            _add_squares(node_sq, node_n, g.node_labels[:, mul0:], m[:, mul0:],
+            _add_squares(node_sq, node_n, y[:, mul0:], m[:, mul0:],
                          node_deg[mul0:])  # l = 0 follows from s1, s2 below
-        if g.edge_labels is not None and edge_layout is not None and len(g.senders):
+        if edge_sets and edge_layout is not None and len(g.senders):
             zs, zr = g.species[g.senders], g.species[g.receivers]
             m = label_masks(zs, zr, edge_layout, table) & (g.senders != g.receivers)[:, None]
-            _add_squares(edge_sq, edge_n, g.edge_labels, m, edge_deg)
+            for y in edge_sets:
+                _add_squares(edge_sq, edge_n, y, m, edge_deg)
         if np.isfinite(g.energy):
             counts.append(np.bincount(g.species, minlength=N_Z))
             energies.append(g.energy)
@@ -199,6 +209,16 @@ def compute_statistics(graphs: Iterable[MolGraph], node_layout: blocks.IrrepsLay
     return Statistics(node_mean=mean, node_std=std, energy_ref=energy_ref,
                       energy_std=energy_std, n_molecules=len(energies) or int(cnt.any()),
                       **rms)
+
+
+def _spin_labels(alpha, beta, spin_resolved: bool) -> list[np.ndarray]:
+    """The label arrays of one graph that enter the statistics: ``[alpha]``, with
+    ``spin_resolved`` ``[alpha, beta]`` (``beta`` = ``alpha`` for restricted labels)."""
+    if alpha is None:
+        return []
+    if not spin_resolved:
+        return [alpha]
+    return [alpha, alpha if beta is None else beta]
 
 
 def _degrees(layout: blocks.IrrepsLayout) -> np.ndarray:

@@ -41,11 +41,21 @@ def node_irreps_to_physical(node_h: np.ndarray, species: np.ndarray, node_layout
 
 
 def batch_to_full(out: dict, batch, node_layout: blocks.IrrepsLayout,
-                  edge_layout: blocks.IrrepsLayout, stats: stats_lib.Statistics | None
-                  ) -> list[np.ndarray]:
-    """Full predicted H ``[n_ao, n_ao]`` of each real molecule of a single-device batch."""
-    node_h = np.asarray(out["node_h"], np.float64)
-    edge_h = np.asarray(out["edge_h"], np.float64)
+                  edge_layout: blocks.IrrepsLayout, stats: stats_lib.Statistics | None,
+                  spin: str = "alpha") -> list[np.ndarray]:
+    """Full predicted H ``[n_ao, n_ao]`` of each real molecule of a single-device batch.
+
+    ``spin="beta"`` assembles the beta blocks (``node_h_beta``, ``edge_h_beta``) of a
+    spin-resolved model; ``"alpha"`` the alpha (or restricted) ones.
+    """
+    if spin not in ("alpha", "beta"):
+        raise ValueError(f"spin={spin!r}: choose 'alpha' or 'beta'.")
+    suffix = "_beta" if spin == "beta" else ""
+    if f"node_h{suffix}" not in out:
+        raise ValueError("The model outputs no beta blocks: it is not spin-resolved "
+                         "(config.heads.spin='none').")
+    node_h = np.asarray(out[f"node_h{suffix}"], np.float64)
+    edge_h = np.asarray(out[f"edge_h{suffix}"], np.float64)
     species = np.asarray(batch.nodes["species"])
     senders, receivers = np.asarray(batch.senders), np.asarray(batch.receivers)
     template = node_layout.template

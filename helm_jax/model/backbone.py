@@ -6,6 +6,7 @@ invariant edge scalars ``x_e = [emb_src(Z_s) | RBF(d_e) | emb_dst(Z_r)]`` and th
 ``u(d_e)``:
 
     h_r^0 = emb(Z_r) [l=0] + 1/a sum_{e -> r} u_e D_e^T [MLP(x_e) on m = 0]
+            (+ emb_q(q_G) + emb_s(2S_G) [l=0] with ``charge_spin_embedding``)
     per layer:
       h_r <- h_r + 1/a sum_{e -> r} u_e D_e^T SO2_b(Gate(SO2_a(D_e [N(h)_s | N(h)_r], x_e)))
       h   <- h + FFN(N(h))
@@ -27,6 +28,13 @@ backward pass keeps only chunk inputs; peak activation memory is then
 ``O(edge_chunk_size * K * C)`` per intermediate plus the ``[E, K, C]`` edge stream itself.
 The Wigner blocks of the edge frames are computed once per forward pass and sliced per
 chunk (never recomputed per layer).
+
+Charge and spin (``charge_spin_embedding``; docs/model_and_training.md, "Open shells"): the
+total charge q and 2S = n_alpha - n_beta of each node's molecule select learned vectors of
+two embedding tables (q in ``-MAX_CHARGE..MAX_CHARGE``, 2S in ``0..MAX_SPIN`` of
+:mod:`helm_jax.data.graphs`, which refuses other values on the host), added to the l = 0
+channels of the initial node features. They are rotation invariant scalars, so every
+output stays equivariant, and every later feature (nodes, edges, energy) is conditioned.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from helm_jax.data import graphs as graphs_lib
 from helm_jax.nn import layers
 from helm_jax.nn import so2
 from helm_jax.nn import so3
@@ -216,6 +225,7 @@ class HELMBackbone(nn.Module):
     remat: bool
     edge_chunk_size: int
     chunk_edges_above: int
+    charge_spin_embedding: bool = False
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> 'HELMBackbone':
@@ -227,6 +237,21 @@ class HELMBackbone(nn.Module):
                             f'{sorted(missing)} (see helm_jax/configs/base.py)')
         return cls(**config.to_dict())
 
+    def _charge_spin(self, num_nodes, charge, spin, dtype, param_dtype):
+        """``emb_q(q) + emb_s(2S)`` per node, ``[N, C]`` (inside the compact call)."""
+        zeros = jnp.zeros((num_nodes,), jnp.int32)
+        charge = zeros if charge is None else charge.astype(jnp.int32)
+        spin = zeros if spin is None else spin.astype(jnp.int32)
+        # Values outside the tables are refused on the host (graphs.check_charge_spin);
+        # the clip only keeps traced indices inside them.
+        q = jnp.clip(charge, -graphs_lib.MAX_CHARGE, graphs_lib.MAX_CHARGE) + graphs_lib.MAX_CHARGE
+        s = jnp.clip(spin, 0, graphs_lib.MAX_SPIN)
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        return (layers.ElementEmbedding(2 * graphs_lib.MAX_CHARGE + 1, self.channels,
+                                        name='charge_embedding', **kw)(q)
+                + layers.ElementEmbedding(graphs_lib.MAX_SPIN + 1, self.channels,
+                                          name='spin_embedding', **kw)(s))
+
     @nn.compact
     def __call__(
         self,
@@ -237,6 +262,8 @@ class HELMBackbone(nn.Module):
         node_mask: jax.Array,  # [N] bool
         edge_mask: jax.Array,  # [E] bool
         compute_edges: bool = True,
+        charge: Optional[jax.Array] = None,  # [N] int
+        spin: Optional[jax.Array] = None,  # [N] int
     ) -> tuple[jax.Array, Optional[jax.Array]]:
         """Compute node and (if ``compute_edges``) edge features.
 
@@ -248,6 +275,8 @@ class HELMBackbone(nn.Module):
           node_mask: True for real nodes.
           edge_mask: True for real edges.
           compute_edges: also compute edge features (False: energy-only path).
+          charge, spin: total charge and 2S of each node's molecule (None: 0); read only
+            with ``charge_spin_embedding``.
 
         Returns:
           ``(nodes, edges)``: node features ``[N, (l_max+1)^2, C]`` and edge features
@@ -288,6 +317,8 @@ class HELMBackbone(nn.Module):
             wigner, degree.reshape(num_edges, self.l_max + 1, self.channels))
         degree = degree * edge_weight[:, None, None]
         h = jax.ops.segment_sum(degree, receivers, num_segments=num_nodes) / self.avg_degree
+        if self.charge_spin_embedding:
+            h0 = h0 + self._charge_spin(num_nodes, charge, spin, **kw)
         h = h.at[:, 0, :].add(h0) * node_mask[:, None, None].astype(dtype)
         e = jnp.zeros((num_edges, size, self.channels), dtype) if compute_edges else None
 

@@ -8,6 +8,13 @@ produces the number of output irreps of that l required by the template
 (:class:`helm_jax.blocks.IrrepsLayout`, from :func:`helm_jax.data.graphs.layouts_for`). The
 output is the layout's flat irreps vector; the l = 0 node components are in standardised
 units (see ``helm_jax.data.statistics``).
+
+Spin-resolved Hamiltonians (``config.heads.spin``; docs/model_and_training.md, "Open
+shells"): ``"alpha_beta"`` adds a second pair of irreps heads for the beta blocks;
+``"sum_diff"`` adds a pair for a spin difference D next to the spin-averaged part A, with
+``alpha = A + D`` and ``beta = A - D``. A closed shell (2S = 0) gets identical alpha and beta
+blocks by construction: the mean of the two predictions (``alpha_beta``) or D left out
+(``sum_diff``).
 """
 
 from __future__ import annotations
@@ -92,8 +99,19 @@ class IrrepsHead(nn.Module):
         return jnp.where(mask[:, None], flat, jnp.zeros((), flat.dtype))
 
 
+SPIN_MODES = ("none", "alpha_beta", "sum_diff")
+
+
 class HamiltonianHead(nn.Module):
-    """Node (reduced or full layout) and edge irreps heads with separate parameters."""
+    """Node (reduced or full layout) and edge irreps heads with separate parameters.
+
+    Attributes:
+      spin: ``"none"`` (one restricted H: submodules ``node``, ``edge``), ``"alpha_beta"``
+        (``node``, ``edge`` predict alpha, ``node_beta``, ``edge_beta`` beta) or
+        ``"sum_diff"`` (``node``, ``edge`` predict the spin average A, ``node_diff``,
+        ``edge_diff`` the difference D; alpha = A + D, beta = A - D). See
+        :data:`SPIN_MODES`.
+    """
 
     node_muls: tuple[int, ...]
     edge_muls: tuple[int, ...]
@@ -103,14 +121,52 @@ class HamiltonianHead(nn.Module):
     dtype: layers.Dtype = "float32"
     param_dtype: layers.Dtype = "float32"
     matmul_dtype: layers.Dtype | None = None
+    spin: str = "none"
 
     @nn.compact
-    def __call__(self, nodes, edges, node_mask, edge_mask):
-        """Returns ``(node_irreps [N, D_node], edge_irreps [E, D_edge])``."""
+    def __call__(self, nodes, edges, node_mask, edge_mask, node_open=None, edge_open=None
+                 ) -> dict[str, jax.Array]:
+        """Maps backbone features to block irreps.
+
+        Args:
+          nodes, edges: ``[N, K, C]`` and ``[E, K, C]`` features.
+          node_mask, edge_mask: ``[N]``, ``[E]`` real rows.
+          node_open, edge_open: ``[N]``, ``[E]`` bool, the row's molecule is open shell
+            (2S != 0); None: all closed. Read only when ``spin`` is not ``"none"``.
+
+        Returns:
+          ``{"node_h" [N, D_node], "edge_h" [E, D_edge]}`` (alpha, or the restricted H) and,
+          when ``spin`` is not ``"none"``, ``"node_h_beta"``, ``"edge_h_beta"``.
+        """
+        if self.spin not in SPIN_MODES:
+            raise ValueError(f"heads.spin={self.spin!r}: choose one of {SPIN_MODES} "
+                             "(--config.heads.spin=...).")
         kw = dict(hidden=self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
                   matmul_dtype=self.matmul_dtype)
-        return (IrrepsHead(self.node_muls, scales=self.node_scales, name="node", **kw)(
-                    nodes, node_mask),
-                IrrepsHead(self.edge_muls, scales=self.edge_scales, name="edge", **kw)(
-                    edges, edge_mask))
+
+        def pair(suffix):
+            return (IrrepsHead(self.node_muls, scales=self.node_scales, name="node" + suffix,
+                               **kw)(nodes, node_mask),
+                    IrrepsHead(self.edge_muls, scales=self.edge_scales, name="edge" + suffix,
+                               **kw)(edges, edge_mask))
+
+        node, edge = pair("")
+        if self.spin == "none":
+            return {"node_h": node, "edge_h": edge}
+        node_open = (jnp.zeros(node.shape[:1], bool) if node_open is None
+                     else node_open)[:, None]
+        edge_open = (jnp.zeros(edge.shape[:1], bool) if edge_open is None
+                     else edge_open)[:, None]
+        if self.spin == "alpha_beta":
+            node_b, edge_b = pair("_beta")
+            node_mean, edge_mean = (node + node_b) / 2, (edge + edge_b) / 2
+            return {"node_h": jnp.where(node_open, node, node_mean),
+                    "edge_h": jnp.where(edge_open, edge, edge_mean),
+                    "node_h_beta": jnp.where(node_open, node_b, node_mean),
+                    "edge_h_beta": jnp.where(edge_open, edge_b, edge_mean)}
+        node_d, edge_d = pair("_diff")  # sum_diff
+        return {"node_h": jnp.where(node_open, node + node_d, node),
+                "edge_h": jnp.where(edge_open, edge + edge_d, edge),
+                "node_h_beta": jnp.where(node_open, node - node_d, node),
+                "edge_h_beta": jnp.where(edge_open, edge - edge_d, edge)}
 

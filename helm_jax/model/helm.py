@@ -10,6 +10,12 @@ Usage::
     params = model.init(rng, **inputs)["params"]
     out = model.apply({"params": params}, **inputs)      # node_h, edge_h, energy
     energy, forces = energy_and_forces(model, params, inputs)
+
+Open shells (docs/model_and_training.md, "Open shells"): ``batch_inputs`` passes each graph's
+total charge and 2S (``globals["charge"]``, ``globals["spin"]``); the backbone embeds them
+with ``config.model.charge_spin_embedding``, and with ``config.heads.spin`` other than
+``"none"`` the outputs add ``node_h_beta`` and ``edge_h_beta`` (``node_h``, ``edge_h`` are
+then the alpha blocks).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import jraph
 import ml_collections
 
@@ -41,6 +48,8 @@ class HELM(nn.Module):
         from :meth:`helm_jax.data.statistics.Statistics.label_scales`.
       energy_hidden: width of the energy MLP.
       energy_scale: the energy head's output unit (Eh), e.g. the std of referenced energies.
+      spin_mode: the Hamiltonian head's spin resolution (``config.heads.spin``,
+        :data:`helm_jax.model.heads.SPIN_MODES`).
     """
 
     backbone: backbone_lib.HELMBackbone
@@ -51,10 +60,17 @@ class HELM(nn.Module):
     edge_scales: tuple[float, ...] = ()
     energy_hidden: int = 128
     energy_scale: float = 1.0
+    spin_mode: str = "none"
+
+    @property
+    def spin_resolved(self) -> bool:
+        """Whether the outputs include beta blocks (``node_h_beta``, ``edge_h_beta``)."""
+        return self.spin_mode != "none"
 
     @nn.compact
     def __call__(self, species, positions, senders, receivers, node_graph, num_graphs: int,
-                 hamiltonian: bool = True, energy: bool = True) -> dict[str, jax.Array]:
+                 hamiltonian: bool = True, energy: bool = True, charge=None,
+                 spin=None) -> dict[str, jax.Array]:
         """Runs the network.
 
         Args:
@@ -65,23 +81,33 @@ class HELM(nn.Module):
           num_graphs: number of graphs G (static).
           hamiltonian: compute the edge stream and the Hamiltonian head.
           energy: compute the energy head (energy-only calls skip every edge update).
+          charge, spin: int ``[G]`` total charge and 2S of each graph (None: 0), broadcast
+            to the nodes with ``node_graph``.
 
         Returns:
-          dict with ``node_h [N, D_node]``, ``edge_h [E, D_edge]`` (if ``hamiltonian``) and
-          ``energy [G]`` (Eh, relative to the per-element reference; if ``energy``).
+          dict with ``node_h [N, D_node]``, ``edge_h [E, D_edge]`` (if ``hamiltonian``; the
+          alpha blocks of a spin-resolved head, which adds ``node_h_beta``,
+          ``edge_h_beta``) and ``energy [G]`` (Eh, relative to the per-element reference;
+          if ``energy``).
         """
         node_mask = batching.node_mask(species)
         edge_mask = batching.edge_mask(species, senders, receivers)
+        node_charge = None if charge is None else jnp.asarray(charge)[node_graph]
+        node_spin = None if spin is None else jnp.asarray(spin)[node_graph]
         nodes, edges = self.backbone(species, positions, senders, receivers, node_mask,
-                                     edge_mask, compute_edges=hamiltonian)
+                                     edge_mask, compute_edges=hamiltonian,
+                                     charge=node_charge, spin=node_spin)
         out = {}
         if hamiltonian:
-            out["node_h"], out["edge_h"] = heads.HamiltonianHead(
+            node_open = None if node_spin is None else node_spin != 0
+            out.update(heads.HamiltonianHead(
                 self.node_muls, self.edge_muls, hidden=self.head_hidden,
                 node_scales=self.node_scales, edge_scales=self.edge_scales,
                 dtype=self.backbone.dtype, param_dtype=self.backbone.param_dtype,
-                matmul_dtype=self.backbone.matmul_dtype, name="hamiltonian_head")(
-                    nodes, edges, node_mask, edge_mask)
+                matmul_dtype=self.backbone.matmul_dtype, spin=self.spin_mode,
+                name="hamiltonian_head")(
+                    nodes, edges, node_mask, edge_mask, node_open,
+                    None if node_open is None else node_open[senders]))
         if energy:
             e = energy_lib.EnergyHead(self.energy_hidden, dtype=self.backbone.dtype,
                                       param_dtype=self.backbone.param_dtype,
@@ -97,12 +123,17 @@ def build_model(config: ml_collections.ConfigDict, template: basis_lib.Template,
 
     Args:
       config: the run config; only its ``model`` (backbone fields) and ``heads``
-        (``hidden``, ``energy_hidden``, ``reduced_nodes``, ``label_scale``) sections are read.
+        (``hidden``, ``energy_hidden``, ``reduced_nodes``, ``label_scale``, ``spin``)
+        sections are read.
       template: the dataset's basis template (sets the output irreps).
       stats: the training statistics (:class:`helm_jax.data.statistics.Statistics`): the
         energy head's unit and the Hamiltonian head's label units
         (``config.heads.label_scale``); None: unit scales (shapes and tests only).
     """
+    spin_mode = str(config.heads.get("spin", "none"))
+    if spin_mode not in heads.SPIN_MODES:
+        raise ValueError(f"config.heads.spin={spin_mode!r}: choose one of {heads.SPIN_MODES} "
+                         "(e.g. --config.heads.spin=sum_diff).")
     node_layout, edge_layout = graphs_lib.layouts_for(template, config.heads.reduced_nodes)
     node_scales, edge_scales = ((), ()) if stats is None else stats.label_scales(
         config.heads.label_scale)
@@ -110,14 +141,20 @@ def build_model(config: ml_collections.ConfigDict, template: basis_lib.Template,
                 node_muls=tuple(node_layout.muls), edge_muls=tuple(edge_layout.muls),
                 head_hidden=config.heads.hidden, node_scales=node_scales,
                 edge_scales=edge_scales, energy_hidden=config.heads.energy_hidden,
-                energy_scale=1.0 if stats is None else float(stats.energy_std))
+                energy_scale=1.0 if stats is None else float(stats.energy_std),
+                spin_mode=spin_mode)
 
 
 def batch_inputs(graph: jraph.GraphsTuple) -> dict[str, Any]:
-    """Model keyword inputs from one padded batch (no leading device axis)."""
+    """Model keyword inputs from one padded batch (no leading device axis): with the
+    graphs' ``charge`` and ``spin`` (2S) from ``globals`` (zeros where a batch lacks them)."""
+    num_graphs = graph.n_node.shape[0]
+    glob = graph.globals if isinstance(graph.globals, dict) else {}
+    zeros = jnp.zeros((num_graphs,), jnp.int32)
     return dict(species=graph.nodes["species"], positions=graph.nodes["positions"],
                 senders=graph.senders, receivers=graph.receivers,
-                node_graph=batching.graph_of_nodes(graph), num_graphs=graph.n_node.shape[0])
+                node_graph=batching.graph_of_nodes(graph), num_graphs=num_graphs,
+                charge=glob.get("charge", zeros), spin=glob.get("spin", zeros))
 
 
 def energy_and_forces(model: HELM, params, inputs: dict[str, Any], **kw):
