@@ -5,8 +5,9 @@
 Writes ``metrics.json``, ``molecules.csv`` and PNG plots to ``--out`` and prints a summary
 table. The split is the training run's (``<workdir>/splits.json``; an error names the path
 if it is missing); ``--data`` evaluates another file instead. The PySCF level of theory
-comes from the dataset file; the level flags override it. The logic is in
-``helm_jax.evaluate``.
+comes from the dataset file; the level flags override it. Open-shell molecules (spin-resolved
+labels) add per-spin columns, ``<S^2>`` and a second summary table of their means
+(docs/using_a_checkpoint.md, "Open shells"). The logic is in ``helm_jax.evaluate``.
 """
 
 import os

@@ -9,6 +9,13 @@ SCF cycles from the predicted density versus PySCF's minao start. Per element pa
 pooled H MAE. Outputs: ``metrics.json`` (summary), ``molecules.csv`` (one row per
 molecule), ``h_parity.png``, ``h_mae_pairs.png``, ``orbital_errors.png``.
 Units: H in 1e-6 Eh (``_ueh``), energies in meV, psi in percent.
+
+Open shells (records with spin-resolved labels, ``Record.fock_beta``; predictions
+``[2, n_ao, n_ao]`` alpha, beta; docs/using_a_checkpoint.md "Open shells"): the row's common
+columns pool both spins (open-shell HOMO / LUMO over both spins), and per-spin columns
+(``*_alpha_*``, ``*_beta_*``), ``<S^2>`` of the predicted and reference densities and the
+UKS/UHF energy and SCF runs are added; the summary adds their means over the open-shell
+molecules. Closed-shell rows are unchanged.
 """
 
 from __future__ import annotations
@@ -50,7 +57,8 @@ class Report:
       rows: one dict per molecule (see :func:`molecule_row`).
       pairs: element pair -> ``[sum |error| (Eh), entries]`` over all molecules.
       parity: ``(ref, pred)`` sampled H entries (Eh).
-      eps: per molecule ``(eps_ref, eps_pred)`` of the occupied orbitals and the LUMO (Eh).
+      eps: per molecule ``(eps_ref, eps_pred)`` of the occupied orbitals and the LUMO (Eh);
+        open shells add one per spin.
     """
 
     rows: list[dict] = dataclasses.field(default_factory=list)
@@ -64,7 +72,9 @@ class Evaluator:
     matrices (the numbers ``experiments/evaluate.py`` reports for H).
 
     With quantum-chemistry labels it also reports ``losses_lib.QM_METRICS`` (orbital-energy,
-    gap, dipole and polarisability errors of the predicted H).
+    gap, dipole and polarisability errors of the predicted H). Open-shell molecules (of a
+    spin-resolved model, or with unrestricted labels) add the per-spin H MAE
+    (``h_mae_alpha``, ``h_mae_beta``, ... averaged over those molecules).
     """
 
     def __init__(self, model, data: datasets.Data, config, ctx, weights, need, dtype):
@@ -122,13 +132,21 @@ class Evaluator:
             fulls = (assemble.batch_to_full(out, batch, node_layout, edge_layout,
                                             self.data.stats)
                      if "hamiltonian" in self.need else [None] * len(per_dev[0]))
+            # A spin-resolved model: beta H too, used for open shells and unrestricted labels.
+            betas = (assemble.batch_to_full(out, batch, node_layout, edge_layout,
+                                            self.data.stats, spin="beta")
+                     if "hamiltonian" in self.need and "node_h_beta" in out else None)
             n0 = 0
             for k, i in enumerate(per_dev[0]):
                 rec = reader[i]
                 row = {}
                 if fulls[k] is not None and rec.fock is not None:
+                    pred_h = fulls[k]
+                    if betas is not None and (rec.unrestricted or int(rec.spin) != 0):
+                        pred_h = np.stack([fulls[k], betas[k]])
+                    pred_h, ref_h = spin_matrices(rec, pred_h)
                     row.update(metrics_lib.hamiltonian_errors(
-                        fulls[k], rec.fock, rec.elements, template.basis, template.ecp or None))
+                        pred_h, ref_h, rec.elements, template.basis, template.ecp or None))
                 if rec.energy is not None:
                     row["energy_ae"] = abs(float(out["energy"][k])
                                            - float(batch.globals["energy"][k]))
@@ -151,21 +169,51 @@ class Evaluator:
         return result
 
 
+def is_open_shell(record: Record, pred_h: np.ndarray) -> bool:
+    """Whether a molecule is evaluated spin-resolved: unrestricted labels
+    (``record.fock_beta``) or an ``[2, n_ao, n_ao]`` (alpha, beta) prediction."""
+    return record.unrestricted or np.ndim(pred_h) == 3
+
+
+def spin_matrices(record: Record, pred_h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(pred, ref)`` H of one molecule in matching shapes.
+
+    Restricted labels and an ``[n_ao, n_ao]`` prediction: unchanged. Otherwise both
+    ``[2, n_ao, n_ao]`` (alpha, beta): the reference ``[fock, fock_beta]`` (``[fock, fock]``
+    for restricted labels), a spin-free ``[n_ao, n_ao]`` prediction used for both spins.
+    """
+    pred_h = np.asarray(pred_h)
+    if not is_open_shell(record, pred_h):
+        return pred_h, record.fock
+    ref = np.stack([record.fock, record.fock if record.fock_beta is None else record.fock_beta])
+    if pred_h.ndim == 2:
+        pred_h = np.stack([pred_h, pred_h])
+    if pred_h.shape != ref.shape:
+        raise ValueError(f"{record.key}: predicted H {pred_h.shape} and the spin-resolved "
+                         f"reference {ref.shape} differ in size.")
+    return pred_h, ref
+
+
 def molecule_row(record: Record, pred_h: np.ndarray, level: labelling.LevelOfTheory,
                  energy: bool = True, scf: bool = True) -> tuple[dict, dict]:
     """Metrics of one molecule.
 
     Args:
-      record: reference record (``fock`` and, preferably, ``overlap``; PySCF order).
-      pred_h: ``[n_ao, n_ao]`` predicted H.
+      record: reference record (``fock`` and, preferably, ``overlap``; PySCF order; for an
+        open shell also ``fock_beta``, ``charge`` and ``spin``).
+      pred_h: ``[n_ao, n_ao]`` predicted H, or ``[2, n_ao, n_ao]`` (alpha, beta) for an
+        open shell (a spin-free ``[n_ao, n_ao]`` one is used for both spins).
       level: PySCF level of theory of the labels (basis and ECP of the matrices).
       energy: compute the PySCF energy of the predicted density.
       scf: run the two SCFs (predicted-density start and minao start).
 
     Returns:
       ``(row, extras)``: the CSV row in output units, and ``extras`` with ``pairs`` and
-      the orbital energies ``eps_ref``, ``eps_pred``.
+      the orbital energies ``eps_ref``, ``eps_pred`` (open shells: the list ``eps`` of
+      ``(eps_ref, eps_pred)`` per spin instead, see :func:`open_shell_row`).
     """
+    if is_open_shell(record, pred_h):
+        return open_shell_row(record, pred_h, level, energy=energy, scf=scf)
     ecp = level.ecp or None
     mol = pyscf_metrics.record_mole(record, level) if (energy or scf or record.overlap is None) \
         else None
@@ -196,12 +244,79 @@ def molecule_row(record: Record, pred_h: np.ndarray, level: labelling.LevelOfThe
     return row, extras
 
 
+def open_shell_row(record: Record, pred_h: np.ndarray, level: labelling.LevelOfTheory,
+                   energy: bool = True, scf: bool = True) -> tuple[dict, dict]:
+    """Spin-resolved metrics of one molecule (unrestricted labels and/or prediction).
+
+    Columns (units as in :func:`molecule_row`): ``key``, ``formula``, ``n_atoms``, ``n_ao``,
+    ``charge``, ``spin`` (2S), ``n_alpha``, ``n_beta``; over both spins ``h_mae_ueh``,
+    ``h_mae_diag_ueh``, ``h_mae_offdiag_ueh``, ``eps_occ_mae_meV`` (all occupied spin
+    orbitals), ``homo_err_meV``, ``lumo_err_meV``, ``gap_err_meV`` (open-shell HOMO: highest
+    occupied orbital of either spin; LUMO: lowest virtual of either spin), ``psi_pct``; per
+    spin ``x`` in ``alpha``, ``beta``: ``h_mae_x_ueh``, ``h_mae_diag_x_ueh``,
+    ``h_mae_offdiag_x_ueh``, ``eps_occ_mae_x_meV``, ``homo_err_x_meV``, ``lumo_err_x_meV``,
+    ``gap_err_x_meV``, ``psi_x_pct`` (:func:`helm_jax.pyscf_metrics.spin_orbital_errors`);
+    ``s2_pred``, ``s2_ref`` (``<S^2>`` of the predicted and reference H's densities,
+    :func:`helm_jax.pyscf_metrics.spin_square`) and ``s2_err = s2_pred - s2_ref``; with
+    ``energy`` the UKS/UHF ``energy_err_meV`` (and ``ref_density_vs_label_meV``), with
+    ``scf`` the UKS/UHF runs from the predicted spin densities and from minao
+    (``scf_cycles_pred``, ``scf_cycles_minao``, ``scf_converged``, ``scf_same_energy``,
+    ``scf_energy_diff_ueh``).
+
+    Returns:
+      ``(row, extras)``: ``extras`` holds ``pairs`` (both spins pooled) and ``eps``, one
+      ``(eps_ref, eps_pred)`` per spin (occupied orbitals and that spin's LUMO).
+    """
+    ecp = level.ecp or None
+    pred_h, ref_h = spin_matrices(record, pred_h)
+    mol = pyscf_metrics.record_mole(record, level) if (energy or scf or record.overlap is None) \
+        else None
+    s = record.overlap if record.overlap is not None else mol.intor_symmetric("int1e_ovlp")
+    nocc = pyscf_metrics.n_occupied_spin(record, level.basis, ecp)
+    h = metrics_lib.hamiltonian_errors(pred_h, ref_h, record.elements, level.basis, ecp)
+    orb = pyscf_metrics.spin_orbital_errors(pred_h, ref_h, s, nocc)
+    orbital_keys = ("eps_occ_mae", "homo_err", "lumo_err", "gap_err")
+    row = {"key": record.key, "formula": formula(record.elements),
+           "n_atoms": record.n_atoms, "n_ao": len(s), "charge": int(record.charge),
+           "spin": int(record.spin), "n_alpha": nocc[0], "n_beta": nocc[1],
+           **{f"{k}_ueh": h[k] * UEH for k in ("h_mae", "h_mae_diag", "h_mae_offdiag")},
+           **{f"{k}_meV": orb[k] * MEV for k in orbital_keys},
+           "psi_pct": orb["psi"]}
+    for spin in pyscf_metrics.SPINS:
+        row.update({f"{k}_{spin}_ueh": h[f"{k}_{spin}"] * UEH
+                    for k in ("h_mae", "h_mae_diag", "h_mae_offdiag")})
+        row.update({f"{k}_{spin}_meV": orb[f"{k}_{spin}"] * MEV for k in orbital_keys})
+        row[f"psi_{spin}_pct"] = orb[f"psi_{spin}"]
+    dm_pred = pyscf_metrics.spin_density(pred_h, s, nocc)
+    row["s2_pred"] = pyscf_metrics.spin_square(dm_pred, s)
+    row["s2_ref"] = pyscf_metrics.spin_square(pyscf_metrics.spin_density(ref_h, s, nocc), s)
+    row["s2_err"] = row["s2_pred"] - row["s2_ref"]
+    if energy:
+        e = pyscf_metrics.density_energy_error(mol, level, pred_h, ref_h, s, nocc)
+        row["energy_err_meV"] = e["energy_err"] * MEV
+        if record.energy is not None:  # checks that `level` is the labels' level
+            row["ref_density_vs_label_meV"] = (e["e_ref"] - record.energy) * MEV
+    if scf:
+        r = pyscf_metrics.scf_acceleration(mol, level, dm_pred)
+        row.update({k: r[k] for k in ("scf_cycles_pred", "scf_cycles_minao",
+                                      "scf_converged", "scf_same_energy")})
+        row["scf_energy_diff_ueh"] = r["scf_energy_diff"] * UEH
+    extras = {"pairs": metrics_lib.element_pair_errors(pred_h, ref_h, record.elements,
+                                                       level.basis, ecp),
+              "eps": [(orb[f"eps_ref_{spin}"], orb[f"eps_pred_{spin}"])
+                      for spin in pyscf_metrics.SPINS]}
+    return row, extras
+
+
 def evaluate_predictions(items: Iterable[tuple[Record, np.ndarray]],
                          level: labelling.LevelOfTheory, energy: bool = True,
                          scf: bool = True, seed: int = 0, progress: bool = False) -> Report:
     """Runs :func:`molecule_row` over ``(record, predicted H)`` pairs and pools the results.
 
     ``items`` may be a generator (predictions are consumed one molecule at a time).
+    Predictions are ``[n_ao, n_ao]``, or ``[2, n_ao, n_ao]`` (alpha, beta) for open shells
+    (rows of :func:`open_shell_row`; both spins enter the parity samples, the element pairs
+    and the orbital-energy plot).
     """
     report, rng = Report(), np.random.default_rng(seed)
     for record, pred_h in tqdm.tqdm(items, unit="mol", disable=not progress, file=sys.stderr):
@@ -211,11 +326,17 @@ def evaluate_predictions(items: Iterable[tuple[Record, np.ndarray]],
             acc = report.pairs.setdefault(name, [0.0, 0])
             acc[0] += total
             acc[1] += n
-        iu = np.triu_indices(len(pred_h))
-        pick = rng.choice(len(iu[0]), min(PARITY_SAMPLES, len(iu[0])), replace=False)
-        report.parity[0].extend(record.fock[iu][pick])
-        report.parity[1].extend(pred_h[iu][pick])
-        report.eps.append((extras["eps_ref"], extras["eps_pred"]))
+        if "eps" in extras:  # open shell: both spins
+            pred_s, ref_s = spin_matrices(record, pred_h)
+            report.eps.extend(extras["eps"])
+        else:
+            pred_s, ref_s = [pred_h], [record.fock]
+            report.eps.append((extras["eps_ref"], extras["eps_pred"]))
+        for pred_x, ref_x in zip(pred_s, ref_s):
+            iu = np.triu_indices(len(pred_x))
+            pick = rng.choice(len(iu[0]), min(PARITY_SAMPLES, len(iu[0])), replace=False)
+            report.parity[0].extend(ref_x[iu][pick])
+            report.parity[1].extend(pred_x[iu][pick])
     return report
 
 
@@ -243,8 +364,54 @@ def summarize(report: Report) -> dict:
         out.update(scf_cycles_pred=pred, scf_cycles_minao=minao,
                    scf_cycles_ratio=pred / minao, scf_cycles_saved_pct=100 * (1 - pred / minao),
                    scf_same_energy_pct=100.0 * mean("scf_same_energy"))
+    out.update(summarize_open_shells(rows))
     out["element_pairs"] = {name: {"mae_ueh": total / n * UEH, "n_entries": n}
                             for name, (total, n) in sorted(report.pairs.items())}
+    return out
+
+
+def _finite_mean(values) -> float:
+    """Mean of the finite values (NaN if none: e.g. no beta electron in any molecule)."""
+    values = np.asarray([float(v) for v in values])
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def summarize_open_shells(rows: list[dict]) -> dict:
+    """Means over the open-shell rows (:func:`open_shell_row`); empty without any.
+
+    Keys: ``n_open_shell``; per spin ``x`` in ``alpha``, ``beta``: ``h_mae_x_ueh``,
+    ``h_mae_diag_x_ueh``, ``h_mae_offdiag_x_ueh``, ``eps_occ_mae_x_meV``,
+    ``homo_x_mae_meV``, ``lumo_x_mae_meV``, ``gap_x_mae_meV``, ``psi_x_pct``; the open-shell
+    HOMO / LUMO / gap (either spin) ``open_shell_homo_mae_meV``, ``open_shell_lumo_mae_meV``,
+    ``open_shell_gap_mae_meV``; ``s2_pred``, ``s2_ref`` (mean ``<S^2>``) and ``s2_mae``
+    (mean ``|s2_pred - s2_ref|``); with energies ``open_shell_energy_mae_meV``, with SCF runs
+    ``open_shell_scf_cycles_pred``, ``open_shell_scf_cycles_minao`` and
+    ``open_shell_scf_same_energy_pct``. Per-spin quantities a molecule lacks (e.g. the beta
+    HOMO of a one-electron molecule) are left out of their means.
+    """
+    rows = [r for r in rows if "s2_pred" in r]
+    if not rows:
+        return {}
+    mean = lambda k: _finite_mean(r[k] for r in rows)
+    mae = lambda k: _finite_mean(abs(r[k]) for r in rows)
+    out: dict = {"n_open_shell": len(rows)}
+    for spin in pyscf_metrics.SPINS:
+        for k in ("h_mae", "h_mae_diag", "h_mae_offdiag"):
+            out[f"{k}_{spin}_ueh"] = mean(f"{k}_{spin}_ueh")
+        out[f"eps_occ_mae_{spin}_meV"] = mean(f"eps_occ_mae_{spin}_meV")
+        for k in ("homo", "lumo", "gap"):
+            out[f"{k}_{spin}_mae_meV"] = mae(f"{k}_err_{spin}_meV")
+        out[f"psi_{spin}_pct"] = mean(f"psi_{spin}_pct")
+    for k in ("homo", "lumo", "gap"):
+        out[f"open_shell_{k}_mae_meV"] = mae(f"{k}_err_meV")
+    out.update(s2_pred=mean("s2_pred"), s2_ref=mean("s2_ref"), s2_mae=mae("s2_err"))
+    if "energy_err_meV" in rows[0]:
+        out["open_shell_energy_mae_meV"] = mae("energy_err_meV")
+    if "scf_cycles_pred" in rows[0]:
+        out.update(open_shell_scf_cycles_pred=mean("scf_cycles_pred"),
+                   open_shell_scf_cycles_minao=mean("scf_cycles_minao"),
+                   open_shell_scf_same_energy_pct=100.0 * mean("scf_same_energy"))
     return out
 
 
@@ -338,8 +505,10 @@ def write_outputs(report: Report, summary: dict, out: str) -> list[str]:
     with open(paths[0], "w") as f:
         json.dump(summary, f, indent=1)
     if report.rows:
+        # Open-shell rows add columns: the union, in order of appearance (blank where absent).
+        fields = list(dict.fromkeys(k for row in report.rows for k in row))
         with open(paths[1], "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(report.rows[0]))
+            writer = csv.DictWriter(f, fieldnames=fields, restval="")
             writer.writeheader()
             writer.writerows(report.rows)
     return paths + plot(report, summary, out)
@@ -412,10 +581,43 @@ SUMMARY_ROWS = (
 )
 
 
+#: The open-shell rows of :func:`format_summary` (means over the open-shell molecules).
+OPEN_SHELL_ROWS = tuple(
+    row for spin in ("alpha", "beta") for row in (
+        (f"H MAE {spin}", f"h_mae_{spin}_ueh", "1e-6 Eh"),
+        (f"H MAE {spin} diagonal blocks", f"h_mae_diag_{spin}_ueh", "1e-6 Eh"),
+        (f"H MAE {spin} off-diagonal blocks", f"h_mae_offdiag_{spin}_ueh", "1e-6 Eh"),
+        (f"occupied {spin} orbital energy MAE", f"eps_occ_mae_{spin}_meV", "meV"),
+        (f"HOMO {spin} MAE", f"homo_{spin}_mae_meV", "meV"),
+        (f"LUMO {spin} MAE", f"lumo_{spin}_mae_meV", "meV"),
+        (f"gap {spin} MAE", f"gap_{spin}_mae_meV", "meV"),
+        (f"psi {spin}", f"psi_{spin}_pct", "%"))) + (
+    ("HOMO MAE (either spin)", "open_shell_homo_mae_meV", "meV"),
+    ("LUMO MAE (either spin)", "open_shell_lumo_mae_meV", "meV"),
+    ("gap MAE (either spin)", "open_shell_gap_mae_meV", "meV"),
+    ("<S^2> of predicted density", "s2_pred", ""),
+    ("<S^2> of reference density", "s2_ref", ""),
+    ("<S^2> MAE", "s2_mae", ""),
+    ("energy of predicted density MAE", "open_shell_energy_mae_meV", "meV"),
+    ("SCF cycles from prediction", "open_shell_scf_cycles_pred", "cycles"),
+    ("SCF cycles from minao", "open_shell_scf_cycles_minao", "cycles"),
+    ("SCF runs reaching the same energy", "open_shell_scf_same_energy_pct", "%"),
+)
+
+
 def format_summary(summary: dict) -> str:
-    """A plain-text table of the summary's headline metrics."""
+    """A plain-text table of the summary's headline metrics.
+
+    With open-shell molecules, a second table of their per-spin means
+    (:data:`OPEN_SHELL_ROWS`) follows.
+    """
     lines = [f"{summary.get('split', '')} split: {summary['n_molecules']} molecules, "
              f"step {summary.get('step', '?')}", f"{'metric':<36} {'value':>12}  unit"]
     lines += [f"{name:<36} {summary[key]:>12.3f}  {unit}"
               for name, key, unit in SUMMARY_ROWS if key in summary]
+    if summary.get("n_open_shell"):
+        lines += [f"open shells (spin-resolved): {summary['n_open_shell']} molecules",
+                  f"{'metric':<36} {'value':>12}  unit"]
+        lines += [f"{name:<36} {summary[key]:>12.3f}  {unit}".rstrip()
+                  for name, key, unit in OPEN_SHELL_ROWS if key in summary]
     return "\n".join(lines)
