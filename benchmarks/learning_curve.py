@@ -15,7 +15,8 @@ the number ``experiments/evaluate.py`` reports. Training seconds are wall time o
 training steps only (the first step's compilation included, evaluations excluded).
 
 Output: ``<out>/<name>.json`` with the config, the curve rows ``{step, seconds, h_mae_uEh,
-h_mae_diag_uEh, h_mae_offdiag_uEh, train_loss}``, the training loss every ``--log_every``
+h_mae_diag_uEh, h_mae_offdiag_uEh, train_loss}`` (plus ``h_mae_alpha_uEh``,
+``h_mae_beta_uEh`` over the open-shell molecules when there are any), the training loss every ``--log_every``
 steps (``train_rows``) and the run's summary; ``--plot`` draws
 several runs on one figure (H MAE against steps and against seconds, log-log) and prints a
 Markdown table of H MAE at steps 100 ... 3,200 and after the time budget.
@@ -104,6 +105,9 @@ def run_curve(config, seconds: float, max_steps: int, eval_every: int,
                "h_mae_uEh": m["h_mae"] * 1e6, "h_mae_diag_uEh": m["h_mae_diag"] * 1e6,
                "h_mae_offdiag_uEh": m["h_mae_offdiag"] * 1e6,
                "train_loss": float(np.mean(losses)) if losses else None}
+        for spin in ("alpha", "beta"):  # open-shell molecules of the split, per spin
+            if f"h_mae_{spin}" in m:
+                row[f"h_mae_{spin}_uEh"] = m[f"h_mae_{spin}"] * 1e6
         rows.append(row)
         print(json.dumps(row), flush=True)
         losses.clear()

@@ -50,3 +50,28 @@ def test_concat_refuses_mixed_bases_and_empty(tmp_path):
         readers.ConcatReader([readers.open_dataset(a), readers.open_dataset(b)])
     with pytest.raises(ValueError, match="at least one"):
         readers.ConcatReader([])
+
+
+def test_embedded_open_shell_config_concatenates_both_embedded_sets(tmp_path, monkeypatch):
+    from helm_jax.configs import omol_pretrain  # pylint: disable=import-outside-toplevel
+    from helm_jax.data import datasets, embedded  # pylint: disable=import-outside-toplevel
+    files = {embedded.GEOMETRIES: str(tmp_path / "closed.h5"),
+             embedded.OPEN_SHELL_GEOMETRIES: str(tmp_path / "open.h5")}
+    _write_project(files[embedded.GEOMETRIES], [_labels(WATER, "def2-svp")], [True])
+    _write_project(files[embedded.OPEN_SHELL_GEOMETRIES],
+                   [_labels(ETHANOL, "def2-svp", seed=k) for k in (1, 2)], [True, True])
+    asked = []
+
+    def fake_labelled(geometries=embedded.GEOMETRIES, limit=None, **kw):
+        asked.append((geometries, limit))
+        return files[geometries]
+    monkeypatch.setattr(embedded, "ensure_labelled", fake_labelled)
+    config = omol_pretrain.get_config("small,open_shell")
+    reader = datasets.open_reader(config.data)
+    assert isinstance(reader, readers.ConcatReader) and len(reader) == 3
+    assert asked == [(embedded.GEOMETRIES, 40), (embedded.OPEN_SHELL_GEOMETRIES, 40)]
+    assert reader.keys[1:] == ["1:0000000", "1:0000001"]
+    assert (config.model.charge_spin_embedding, config.heads.spin) == (True, "sum_diff")
+    config.data.path = files[embedded.GEOMETRIES]
+    with pytest.raises(ValueError, match="embedded_open_shell needs config.data.path='embedded'"):
+        datasets.open_reader(config.data)

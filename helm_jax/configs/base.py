@@ -67,6 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.kind = ml_collections.FieldReference(None, field_type=str)  # None: detect
     c.data.elements = ml_collections.FieldReference(None, field_type=list)  # None: scan
     c.data.embedded_limit = ml_collections.FieldReference(None, field_type=int)
+    # With path "embedded": also the open-shell and charged species (radicals labelled UKS).
+    c.data.embedded_open_shell = False
     c.data.split_seed = 0
     # l = 0 node labels minus the per-element mean ("shift") or also divided by its standard
     # deviation ("standardize", the paper's form); see helm_jax/data/statistics.py.

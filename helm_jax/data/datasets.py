@@ -11,7 +11,10 @@
   split_order: ``"random"`` (seeded by split_seed) or ``"contiguous"`` (file order).
   batch: ``molecules_per_batch`` or ``edges_per_batch``, ``num_buckets``.
   cache_graphs: keep built graphs in memory (small datasets).
-  embedded_limit: label only the first N embedded structures (quick test configs).
+  embedded_limit: label only the first N embedded structures (quick test configs; with
+    ``embedded_open_shell``, the first N of each set).
+  embedded_open_shell: with ``path="embedded"``, add the embedded open-shell and charged
+    species (``helm_jax/data/embedded/open_shell.extxyz``; records keyed ``1:<key>``).
 
 What the graphs hold beyond that (cutoff, node-block layout, quantum-chemistry targets,
 spin-resolved labels, the charge/spin checks of the model's conditioning) comes
@@ -61,6 +64,15 @@ def open_reader(data_cfg: ml_collections.ConfigDict):
     path = data_cfg.path
     if path == "embedded":
         path = embedded.ensure_labelled(limit=data_cfg.embedded_limit)
+        if data_cfg.get("embedded_open_shell", False):
+            radicals = embedded.ensure_labelled(geometries=embedded.OPEN_SHELL_GEOMETRIES,
+                                                limit=data_cfg.embedded_limit)
+            return readers.ConcatReader([readers.open_dataset(path),
+                                         readers.open_dataset(radicals)])
+    elif data_cfg.get("embedded_open_shell", False):
+        raise ValueError(f"config.data.embedded_open_shell needs config.data.path='embedded', "
+                         f"not {path!r}: concatenate your own files with "
+                         "helm_jax.data.readers.ConcatReader instead.")
     return readers.open_dataset(path, kind=data_cfg.kind)
 
 

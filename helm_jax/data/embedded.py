@@ -1,6 +1,7 @@
 """The embedded default dataset: small molecules shipped as text, labelled on first use.
 
-Geometries live in ``helm_jax/data/embedded/molecules.extxyz`` (see the README there).
+Geometries live in ``helm_jax/data/embedded/molecules.extxyz`` (closed shells) and
+``open_shell.extxyz`` (radicals and ions; see the README there).
 Labels are computed on first use at PBE/def2-TZVPD (ECP def2-TZVPD, density fitting) with
 the resumable labeller and cached as ``embedded-<hash>.h5``; the hash covers the geometry
 file's bytes and the level of theory, so a changed file or setting relabels into a new file.
@@ -16,6 +17,9 @@ import os
 from helm_jax.data import labelling
 
 GEOMETRIES = os.path.join(os.path.dirname(__file__), "embedded", "molecules.extxyz")
+# Radicals, radical ions and closed-shell ions of the same elements (labelled UKS where
+# 2S > 0); used with ``config.data.embedded_open_shell``.
+OPEN_SHELL_GEOMETRIES = os.path.join(os.path.dirname(__file__), "embedded", "open_shell.extxyz")
 LEVEL = labelling.LevelOfTheory(method="pbe", basis="def2-tzvpd", ecp="def2-tzvpd",
                                 grid_level=3, density_fit=True, conv_tol=1e-9)
 
