@@ -141,7 +141,7 @@ def test_qm_targets_small(variant, tmp_path):
     ("md17", "ethanol,frozen", "names a protocol or k without 'energy'"),
     ("md17", "ethanol,energy,k=many", "k='many' is not a int"),
     ("md17", "ethanol,energy,n=3", "unknown variant key 'n'.*k=<int>"),
-    ("omol_pretrain", "smal", "unknown variant word 'smal'.*valid: curve, small"),
+    ("omol_pretrain", "smal", "unknown variant word 'smal'.*valid: curve, open_shell, small"),
     ("energy_transfer", "frozen,finetune", "both protocol choices"),
     ("nabladft", "3k", "valid: 10k, 2k, 5k, small"),
     ("qm_targets", "h_only,small,extra", "unknown variant word 'extra'"),
