@@ -37,7 +37,12 @@ predicted H, :func:`qm_outputs`; implies ``hamiltonian``) and ``polarizability``
 Quantum-chemistry losses (``orbital_energies``, ``gap``, ``dipole``, ``polarizability``; the
 second seed paper's indirect targets) read ``out["qm"]`` from batches with
 ``globals["qm"]`` (``config.qm.enabled``). Their weights mix with the others, e.g.
-``config.losses = {"hamiltonian": 1.0, "orbital_energies": 1e-2, "dipole": 1e-3}``.
+``config.losses = {"hamiltonian": 1.0, "orbital_energies": 1e-2, "dipole": 1e-3}``. For a
+model with beta outputs they are unrestricted (docs/qm_targets.md, "Open shells"): each
+spin's H gives its orbitals (``n_alpha`` / ``n_beta`` occupied), the orbital-energy losses
+cover both spins' target rows, the gap is the open-shell one (either spin), and the dipole
+and polarisability are those of the total density; a closed shell gives the restricted
+values.
 """
 
 from __future__ import annotations
@@ -327,25 +332,44 @@ def forces(out, batch, ctx: LossContext) -> LossSums:
 def qm_outputs(out, batch, ctx: LossContext, with_polarizability: bool) -> dict[str, jax.Array]:
     """Orbital energies, dipole and polarisability of every graph's predicted full H.
 
+    A model without beta outputs predicts one restricted H per molecule (the batch holds
+    closed shells: ``graphs.qm_labels`` refuses open shells without a spin-resolved spec),
+    solved with ``n_alpha = n_beta`` doubly occupied orbitals
+    (:func:`helm_jax.orbitals.properties`). A model with beta outputs (``node_h_beta``)
+    gives each molecule an alpha and a beta H, solved per spin with ``n_alpha`` and
+    ``n_beta`` occupied orbitals; dipole and polarisability are those of the total density
+    (:func:`helm_jax.orbitals.properties_spins`).
+
     Args:
-      out: model outputs (``node_h``, ``edge_h``).
+      out: model outputs (``node_h``, ``edge_h``; ``node_h_beta``, ``edge_h_beta``).
       batch: padded batch with ``globals["qm"]`` (``batching.pad_qm``).
       ctx: the loss context.
       with_polarizability: also the polarisability (three forward-mode derivatives).
 
     Returns:
       ``{"mo_energy" [G, n], "n_orbitals" [G], "dipole" [G, 3]}`` and
-      ``"polarizability" [G, 3, 3]`` if asked (:func:`helm_jax.orbitals.properties`).
+      ``"polarizability" [G, 3, 3]`` if asked; with beta outputs ``mo_energy`` is
+      ``[G, 2, n]`` (alpha row, beta row).
     """
     q = batch.globals["qm"]
     z = batch.nodes["species"]
-    node = stats_lib.destandardize_nodes(out["node_h"], z, ctx.node_mean, ctx.node_std,
-                                         ctx.node_layout.muls[0])
-    h = assemble.batch_full_matrices(node, out["edge_h"], q["ao_index"], ctx.node_layout,
-                                     ctx.edge_layout)
-    fn = functools.partial(orbitals_lib.properties, with_polarizability=with_polarizability,
+
+    def full(node_key, edge_key):
+        node = stats_lib.destandardize_nodes(out[node_key], z, ctx.node_mean, ctx.node_std,
+                                             ctx.node_layout.muls[0])
+        return assemble.batch_full_matrices(node, out[edge_key], q["ao_index"],
+                                            ctx.node_layout, ctx.edge_layout)
+
+    h = full("node_h", "edge_h")
+    if "node_h_beta" in out:
+        h = jnp.stack([h, full("node_h_beta", "edge_h_beta")], axis=1)  # [G, 2, n, n]
+        n_occ = jnp.stack([q["n_alpha"], q["n_beta"]], axis=1)  # [G, 2]
+        properties = orbitals_lib.properties_spins
+    else:
+        n_occ, properties = q["n_alpha"], orbitals_lib.properties
+    fn = functools.partial(properties, with_polarizability=with_polarizability,
                            s_threshold=ctx.s_threshold)
-    res = jax.vmap(fn)(h, q["overlap"], q["ao_dipole"], q["ao_mask"], q["n_occ"],
+    res = jax.vmap(fn)(h, q["overlap"], q["ao_dipole"], q["ao_mask"], n_occ,
                        q["nuclear_dipole"])
     del res["density"]
     return res
@@ -388,22 +412,48 @@ def _mae(abs_err, mask) -> LossSums:
     return LossSums({"ae": ae, "n": n}, lambda s: s["ae"] / jnp.maximum(s["n"], 1.0))
 
 
+def _spin_resolved(pred) -> bool:
+    """Whether :func:`qm_outputs` solved per spin (``mo_energy [G, 2, n]``)."""
+    return pred["mo_energy"].ndim == 3
+
+
+def _occupations_and_targets(q, pred):
+    """``(n_occ, target mo_energy)``: ``[G]``, ``[G, n]`` restricted, or ``[G, 2]``,
+    ``[G, 2, n]`` (alpha, beta) for per-spin outputs."""
+    if _spin_resolved(pred):
+        return (jnp.stack([q["n_alpha"], q["n_beta"]], axis=1),
+                jnp.stack([q["mo_energy"], q["mo_energy_beta"]], axis=1))
+    return q["n_alpha"], q["mo_energy"]
+
+
 def _orbital_error(out, batch, ctx: LossContext):
-    """Orbital-energy error ``[G, n]`` and mask: occupied + ``ctx.n_virtual`` lowest virtual."""
+    """Orbital-energy error ``[G, n]`` and mask: occupied + ``ctx.n_virtual`` lowest virtual.
+
+    Per-spin outputs: ``[G, 2, n]``, each spin's occupied + ``n_virtual`` lowest virtual.
+    """
     q, pred = batch.globals["qm"], out["qm"]
-    available = jnp.minimum(q["mo_energy_count"], pred["n_orbitals"])
-    limit = jnp.minimum(q["n_occ"] + ctx.n_virtual, available)  # [G]
-    mask = jnp.arange(q["mo_energy"].shape[-1])[None, :] < limit[:, None]
-    return pred["mo_energy"] - q["mo_energy"], mask
+    n_occ, target = _occupations_and_targets(q, pred)
+    available = jnp.minimum(q["mo_energy_count"], pred["n_orbitals"])  # [G]
+    available = available.reshape(available.shape + (1,) * (n_occ.ndim - 1))
+    limit = jnp.minimum(n_occ + ctx.n_virtual, available)  # [G] or [G, 2]
+    mask = jnp.arange(target.shape[-1]) < limit[..., None]
+    return pred["mo_energy"] - target, mask
 
 
 def _gap_error(out, batch):
-    """HOMO-LUMO gap error ``[G]`` and mask."""
+    """HOMO-LUMO gap error ``[G]`` and mask (per-spin outputs: the open-shell gap,
+    :func:`helm_jax.orbitals.homo_lumo_gap_spins`)."""
     q, pred = batch.globals["qm"], out["qm"]
+    n_occ, target = _occupations_and_targets(q, pred)
+    if _spin_resolved(pred):
+        available = jnp.minimum(q["mo_energy_count"], pred["n_orbitals"])
+        gap_fn = jax.vmap(orbitals_lib.homo_lumo_gap_spins)
+        mask = jax.vmap(orbitals_lib.has_homo_lumo_spins)(n_occ, available)
+        return (gap_fn(pred["mo_energy"], n_occ, available)
+                - gap_fn(target, n_occ, available)), mask
     homo_lumo = jax.vmap(orbitals_lib.homo_lumo_gap)
-    n_occ = q["n_occ"]
     mask = (n_occ > 0) & (q["mo_energy_count"] > n_occ) & (pred["n_orbitals"] > n_occ)
-    return homo_lumo(pred["mo_energy"], n_occ) - homo_lumo(q["mo_energy"], n_occ), mask
+    return homo_lumo(pred["mo_energy"], n_occ) - homo_lumo(target, n_occ), mask
 
 
 def _target_error(out, batch, name: str):
@@ -413,27 +463,30 @@ def _target_error(out, batch, name: str):
 
 @register(needs=("qm",))
 def orbital_energies(out, batch, ctx: LossContext) -> LossSums:
-    """MSE (Eh^2) of the occupied and ``config.qm.n_virtual`` lowest virtual orbital energies."""
+    """MSE (Eh^2) of the occupied and ``config.qm.n_virtual`` lowest virtual orbital energies
+    (of each spin, both spins' entries in one mean, for a model with beta outputs)."""
     return _mse(*_orbital_error(out, batch, ctx))
 
 
 @register(needs=("qm",))
 def gap(out, batch, ctx: LossContext) -> LossSums:
-    """MSE (Eh^2) of the HOMO-LUMO gap."""
+    """MSE (Eh^2) of the HOMO-LUMO gap (open shells: lowest virtual minus highest occupied
+    orbital energy over both spins)."""
     del ctx
     return _mse(*_gap_error(out, batch))
 
 
 @register(needs=("qm",))
 def dipole(out, batch, ctx: LossContext) -> LossSums:
-    """MSE (au^2) over dipole components (rotation invariant: ``|mu - mu_ref|^2 / 3``)."""
+    """MSE (au^2) over dipole components (rotation invariant: ``|mu - mu_ref|^2 / 3``) of the
+    total density."""
     del ctx
     return _mse(*_target_error(out, batch, "dipole"))
 
 
 @register(needs=("polarizability",))
 def polarizability(out, batch, ctx: LossContext) -> LossSums:
-    """MSE (au^2) over the nine polarisability components."""
+    """MSE (au^2) over the nine polarisability components (both spins' response)."""
     del ctx
     return _mse(*_target_error(out, batch, "polarizability"))
 

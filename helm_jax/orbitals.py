@@ -1,8 +1,11 @@
 """Differentiable quantum chemistry of a Hamiltonian: orbitals, density, dipole, polarisability.
 
 Pure ``jax.numpy``, one molecule per call (``jax.vmap`` for a padded batch), jit-able and
-differentiable. Closed shell: ``n_occ`` doubly occupied orbitals. AO matrices are ``[n, n]``
-with a boolean ``ao_mask [n]`` of the molecule's real AOs; padded slots are ignored.
+differentiable. Closed shell (restricted H, :func:`solve`, :func:`properties`): ``n_occ``
+doubly occupied orbitals. Open shell (an alpha and a beta H, :func:`solve_spins`,
+:func:`properties_spins`): ``n_alpha`` and ``n_beta`` singly occupied orbitals of each spin's
+H. AO matrices are ``[n, n]`` with a boolean ``ao_mask [n]`` of the molecule's real AOs;
+padded slots are ignored.
 
 Generalised eigenproblem ``H C = S C e`` by canonical (Lowdin) orthogonalisation:
 ``S = U L U^T``, ``X = U L^-1/2`` over the eigenvalues ``L > s_threshold``, then
@@ -27,6 +30,16 @@ electrons' potential): ``alpha_kl = d mu_k / d E_l`` of ``H + sum_l E_l r_l``. T
 ``+E.r`` is the energy of an electron (charge -1) in the uniform field E (potential
 ``-E.r``), so ``alpha = 4 sum_{i occ, a virt} r_k,ia r_l,ia / (e_a - e_i)`` is positive.
 
+Open shells (unrestricted, docs/qm_targets.md "Open shells"; the labeller's definitions in
+:mod:`helm_jax.data.reference_targets`): each spin ``s`` has its own H ``F_s`` and orbitals
+(same overlap, same dropped directions), ``P_s = C_s,occ C_s,occ^T`` over its ``n_s`` lowest
+orbitals, and the dipole is that of the total density ``P = P_alpha + P_beta``. The
+polarisability ``d mu / d E`` adds ``E.r`` to both ``F_s``; it is the sum of the two spins'
+responses with one electron per orbital, ``2 sum_s sum_{i occ_s, a virt_s} r_k,ia r_l,ia /
+(e_a - e_i)``. For ``F_alpha = F_beta`` and ``n_alpha = n_beta`` every quantity equals the
+restricted one. The gap of an open shell (:func:`homo_lumo_gap_spins`) is the lowest
+virtual orbital energy over both spins minus the highest occupied one over both.
+
 Gradients stay finite for degenerate orbitals: the occupied projector ``Q`` has a custom JVP
 (perturbation theory) in which only occupied-virtual pairs appear, through
 ``g_ia = 1 / (e_a - e_i)``; its first derivative has a custom JVP of its own (second divided
@@ -48,6 +61,9 @@ S_THRESHOLD = 1e-7  # overlap eigenvalues at or below this are dropped (linear d
 
 class Orbitals(NamedTuple):
     """The solution of one molecule's generalised eigenproblem.
+
+    :func:`solve_spins` returns the same fields with a leading spin axis (alpha, beta) on
+    ``mo_energy``, ``density`` (then ``P_s = C_s,occ C_s,occ^T``) and ``mo_coeff``.
 
     Attributes:
       mo_energy: ``[n]`` ascending; entries from ``n_orbitals`` on are padding.
@@ -183,7 +199,7 @@ def _projector_derivative_jvp(primals, tangents):
 
 
 def solve(h, s, ao_mask, n_occ, s_threshold: float = S_THRESHOLD) -> Orbitals:
-    """Orbital energies and density matrix of one molecule.
+    """Orbital energies and density matrix of one molecule (closed shell).
 
     Args:
       h: ``[n, n]`` symmetric Hamiltonian / Fock matrix (Eh).
@@ -197,16 +213,49 @@ def solve(h, s, ao_mask, n_occ, s_threshold: float = S_THRESHOLD) -> Orbitals:
     """
     n = h.shape[-1]
     assert h.shape == s.shape == (n, n) and ao_mask.shape == (n,)
-    mask2 = ao_mask[:, None] & ao_mask[None, :]
     x, keep = orthogonalizer(s, ao_mask, s_threshold)
+    return _solve_orthogonal(h, x, keep, ao_mask, n_occ, 2.0)
+
+
+def _solve_orthogonal(h, x, keep, ao_mask, n_occ, electrons_per_orbital: float) -> Orbitals:
+    """:func:`solve` given the orthogonaliser ``(x, keep)`` of the overlap; the density has
+    ``electrons_per_orbital`` (2 closed shell, 1 one spin) in each of ``n_occ`` orbitals."""
+    n = h.shape[-1]
+    mask2 = ao_mask[:, None] & ao_mask[None, :]
     ht = _sym(x.T @ jnp.where(mask2, h, 0.0) @ x)  # [n, n]
     shift = jax.lax.stop_gradient(jnp.max(jnp.sum(jnp.abs(ht), axis=-1))) + 1.0
     ht = ht + jnp.diag(jnp.where(keep, 0.0, shift))
     occ = (jnp.arange(n) < n_occ).astype(ht.dtype)
     w, q = _spectrum(ht, occ)
     coeff = x @ jnp.linalg.eigh(jax.lax.stop_gradient(ht))[1]
-    return Orbitals(mo_energy=w, density=2.0 * x @ q @ x.T, mo_coeff=coeff,
+    return Orbitals(mo_energy=w, density=electrons_per_orbital * x @ q @ x.T, mo_coeff=coeff,
                     n_orbitals=jnp.sum(keep))
+
+
+def solve_spins(h, s, ao_mask, n_spin, s_threshold: float = S_THRESHOLD) -> Orbitals:
+    """Orbital energies and density matrices of each spin of one molecule (open shell).
+
+    Both spins share the overlap, hence the orthogonaliser and the dropped directions.
+
+    Args:
+      h: ``[2, n, n]`` symmetric alpha and beta Hamiltonians / Fock matrices (Eh).
+      s: ``[n, n]`` overlap.
+      ao_mask: ``[n]`` bool, real AOs (padding False).
+      n_spin: ``[2]`` int, occupied orbitals of each spin ``(n_alpha, n_beta)`` (may be
+        traced).
+      s_threshold: linear-dependence guard (see the module docstring).
+
+    Returns:
+      :class:`Orbitals` with a leading spin axis: ``mo_energy [2, n]``, ``density
+      [2, n, n]`` (``P_s = C_s,occ C_s,occ^T``; the total density is their sum),
+      ``mo_coeff [2, n, n]``, and the scalar ``n_orbitals`` (the same for both spins).
+    """
+    n = h.shape[-1]
+    assert h.shape == (2, n, n) and s.shape == (n, n) and ao_mask.shape == (n,)
+    x, keep = orthogonalizer(s, ao_mask, s_threshold)
+    orb = jax.vmap(lambda hs, ns: _solve_orthogonal(hs, x, keep, ao_mask, ns, 1.0))(
+        h, jnp.asarray(n_spin))
+    return orb._replace(n_orbitals=jnp.sum(keep))
 
 
 def dipole(density, ao_dipole, nuclear_dipole):
@@ -225,6 +274,38 @@ def homo_lumo_gap(mo_energy, n_occ):
     return mo_energy[n_occ] - mo_energy[n_occ - 1]
 
 
+def homo_lumo_gap_spins(mo_energy, n_spin, n_available):
+    """Open-shell ``e_LUMO - e_HOMO`` (Eh) of per-spin orbital energies ``[2, n]``.
+
+    The HOMO is the highest occupied orbital of either spin (of the spins with ``n_s > 0``),
+    the LUMO the lowest virtual of either spin (of those with ``n_s < n_available``); for
+    identical spins this is :func:`homo_lumo_gap`. ``0`` if no spin has an occupied or none
+    a virtual orbital (mask those molecules: :func:`has_homo_lumo_spins`).
+
+    Args:
+      mo_energy: ``[2, n]`` ascending orbital energies of each spin.
+      n_spin: ``[2]`` int, occupied orbitals of each spin.
+      n_available: how many leading orbital energies of each row are real (int scalar).
+    """
+    n = mo_energy.shape[-1]
+    n_spin = jnp.asarray(n_spin)
+    rows = jnp.arange(2)
+    homo_s = mo_energy[rows, jnp.clip(n_spin - 1, 0, n - 1)]
+    lumo_s = mo_energy[rows, jnp.clip(n_spin, 0, n - 1)]
+    has_occ, has_vir = n_spin > 0, n_spin < n_available
+    # Finite fill values (never selected when a spin qualifies): no inf, no NaN gradients.
+    homo = jnp.max(jnp.where(has_occ, homo_s, jnp.min(jax.lax.stop_gradient(homo_s)) - 1.0))
+    lumo = jnp.min(jnp.where(has_vir, lumo_s, jnp.max(jax.lax.stop_gradient(lumo_s)) + 1.0))
+    return jnp.where(has_homo_lumo_spins(n_spin, n_available), lumo - homo, 0.0)
+
+
+def has_homo_lumo_spins(n_spin, n_available):
+    """Whether :func:`homo_lumo_gap_spins` is defined: some spin has an occupied orbital and
+    some spin a virtual one among the ``n_available``."""
+    n_spin = jnp.asarray(n_spin)
+    return jnp.any(n_spin > 0) & jnp.any(n_spin < n_available)
+
+
 def properties(h, s, ao_dipole, ao_mask, n_occ, nuclear_dipole, with_polarizability=True,
                s_threshold: float = S_THRESHOLD) -> dict[str, jax.Array]:
     """Orbitals, dipole and (optionally) polarisability of one molecule in one pass.
@@ -239,19 +320,55 @@ def properties(h, s, ao_dipole, ao_mask, n_occ, nuclear_dipole, with_polarizabil
       ``{"mo_energy" [n], "density" [n, n], "n_orbitals" [], "dipole" [3],
       "polarizability" [3, 3] (if asked)}``.
     """
+    return _properties(lambda field: solve(h + field, s, ao_mask, n_occ, s_threshold),
+                       ao_dipole, ao_mask, nuclear_dipole, with_polarizability, h.dtype,
+                       lambda d: d)
+
+
+def properties_spins(h, s, ao_dipole, ao_mask, n_spin, nuclear_dipole,
+                     with_polarizability=True, s_threshold: float = S_THRESHOLD
+                     ) -> dict[str, jax.Array]:
+    """:func:`properties` of an open shell: alpha and beta H, the total density's dipole.
+
+    Args:
+      h: ``[2, n, n]`` alpha and beta Hamiltonians (Eh).
+      s, ao_mask, s_threshold: as in :func:`solve_spins`.
+      ao_dipole: ``[3, n, n]`` AO dipole integrals (bohr).
+      n_spin: ``[2]`` int, ``(n_alpha, n_beta)`` occupied orbitals of each spin.
+      nuclear_dipole: ``[3]`` (au), same origin as ``ao_dipole``.
+      with_polarizability: also ``alpha [3, 3] = d mu / d E``, the field added to both
+        spins' H (the sum of the two spins' responses).
+
+    Returns:
+      ``{"mo_energy" [2, n], "density" [2, n, n] (per spin), "n_orbitals" [], "dipole" [3],
+      "polarizability" [3, 3] (if asked)}``; dipole and polarisability are those of the
+      total density ``P_alpha + P_beta``.
+    """
+    return _properties(
+        lambda field: solve_spins(h + field, s, ao_mask, n_spin, s_threshold),
+        ao_dipole, ao_mask, nuclear_dipole, with_polarizability, h.dtype,
+        lambda d: jnp.sum(d, axis=0))
+
+
+def _properties(solve_with_field, ao_dipole, ao_mask, nuclear_dipole, with_polarizability,
+                dtype, total_density):
+    """Shared body of :func:`properties` and :func:`properties_spins`.
+
+    ``solve_with_field(v)`` solves with the AO matrix ``v [n, n]`` added to H (each spin's),
+    ``total_density`` maps the solution's density to the total ``[n, n]`` one.
+    """
     ao_dipole = jnp.where(ao_mask[:, None] & ao_mask[None, :], ao_dipole, 0.0)
 
     def mu(field):  # [3] -> [3]
-        orb = solve(h + jnp.einsum("k,kij->ij", field, ao_dipole), s, ao_mask, n_occ,
-                    s_threshold)
-        return dipole(orb.density, ao_dipole, nuclear_dipole), orb
+        orb = solve_with_field(jnp.einsum("k,kij->ij", field, ao_dipole))
+        return dipole(total_density(orb.density), ao_dipole, nuclear_dipole), orb
 
-    zero = jnp.zeros(3, h.dtype)
+    zero = jnp.zeros(3, dtype)
     out = {}
     if with_polarizability:
         out["polarizability"], orb = jax.jacfwd(mu, has_aux=True)(zero)
     else:
         orb = mu(zero)[1]
     out.update(mo_energy=orb.mo_energy, density=orb.density, n_orbitals=orb.n_orbitals,
-               dipole=dipole(orb.density, ao_dipole, nuclear_dipole))
+               dipole=dipole(total_density(orb.density), ao_dipole, nuclear_dipole))
     return out

@@ -248,8 +248,11 @@ def pad_qm(graphs: Sequence[MolGraph], budget: Budget, dtype=np.float32) -> dict
       H in ``concat(node_blocks.ravel(), edge_blocks.ravel())`` of the batch's padded
       ``[N, A, A]`` node and ``[E, A, A]`` edge blocks; -1: no block), ``ao_mask [G, n]``,
       ``overlap [G, n, n]``, ``ao_dipole [G, 3, n, n]`` (bohr), ``nuclear_dipole [G, 3]``,
-      ``n_occ`` int32 ``[G]``, targets ``mo_energy [G, n]`` with ``mo_energy_count`` int32
-      ``[G]`` (how many are given), ``dipole [G, 3]``, ``polarizability [G, 3, 3]`` with
+      ``n_alpha``, ``n_beta`` int32 ``[G]`` (occupied orbitals of each spin; equal for closed
+      shells, whose doubly occupied count they are), targets ``mo_energy [G, n]`` (alpha, or
+      restricted) and ``mo_energy_beta [G, n]`` (beta; a copy of ``mo_energy`` for
+      restricted targets) with ``mo_energy_count`` int32 ``[G]`` (how many are given, the
+      same for both spins), ``dipole [G, 3]``, ``polarizability [G, 3, 3]`` with
       ``dipole_mask``/``polarizability_mask [G]``.
 
     Raises:
@@ -258,8 +261,9 @@ def pad_qm(graphs: Sequence[MolGraph], budget: Budget, dtype=np.float32) -> dict
     g_n, n = budget.n_graph, budget.n_ao
     out = {"ao_index": np.full((g_n, n, n), -1, np.int32), "ao_mask": np.zeros((g_n, n), bool),
            "overlap": np.zeros((g_n, n, n)), "ao_dipole": np.zeros((g_n, 3, n, n)),
-           "nuclear_dipole": np.zeros((g_n, 3)), "n_occ": np.zeros(g_n, np.int32),
-           "mo_energy": np.zeros((g_n, n)), "mo_energy_count": np.zeros(g_n, np.int32),
+           "nuclear_dipole": np.zeros((g_n, 3)), "n_alpha": np.zeros(g_n, np.int32),
+           "n_beta": np.zeros(g_n, np.int32), "mo_energy": np.zeros((g_n, n)),
+           "mo_energy_beta": np.zeros((g_n, n)), "mo_energy_count": np.zeros(g_n, np.int32),
            "dipole": np.zeros((g_n, 3)), "dipole_mask": np.zeros(g_n, bool),
            "polarizability": np.zeros((g_n, 3, 3)), "polarizability_mask": np.zeros(g_n, bool)}
     node_off = edge_off = 0
@@ -279,10 +283,12 @@ def pad_qm(graphs: Sequence[MolGraph], budget: Budget, dtype=np.float32) -> dict
             out["overlap"][k, :m, :m] = q.overlap
             out["ao_dipole"][k, :, :m, :m] = q.ao_dipole
             out["nuclear_dipole"][k] = q.nuclear_dipole
-            out["n_occ"][k] = q.n_occ
+            out["n_alpha"][k], out["n_beta"][k] = q.n_alpha, q.n_beta
             if q.mo_energy is not None:
-                count = min(len(q.mo_energy), n)
+                beta = q.mo_energy if q.mo_energy_beta is None else q.mo_energy_beta
+                count = min(len(q.mo_energy), len(beta), n)
                 out["mo_energy"][k, :count] = q.mo_energy[:count]
+                out["mo_energy_beta"][k, :count] = beta[:count]
                 out["mo_energy_count"][k] = count
             for name in ("dipole", "polarizability"):
                 if getattr(q, name) is not None:

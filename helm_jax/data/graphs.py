@@ -107,10 +107,14 @@ class QMLabels:
       overlap: ``[N, N]`` AO overlap.
       ao_dipole: ``[3, N, N]`` AO dipole integrals (bohr) about the origin O.
       nuclear_dipole: ``[3]`` ``sum_A Z_A (R_A - O)`` (au; ECP cores removed from Z).
-      n_occ: doubly occupied orbitals.
-      mo_energy: ``[K]`` target orbital energies (Eh, ascending), or None.
-      dipole: ``[3]`` target dipole (au), or None.
-      polarizability: ``[3, 3]`` target polarisability (au), or None.
+      n_alpha, n_beta: occupied orbitals of each spin, ``(n_electrons +- 2S) / 2`` (PySCF's
+        ``mol.nelec``); equal (:attr:`n_occ`) for a closed shell.
+      mo_energy: ``[K]`` target orbital energies (Eh, ascending) of the alpha spin (of both
+        for restricted targets), or None.
+      dipole: ``[3]`` target dipole (au, total density), or None.
+      polarizability: ``[3, 3]`` target polarisability (au, total density), or None.
+      mo_energy_beta: ``[K]`` target orbital energies of the beta spin: row 1 of unrestricted
+        targets, ``mo_energy`` itself for restricted ones; None with ``mo_energy``.
     """
 
     ao_index: np.ndarray
@@ -118,15 +122,34 @@ class QMLabels:
     overlap: np.ndarray
     ao_dipole: np.ndarray
     nuclear_dipole: np.ndarray
-    n_occ: int
+    n_alpha: int
+    n_beta: int
     mo_energy: np.ndarray | None
     dipole: np.ndarray | None
     polarizability: np.ndarray | None
+    mo_energy_beta: np.ndarray | None = None
 
     @property
     def n_ao(self) -> int:
         """Number of AOs."""
         return int(self.overlap.shape[0])
+
+    @property
+    def open_shell(self) -> bool:
+        """Whether the spins have different occupations (2S != 0)."""
+        return self.n_alpha != self.n_beta
+
+    @property
+    def n_occ(self) -> int:
+        """Doubly occupied orbitals of a closed shell (``n_alpha = n_beta``).
+
+        Raises:
+          ValueError: an open shell, which has ``n_alpha`` and ``n_beta`` instead.
+        """
+        if self.open_shell:
+            raise ValueError(f"An open shell (n_alpha={self.n_alpha}, n_beta={self.n_beta}) "
+                             "has no doubly occupied orbital count: use n_alpha and n_beta.")
+        return self.n_alpha
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,33 +295,62 @@ def qm_labels(record: Record, spec: GraphSpec, senders: np.ndarray,
               receivers: np.ndarray) -> QMLabels:
     """The :class:`QMLabels` of a record (targets chosen by ``spec.qm_targets``).
 
+    Open shells (2S != 0) need a spin-resolved model (``spec.spin_resolved``) and, if they
+    have orbital-energy targets, the unrestricted ``[2, K]`` ones (alpha row, beta row) the
+    labeller stores for them (:mod:`helm_jax.data.reference_targets`). Restricted ``[K]``
+    targets serve both spins of a closed shell.
+
     Raises:
-      ValueError: the record lacks the overlap or AO dipole integrals, or is open shell.
+      ValueError: the record lacks the overlap or AO dipole integrals; its charge and 2S
+        do not fit its electron count; an open shell without ``spec.spin_resolved`` or with
+        ``[K]`` orbital-energy targets.
     """
     ex = record.extras
+    name = record.key or "<record>"
     if record.overlap is None or "ao_dipole" not in ex:
         raise ValueError(
-            f"Record {record.key!r} has no overlap or AO dipole integrals, which the "
+            f"Record {name!r} has no overlap or AO dipole integrals, which the "
             "quantum-chemistry losses need: label the data with `data_prep/label.py --dipole` "
             "(and --targets_basis for large-basis targets), or set config.qm.enabled=False.")
-    if record.spin != 0:
-        raise ValueError(f"Record {record.key!r} is open shell (2S={record.spin}); the "
-                         "quantum-chemistry losses are closed-shell only.")
     t = spec.template
     z = np.asarray(record.elements)
     charges = np.array([zi - t.element(zi).ecp_electrons for zi in z], np.float64)
+    n_electrons = int(round(charges.sum())) - int(record.charge)
+    spin = int(record.spin)
+    if n_electrons < abs(spin) or (n_electrons + spin) % 2:
+        raise ValueError(f"Record {name!r}: {n_electrons} electrons (charge {record.charge}) "
+                         f"cannot have 2S={spin}.")
+    n_alpha, n_beta = (n_electrons + spin) // 2, (n_electrons - spin) // 2
+    if spin != 0 and not spec.spin_resolved:
+        raise ValueError(
+            f"Record {name!r} is open shell (2S={spin}): its quantum-chemistry targets need "
+            "alpha and beta Hamiltonians, set --config.heads.spin=sum_diff (or alpha_beta) "
+            "together with --config.model.charge_spin_embedding=True.")
     origin = ex.get("dipole_origin", np.zeros(3))
     coords_bohr = np.asarray(record.coords, np.float64) / units.BOHR_ANGSTROM
     prefix = "targets_" if spec.qm_targets == "large_basis" else ""
     alpha = prefix + "polarizability" + ("_ff" if spec.qm_polarizability_ff else "")
+    mo_energy = mo_energy_beta = ex.get(prefix + "mo_energy")
+    if mo_energy is not None:
+        mo_energy = np.asarray(mo_energy, np.float64)
+        if mo_energy.ndim == 2 and mo_energy.shape[0] == 2:  # unrestricted: alpha, beta
+            mo_energy, mo_energy_beta = mo_energy[0], mo_energy[1]
+        elif mo_energy.ndim == 1 and spin == 0:  # restricted: both spins
+            mo_energy_beta = mo_energy
+        else:
+            raise ValueError(
+                f"Record {name!r} (2S={spin}) has {prefix}mo_energy of shape "
+                f"{list(mo_energy.shape)}; an open shell needs the unrestricted [2, K] "
+                "orbital energies (alpha row, beta row): relabel it with "
+                f"`data_prep/label.py --dipole{' --targets_basis=...' if prefix else ''}` "
+                "(UKS/UHF for 2S != 0), or set config.qm.enabled=False.")
     return QMLabels(
         ao_index=blocks.full_indices(z, t, senders, receivers), block_size=t.n_ao ** 2,
         overlap=np.asarray(record.overlap, np.float64),
         ao_dipole=np.asarray(ex["ao_dipole"], np.float64),
-        nuclear_dipole=charges @ (coords_bohr - origin),
-        n_occ=(int(round(charges.sum())) - record.charge) // 2,
-        mo_energy=ex.get(prefix + "mo_energy"), dipole=ex.get(prefix + "dipole"),
-        polarizability=ex.get(alpha))
+        nuclear_dipole=charges @ (coords_bohr - origin), n_alpha=n_alpha, n_beta=n_beta,
+        mo_energy=mo_energy, dipole=ex.get(prefix + "dipole"),
+        polarizability=ex.get(alpha), mo_energy_beta=mo_energy_beta)
 
 
 def slot_mask_table(template: basis_lib.Template) -> np.ndarray:
