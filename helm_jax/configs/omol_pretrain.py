@@ -45,7 +45,7 @@ def open_shell_variant(c, small: bool = False) -> None:
     """Open shells and charges (in place): the embedded set plus its radicals, radical ions
     and closed-shell ions (UKS labels where 2S > 0), charge and 2S embeddings, and the
     spin-sum / spin-difference Hamiltonian head (docs/open_shells.md). Unless ``small``, the
-    model is the learning-curve size (C = 32, 2 layers, l_max 6, m_max 2) trained for 4,000
+    model is the learning-curve size (C = 32, 2 layers, l_max 6, m_max 2) trained for 3,000
     steps with a cosine decay, which fits a 2-core CPU in well under an hour; scale it with
     ``--config.model.*`` overrides."""
     c.name += "_open_shell"
@@ -59,7 +59,7 @@ def open_shell_variant(c, small: bool = False) -> None:
     c.heads.update(hidden=32, energy_hidden=32)
     c.optim.update(name="adam", learning_rate=1e-3, schedule="cosine", warmup_steps=100,
                    weight_decay=0.0)
-    c.train.update(num_steps=4000, eval_every=500, checkpoint_every=500, log_every=50)
+    c.train.update(num_steps=3000, eval_every=500, checkpoint_every=500, log_every=50)
 
 
 def curve_variant(c) -> None:
