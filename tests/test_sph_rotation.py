@@ -5,6 +5,7 @@ D is built from e3nn-jax Wigner matrices and the PySCF <-> e3nn change of basis
 rotation invariant (see docs/orbital_algebra.md, "Rotation errors").
 """
 
+import numpy as np
 import pytest
 
 from helm_jax import basis, sph
@@ -74,3 +75,32 @@ def test_hartree_fock_fock_rotates_with_wigner(case):
     assert_equivariant(lambda c: _hf_fock(molecules.pyscf_mol(symbols, c, basis_name, ecp)),
                        coords, rotate_vectors, _rotate_ao_matrix(symbols, basis_name, ecp),
                        rotations=rots, atol=1e-8, name=f"Hartree-Fock Fock matrix of {case}")
+
+
+def _uhf_focks(mol):
+    """UHF alpha and beta Fock matrices ``[2, N, N]`` of an open-shell molecule."""
+    from pyscf import scf
+    mf = scf.UHF(mol)
+    mf.conv_tol = 1e-12
+    mf.conv_tol_grad = 1e-8
+    mf.max_cycle = 200
+    mf.kernel()
+    assert mf.converged
+    return mf.get_fock()
+
+
+# The water cation (doublet, 2S = 1) in def2-SVP and in def2-TZVPD (f shell on O): both
+# spins' Fock matrices rotate with the same D, so a model's alpha and beta heads share the
+# closed-shell equivariance (docs/model_and_training.md, "Open shells").
+@pytest.mark.parametrize("basis_name", ["def2-svp",
+                                        pytest.param("def2-tzvpd", marks=pytest.mark.slow)])
+def test_open_shell_alpha_and_beta_focks_rotate_with_wigner(basis_name):
+    symbols, coords = molecules.WATER
+    rotate = _rotate_ao_matrix(symbols, basis_name, None)
+    rots = _rotations(coords)
+    if basis_name != "def2-svp":
+        rots = {"bond_on_y": rots["bond_on_y"]}
+    assert_equivariant(
+        lambda c: _uhf_focks(molecules.pyscf_mol(symbols, c, basis_name, charge=1, spin=1)),
+        coords, rotate_vectors, lambda rot, f: np.stack([rotate(rot, f[0]), rotate(rot, f[1])]),
+        rotations=rots, atol=1e-8, name=f"UHF Fock matrices of H2O+ in {basis_name}")
