@@ -87,7 +87,7 @@ def run_curve(config, seconds: float, max_steps: int, eval_every: int,
                                 datasets.batch_config(config.data), n_devices=1,
                                 seed=int(config.seed), stats=data.stats, dtype=dtype, prefetch=2)
     first = it.make_batch(*it.plan(0)[0])
-    params = train._init_params(model, first, int(config.seed))
+    params = train._init_params(model, first, int(config.seed), config.model.init_scale)
     steps_cap = max_steps or 10 ** 9
     tx = build_optimizer(config.optim, min(steps_cap, int(config.train.num_steps)), "none",
                          params)

@@ -166,11 +166,13 @@ def _require_labels(weights: dict[str, float], data: datasets.Data) -> None:
                 f"set --config.losses.{name}=0.")
 
 
-def _init_params(model, batch, seed: int):
+def _init_params(model, batch, seed: int, init_scale: float = 1.0):
+    """Initial parameters (``init_scale``: :func:`helm_jax.model.helm.scale_initial_weights`)."""
     inputs = helm.batch_inputs(jax.tree.map(lambda x: x[0], batch))
     num_graphs = inputs.pop("num_graphs")
     init = jax.jit(lambda rng, i: model.init(rng, **i, num_graphs=num_graphs))  # one compile
-    return init(jax.random.PRNGKey(seed), inputs)["params"]
+    return helm.scale_initial_weights(init(jax.random.PRNGKey(seed), inputs)["params"],
+                                      float(init_scale))
 
 
 def _transfer_backbone(params, config):
@@ -182,7 +184,8 @@ def _transfer_backbone(params, config):
     mine, theirs = config.model.to_dict(), loaded.config.model.to_dict()
     diff = {k: (mine.get(k), theirs.get(k)) for k in set(mine) | set(theirs)
             if mine.get(k) != theirs.get(k)
-            and k not in ("remat", "matmul_dtype", "edge_chunk_size", "chunk_edges_above")}
+            and k not in ("remat", "matmul_dtype", "edge_chunk_size", "chunk_edges_above",
+                          "init_scale")}
     if diff:
         raise ValueError(f"config.model differs from the pretrained checkpoint "
                          f"{config.transfer.init_from}: {diff} (mine, theirs).")
@@ -302,7 +305,8 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[_Run, Train
         data.graphs, data.splits["train"], _stored_budgets(config, data, workdir),
         n_devices=mesh.size, seed=int(config.seed), stats=data.stats, dtype=dtype,
         prefetch=int(config.data.prefetch))
-    params = _init_params(model, train_it.make_batch(*train_it.plan(0)[0]), int(config.seed))
+    params = _init_params(model, train_it.make_batch(*train_it.plan(0)[0]), int(config.seed),
+                          config.model.init_scale)
     tx = build_optimizer(config.optim, int(config.train.num_steps), protocol, params)
     plateau_tx = plateau_schedule(config.optim)
     ckpt = ckpt_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))

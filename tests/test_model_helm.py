@@ -267,3 +267,23 @@ def test_label_scales_multiply_each_degree_of_the_head_output(svp_model):
                                  for l, m in enumerate(muls)])
         np.testing.assert_allclose(scaled[key], base[key] * factor, rtol=2e-5, atol=1e-6)  # f32
     assert np.abs(base["edge_h"]).max() > 0.1  # not a vacuous comparison of zeros
+
+
+def test_init_scale_scales_every_fan_in_weight_and_nothing_else(svp_model):
+    _, params = svp_model
+    scaled = helm.scale_initial_weights(params, 1 / 3)
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    flat_scaled = dict(jax.tree_util.tree_flatten_with_path(scaled)[0])
+    kinds = set()
+    for path, x in flat:
+        name = str(getattr(path[-1], "key", path[-1]))
+        weight = name == "kernel" or name.startswith("linear_l")
+        kinds.add(name if not weight else "weight")
+        factor = np.sqrt(1 / 3) if weight else 1.0
+        np.testing.assert_allclose(np.asarray(flat_scaled[path]), np.asarray(x) * factor,
+                                   rtol=1e-6, err_msg=jax.tree_util.keystr(path))
+    assert {"weight", "embedding", "bias", "scale"} <= kinds  # both kinds were present
+    assert helm.scale_initial_weights(params, 1.0) is params
+    c = _config(4)
+    c.model.init_scale = 1 / 3  # a config field, but not a backbone attribute
+    assert helm.build_model(c, SVP).backbone == helm.build_model(_config(4), SVP).backbone

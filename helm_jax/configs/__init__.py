@@ -87,7 +87,7 @@ def parse_variant(text: str | None, *, groups: Mapping[str, tuple[str, ...]] | N
 # those checkpoints were trained with (the current default may differ).
 LEGACY = {"heads.label_scale": "none", "data.node_reference": "standardize",
           "data.split_order": "random", "model.charge_spin_embedding": False,
-          "heads.spin": "none"}
+          "heads.spin": "none", "model.init_scale": 1.0}
 
 
 def complete(saved: Mapping[str, Any]):

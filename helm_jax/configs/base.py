@@ -39,7 +39,11 @@ def model_config() -> ml_collections.ConfigDict:
         # l = 0 initial node features (helm_jax/model/backbone.py; charges -10..10, 2S
         # 0..10). Needed for open-shell data; False keeps the parameters and outputs of
         # models without it. docs/model_and_training.md, "Open shells".
-        charge_spin_embedding=False))
+        charge_spin_embedding=False,
+        # Variance factor of every fan-in-initialised weight matrix (helm_jax.model.helm.
+        # scale_initial_weights): 1/3 is PyTorch's default nn.Linear variance, as in the
+        # HELM reference; docs/learning_efficiency.md.
+        init_scale=1.0))
 
 
 def heads_config() -> ml_collections.ConfigDict:

@@ -76,6 +76,10 @@ class _EdgeMessage(nn.Module):
         return so3.rotate_inverse(wigner, x)
 
 
+# ``config.model`` fields that are not backbone attributes (read by ``helm_jax.train``).
+NOT_BACKBONE = frozenset({'init_scale'})
+
+
 def _chunk_shape(num_edges: int, chunk: int) -> tuple[int, int]:
     """``(num_chunks, chunk_size)`` for ``num_edges`` edges and at most ``chunk`` per chunk.
 
@@ -231,11 +235,12 @@ class HELMBackbone(nn.Module):
     def from_config(cls, config: ml_collections.ConfigDict) -> 'HELMBackbone':
         """Backbone from ``config.model``; unknown or missing fields raise a TypeError."""
         names = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
-        unknown, missing = set(config.keys()) - names, names - set(config.keys())
+        given = set(config.keys()) - NOT_BACKBONE
+        unknown, missing = given - names, names - given
         if unknown or missing:
             raise TypeError(f'model config: unknown fields {sorted(unknown)}, missing fields '
                             f'{sorted(missing)} (see helm_jax/configs/base.py)')
-        return cls(**config.to_dict())
+        return cls(**{k: v for k, v in config.to_dict().items() if k in names})
 
     def _charge_spin(self, num_nodes, charge, spin, dtype, param_dtype):
         """``emb_q(q) + emb_s(2S)`` per node, ``[N, C]`` (inside the compact call)."""

@@ -24,6 +24,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 import jax.numpy as jnp
 import jraph
 import ml_collections
@@ -164,6 +165,28 @@ def energy_and_forces(model: HELM, params, inputs: dict[str, Any], **kw):
                            **kw)["energy"]
     rest = {k: v for k, v in inputs.items() if k != "positions"}
     return energy_lib.energy_and_forces(params, apply, inputs["positions"], **rest)
+
+
+def scale_initial_weights(params, variance_scale: float):
+    """Initial parameters with every fan-in-initialised weight matrix scaled by
+    ``sqrt(variance_scale)`` (the ``kernel`` of every dense, SO(2) and per-degree linear map
+    and the Hamilton head's ``linear_l*``; embeddings, norms and biases unchanged).
+
+    The layers draw weights with variance ``1 / fan_in`` (times a per-layer factor);
+    ``variance_scale = 1/3`` gives the variance of PyTorch's default ``nn.Linear``
+    initialisation, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, which the HELM reference uses.
+    With Adam, whose steps have a fixed size per weight, smaller initial weights mean larger
+    relative updates early in training (docs/learning_efficiency.md).
+    """
+    if variance_scale == 1.0:
+        return params
+    factor = float(np.sqrt(variance_scale))
+
+    def scale(path, x):
+        name = str(getattr(path[-1], "key", path[-1]))
+        return x * np.asarray(factor, x.dtype) if (
+            name == "kernel" or name.startswith("linear_l")) else x
+    return jax.tree_util.tree_map_with_path(scale, params)
 
 
 def count_params(params) -> int:
