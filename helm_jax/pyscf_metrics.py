@@ -256,27 +256,10 @@ def record_mole(record: Record, level: labelling.LevelOfTheory):
 
 def make_scf(mol, level: labelling.LevelOfTheory, max_cycle: int = 100,
              unrestricted: bool = False):
-    """The PySCF mean-field object of ``level`` for a built Mole.
-
-    Restricted (RKS/RHF): the labeller's :func:`helm_jax.data.labelling.make_scf`.
-    Unrestricted (UKS/UHF) for spin-resolved labels, with the same settings: xc, grid level,
-    density fitting, ``conv_tol`` and ``max_cycle``.
-    """
-    if not unrestricted:
-        return labelling.make_scf(mol, level, max_cycle)
-    from pyscf import dft, scf  # pylint: disable=import-outside-toplevel
-
-    if level.method == "HF":
-        mf = scf.UHF(mol)
-    else:
-        mf = dft.UKS(mol)
-        mf.xc = level.method
-        mf.grids.level = level.grid_level
-    if level.density_fit:
-        mf = mf.density_fit()
-    mf.conv_tol = level.conv_tol
-    mf.max_cycle = max_cycle
-    return mf
+    """The labeller's mean-field object (:func:`helm_jax.data.labelling.make_scf`): RKS/RHF,
+    or UKS/UHF for spin-resolved labels, with the same settings (xc, grid level, density
+    fitting, ``conv_tol``, ``max_cycle``)."""
+    return labelling.make_scf(mol, level, max_cycle, unrestricted=bool(unrestricted))
 
 
 def _density(h: np.ndarray, s: np.ndarray, nocc) -> np.ndarray:
