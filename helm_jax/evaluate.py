@@ -474,7 +474,7 @@ def evaluate_checkpoint(checkpoint: str, split: str = "test", data: str | None =
     data_cfg = loaded.config.data if data is None else ml_collections.ConfigDict(
         {**loaded.config.data.to_dict(), "path": data, "kind": None})
     reader = datasets.open_reader(data_cfg)
-    level = pyscf_metrics.level_of_theory(reader.path, kind=reader.kind, **level_overrides)
+    level = pyscf_metrics.reader_level_of_theory(reader, **level_overrides)
     template = loaded.template
     if (level.basis, level.ecp or "") != (template.basis.lower(), (template.ecp or "").lower()):
         raise ValueError(f"{reader.path} is in {level.basis!r}/{level.ecp!r} but the checkpoint "

@@ -26,6 +26,7 @@ energies and SCF runs (:func:`make_scf`).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import h5py
@@ -238,6 +239,24 @@ def level_of_theory(path: str, kind: str | None = None,
         raise ValueError(f"{path} does not record its level of theory: pass the method "
                          "(xc) and basis explicitly.")
     return labelling.LevelOfTheory(**{k: v for k, v in fields.items() if v is not None})
+
+
+def reader_level_of_theory(reader, **overrides: Any) -> labelling.LevelOfTheory:
+    """:func:`level_of_theory` of an open reader; for a
+    :class:`helm_jax.data.readers.ConcatReader`, the one level all its parts share.
+
+    Raises:
+      ValueError: the parts were labelled at different levels.
+    """
+    parts = getattr(reader, "parts", None)
+    if parts is None:
+        return level_of_theory(reader.path, kind=reader.kind, **overrides)
+    levels = [reader_level_of_theory(p, **overrides) for p in parts]
+    if any(lv != levels[0] for lv in levels[1:]):
+        raise ValueError(f"the datasets of {reader.path} were labelled at different levels "
+                         f"({', '.join(str(dataclasses.asdict(lv)) for lv in levels)}): pass "
+                         "the level flags (method, grid_level, ...) to evaluate them as one.")
+    return levels[0]
 
 
 def _python(value):

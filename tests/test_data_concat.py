@@ -75,3 +75,22 @@ def test_embedded_open_shell_config_concatenates_both_embedded_sets(tmp_path, mo
     config.data.path = files[embedded.GEOMETRIES]
     with pytest.raises(ValueError, match="embedded_open_shell needs config.data.path='embedded'"):
         datasets.open_reader(config.data)
+
+
+def test_level_of_theory_of_a_concatenation_is_the_shared_one(tmp_path):
+    from helm_jax import pyscf_metrics  # pylint: disable=import-outside-toplevel
+    a, b = str(tmp_path / "a.h5"), str(tmp_path / "b.h5")
+    _write_project(a, [_labels(WATER, "def2-svp")], converged=[True])
+    _write_project(b, [_labels(WATER, "def2-svp")], converged=[True])
+    both = readers.ConcatReader([readers.open_dataset(a), readers.open_dataset(b)])
+    level = pyscf_metrics.reader_level_of_theory(both)
+    assert (level.method, level.basis, level.grid_level) == ("pbe", "def2-svp", 3)
+    assert pyscf_metrics.reader_level_of_theory(both, grid_level=1).grid_level == 1
+    c = str(tmp_path / "c.h5")
+    _write_project(c, [_labels(WATER, "def2-svp")], converged=[True])
+    with h5py.File(c, "a") as f:
+        f.attrs["grid_level"] = 4
+    both = readers.ConcatReader([readers.open_dataset(a), readers.open_dataset(c)])
+    with pytest.raises(ValueError, match="labelled at different levels"):
+        pyscf_metrics.reader_level_of_theory(both)
+    assert pyscf_metrics.reader_level_of_theory(both, grid_level=3).grid_level == 3
