@@ -244,6 +244,32 @@ def test_statistics_cover_both_spins(labelled):
         g_ch3.node_labels[0, :mul0], 0.0), rtol=1e-12)
 
 
+def test_spin_rms_is_the_unit_of_the_difference_head(labelled):
+    ch3, water = labelled
+    g_ch3, g_w = graphs.build_graph(ch3, SPEC), graphs.build_graph(water, SPEC)
+    layouts = dict(node_layout=SPEC.node_layout, edge_layout=SPEC.edge_layout)
+    st = statistics.compute_statistics([g_ch3, g_w], **layouts, spin_resolved=True)
+    # RMS of (alpha - beta) / 2 over the radical's valid label entries, by hand.
+    table = graphs.slot_mask_table(T631)
+    mn = graphs.label_masks(g_ch3.species, g_ch3.species, SPEC.node_layout, table)
+    zs, zr = g_ch3.species[g_ch3.senders], g_ch3.species[g_ch3.receivers]
+    me = graphs.label_masks(zs, zr, SPEC.edge_layout, table)
+    dn = (g_ch3.node_labels - g_ch3.node_labels_beta) / 2
+    de = (g_ch3.edge_labels - g_ch3.edge_labels_beta) / 2
+    want = np.sqrt((np.sum(dn[mn] ** 2) + np.sum(de[me] ** 2)) / (mn.sum() + me.sum()))
+    assert st.spin_rms == pytest.approx(want, rel=1e-12)
+    assert 0 < st.spin_rms < st.label_rms / 5  # the exchange splitting is small
+    node, edge = st.spin_scales("rms")
+    assert set(node) == set(edge) == {st.spin_rms}
+    assert st.spin_scales("none") == ((), ())
+    assert statistics.Statistics.from_dict(st.to_dict()).spin_rms == st.spin_rms
+    closed = statistics.compute_statistics([g_w], **layouts, spin_resolved=True)
+    assert closed.spin_rms is None and closed.spin_scales("rms") == closed.label_scales("rms")
+    c = _config("sum_diff")
+    model = helm.build_model(c, T631, st)
+    assert model.diff_node_scales == node and model.node_scales == st.label_scales("rms")[0]
+
+
 def test_batch_iterator_ships_beta_labels(labelled):
     ch3, water = labelled
     data = pipeline.GraphDataset([ch3, water], SPEC)

@@ -54,6 +54,10 @@ class Statistics:
       label_rms: the root mean square over all of them (Eh). The three are None in
         statistics saved before they existed and 0 for data without Hamiltonian labels;
         they are the label units of the Hamiltonian head (:meth:`label_scales`).
+      spin_rms: the root mean square of the spin half-difference ``(alpha - beta) / 2`` over
+        the valid node and edge label entries of the open-shell training molecules (Eh): the
+        unit of the ``sum_diff`` head's difference part (:meth:`spin_scales`); None when not
+        spin-resolved or without open shells.
     """
 
     node_mean: np.ndarray
@@ -64,6 +68,7 @@ class Statistics:
     node_rms: np.ndarray | None = None
     edge_rms: np.ndarray | None = None
     label_rms: float | None = None
+    spin_rms: float | None = None
 
     def to_dict(self) -> dict:
         """JSON form."""
@@ -73,6 +78,8 @@ class Statistics:
         if self.label_rms is not None:
             d.update(node_rms=self.node_rms.tolist(), edge_rms=self.edge_rms.tolist(),
                      label_rms=self.label_rms)
+        if self.spin_rms is not None:
+            d["spin_rms"] = self.spin_rms
         return d
 
     @classmethod
@@ -83,7 +90,8 @@ class Statistics:
                    energy_ref=np.asarray(d["energy_ref"], np.float64),
                    energy_std=float(d["energy_std"]), n_molecules=int(d["n_molecules"]),
                    node_rms=_array_or_none(d.get("node_rms")),
-                   edge_rms=_array_or_none(d.get("edge_rms")), label_rms=d.get("label_rms"))
+                   edge_rms=_array_or_none(d.get("edge_rms")), label_rms=d.get("label_rms"),
+                   spin_rms=d.get("spin_rms"))
 
     def label_scales(self, mode: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """``(node_scales, edge_scales)`` per degree l for the Hamiltonian head.
@@ -106,6 +114,21 @@ class Statistics:
                     tuple(float(max(x, RMS_FLOOR)) for x in self.edge_rms))
         one = float(max(self.label_rms, RMS_FLOOR))
         return (one,) * len(self.node_rms), (one,) * len(self.edge_rms)
+
+    def spin_scales(self, mode: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(node_scales, edge_scales)`` of the ``sum_diff`` head's difference part D.
+
+        D = (alpha - beta) / 2 is a small exchange term (a few mEh, against the ~0.1 Eh of
+        H itself), so in the units of :meth:`label_scales` every optimiser step would move it
+        by far more than its size (the cause measured in docs/learning_efficiency.md). With
+        ``mode`` other than ``"none"`` and open shells in the training data, its unit is
+        ``spin_rms``; otherwise the units of :meth:`label_scales`.
+        """
+        node, edge = self.label_scales(mode)
+        if mode == "none" or not self.spin_rms:
+            return node, edge
+        one = float(max(self.spin_rms, RMS_FLOOR))
+        return (one,) * len(node), (one,) * len(edge)
 
     def save(self, path: str) -> None:
         """Writes JSON."""
@@ -159,6 +182,7 @@ def compute_statistics(graphs: Iterable[MolGraph], node_layout: blocks.IrrepsLay
     edge_sq = np.zeros(len(edge_layout.muls)) if edge_layout is not None else None
     edge_n = np.zeros_like(edge_sq) if edge_layout is not None else None
     counts, energies = [], []
+    spin_sq, spin_n = 0.0, 0
     for g in graphs:
         node_sets = _spin_labels(g.node_labels, g.node_labels_beta, spin_resolved)
         edge_sets = _spin_labels(g.edge_labels, g.edge_labels_beta, spin_resolved)
@@ -171,11 +195,20 @@ def compute_statistics(graphs: Iterable[MolGraph], node_layout: blocks.IrrepsLay
             np.add.at(cnt, g.species, m[:, :mul0])
             _add_squares(node_sq, node_n, y[:, mul0:], m[:, mul0:],
                          node_deg[mul0:])  # l = 0 follows from s1, s2 below
+        if spin_resolved and g.node_labels_beta is not None and g.spin != 0:
+            d = (g.node_labels - g.node_labels_beta) / 2
+            m = label_masks(g.species, g.species, node_layout, table)
+            spin_sq += float((np.where(m, d, 0.0) ** 2).sum())
+            spin_n += int(m.sum())
         if edge_sets and edge_layout is not None and len(g.senders):
             zs, zr = g.species[g.senders], g.species[g.receivers]
             m = label_masks(zs, zr, edge_layout, table) & (g.senders != g.receivers)[:, None]
             for y in edge_sets:
                 _add_squares(edge_sq, edge_n, y, m, edge_deg)
+            if spin_resolved and g.edge_labels_beta is not None and g.spin != 0:
+                d = (g.edge_labels - g.edge_labels_beta) / 2
+                spin_sq += float((np.where(m, d, 0.0) ** 2).sum())
+                spin_n += int(m.sum())
         if np.isfinite(g.energy):
             counts.append(np.bincount(g.species, minlength=N_Z))
             energies.append(g.energy)
@@ -206,6 +239,8 @@ def compute_statistics(graphs: Iterable[MolGraph], node_layout: blocks.IrrepsLay
                    edge_rms=np.sqrt(edge_sq / np.maximum(edge_n, 1)),
                    label_rms=float(np.sqrt((node_sq.sum() + edge_sq.sum()) / n_all))
                    if n_all else 0.0)
+        if spin_n:
+            rms["spin_rms"] = float(np.sqrt(spin_sq / spin_n))
     return Statistics(node_mean=mean, node_std=std, energy_ref=energy_ref,
                       energy_std=energy_std, n_molecules=len(energies) or int(cnt.any()),
                       **rms)

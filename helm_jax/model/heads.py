@@ -118,6 +118,8 @@ class HamiltonianHead(nn.Module):
     hidden: int = 128
     node_scales: tuple[float, ...] = ()
     edge_scales: tuple[float, ...] = ()
+    diff_node_scales: tuple[float, ...] | None = None
+    diff_edge_scales: tuple[float, ...] | None = None
     dtype: layers.Dtype = "float32"
     param_dtype: layers.Dtype = "float32"
     matmul_dtype: layers.Dtype | None = None
@@ -144,10 +146,10 @@ class HamiltonianHead(nn.Module):
         kw = dict(hidden=self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
                   matmul_dtype=self.matmul_dtype)
 
-        def pair(suffix):
-            return (IrrepsHead(self.node_muls, scales=self.node_scales, name="node" + suffix,
+        def pair(suffix, node_scales=self.node_scales, edge_scales=self.edge_scales):
+            return (IrrepsHead(self.node_muls, scales=node_scales, name="node" + suffix,
                                **kw)(nodes, node_mask),
-                    IrrepsHead(self.edge_muls, scales=self.edge_scales, name="edge" + suffix,
+                    IrrepsHead(self.edge_muls, scales=edge_scales, name="edge" + suffix,
                                **kw)(edges, edge_mask))
 
         node, edge = pair("")
@@ -164,7 +166,10 @@ class HamiltonianHead(nn.Module):
                     "edge_h": jnp.where(edge_open, edge, edge_mean),
                     "node_h_beta": jnp.where(node_open, node_b, node_mean),
                     "edge_h_beta": jnp.where(edge_open, edge_b, edge_mean)}
-        node_d, edge_d = pair("_diff")  # sum_diff
+        node_d, edge_d = pair(  # sum_diff: D in its own unit (Statistics.spin_scales)
+            "_diff",
+            self.node_scales if self.diff_node_scales is None else self.diff_node_scales,
+            self.edge_scales if self.diff_edge_scales is None else self.diff_edge_scales)
         return {"node_h": jnp.where(node_open, node + node_d, node),
                 "edge_h": jnp.where(edge_open, edge + edge_d, edge),
                 "node_h_beta": jnp.where(node_open, node - node_d, node),

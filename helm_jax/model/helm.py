@@ -51,6 +51,8 @@ class HELM(nn.Module):
       energy_scale: the energy head's output unit (Eh), e.g. the std of referenced energies.
       spin_mode: the Hamiltonian head's spin resolution (``config.heads.spin``,
         :data:`helm_jax.model.heads.SPIN_MODES`).
+      diff_node_scales, diff_edge_scales: units of the ``sum_diff`` difference part
+        (:meth:`helm_jax.data.statistics.Statistics.spin_scales`); None: the label units.
     """
 
     backbone: backbone_lib.HELMBackbone
@@ -62,6 +64,8 @@ class HELM(nn.Module):
     energy_hidden: int = 128
     energy_scale: float = 1.0
     spin_mode: str = "none"
+    diff_node_scales: tuple[float, ...] | None = None
+    diff_edge_scales: tuple[float, ...] | None = None
 
     @property
     def spin_resolved(self) -> bool:
@@ -106,6 +110,7 @@ class HELM(nn.Module):
                 node_scales=self.node_scales, edge_scales=self.edge_scales,
                 dtype=self.backbone.dtype, param_dtype=self.backbone.param_dtype,
                 matmul_dtype=self.backbone.matmul_dtype, spin=self.spin_mode,
+                diff_node_scales=self.diff_node_scales, diff_edge_scales=self.diff_edge_scales,
                 name="hamiltonian_head")(
                     nodes, edges, node_mask, edge_mask, node_open,
                     None if node_open is None else node_open[senders]))
@@ -138,12 +143,15 @@ def build_model(config: ml_collections.ConfigDict, template: basis_lib.Template,
     node_layout, edge_layout = graphs_lib.layouts_for(template, config.heads.reduced_nodes)
     node_scales, edge_scales = ((), ()) if stats is None else stats.label_scales(
         config.heads.label_scale)
+    diff_node, diff_edge = (None, None) if stats is None else stats.spin_scales(
+        config.heads.label_scale)
     return HELM(backbone=backbone_lib.HELMBackbone.from_config(config.model),
                 node_muls=tuple(node_layout.muls), edge_muls=tuple(edge_layout.muls),
                 head_hidden=config.heads.hidden, node_scales=node_scales,
                 edge_scales=edge_scales, energy_hidden=config.heads.energy_hidden,
                 energy_scale=1.0 if stats is None else float(stats.energy_std),
-                spin_mode=spin_mode)
+                spin_mode=spin_mode, diff_node_scales=diff_node,
+                diff_edge_scales=diff_edge)
 
 
 def batch_inputs(graph: jraph.GraphsTuple) -> dict[str, Any]:
