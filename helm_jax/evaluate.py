@@ -256,6 +256,9 @@ def open_shell_row(record: Record, pred_h: np.ndarray, level: labelling.LevelOfT
     spin ``x`` in ``alpha``, ``beta``: ``h_mae_x_ueh``, ``h_mae_diag_x_ueh``,
     ``h_mae_offdiag_x_ueh``, ``eps_occ_mae_x_meV``, ``homo_err_x_meV``, ``lumo_err_x_meV``,
     ``gap_err_x_meV``, ``psi_x_pct`` (:func:`helm_jax.pyscf_metrics.spin_orbital_errors`);
+    ``spin_split_mae_ueh`` (MAE of the spin splitting ``F_alpha - F_beta``, predicted
+    against reference) next to ``spin_split_ref_ueh`` (its mean size ``|F_alpha - F_beta|``:
+    predicting no splitting at all errs by this much);
     ``s2_pred``, ``s2_ref`` (``<S^2>`` of the predicted and reference H's densities,
     :func:`helm_jax.pyscf_metrics.spin_square`) and ``s2_err = s2_pred - s2_ref``; with
     ``energy`` the UKS/UHF ``energy_err_meV`` (and ``ref_density_vs_label_meV``), with
@@ -287,6 +290,9 @@ def open_shell_row(record: Record, pred_h: np.ndarray, level: labelling.LevelOfT
                     for k in ("h_mae", "h_mae_diag", "h_mae_offdiag")})
         row.update({f"{k}_{spin}_meV": orb[f"{k}_{spin}"] * MEV for k in orbital_keys})
         row[f"psi_{spin}_pct"] = orb[f"psi_{spin}"]
+    split_ref = ref_h[0] - ref_h[1]
+    row["spin_split_mae_ueh"] = float(np.abs(pred_h[0] - pred_h[1] - split_ref).mean()) * UEH
+    row["spin_split_ref_ueh"] = float(np.abs(split_ref).mean()) * UEH
     dm_pred = pyscf_metrics.spin_density(pred_h, s, nocc)
     row["s2_pred"] = pyscf_metrics.spin_square(dm_pred, s)
     row["s2_ref"] = pyscf_metrics.spin_square(pyscf_metrics.spin_density(ref_h, s, nocc), s)
@@ -384,7 +390,8 @@ def summarize_open_shells(rows: list[dict]) -> dict:
     ``h_mae_diag_x_ueh``, ``h_mae_offdiag_x_ueh``, ``eps_occ_mae_x_meV``,
     ``homo_x_mae_meV``, ``lumo_x_mae_meV``, ``gap_x_mae_meV``, ``psi_x_pct``; the open-shell
     HOMO / LUMO / gap (either spin) ``open_shell_homo_mae_meV``, ``open_shell_lumo_mae_meV``,
-    ``open_shell_gap_mae_meV``; ``s2_pred``, ``s2_ref`` (mean ``<S^2>``) and ``s2_mae``
+    ``open_shell_gap_mae_meV``; ``spin_split_mae_ueh``, ``spin_split_ref_ueh``;
+    ``s2_pred``, ``s2_ref`` (mean ``<S^2>``) and ``s2_mae``
     (mean ``|s2_pred - s2_ref|``); with energies ``open_shell_energy_mae_meV``, with SCF runs
     ``open_shell_scf_cycles_pred``, ``open_shell_scf_cycles_minao`` and
     ``open_shell_scf_same_energy_pct``. Per-spin quantities a molecule lacks (e.g. the beta
@@ -405,6 +412,8 @@ def summarize_open_shells(rows: list[dict]) -> dict:
         out[f"psi_{spin}_pct"] = mean(f"psi_{spin}_pct")
     for k in ("homo", "lumo", "gap"):
         out[f"open_shell_{k}_mae_meV"] = mae(f"{k}_err_meV")
+    out.update(spin_split_mae_ueh=mean("spin_split_mae_ueh"),
+               spin_split_ref_ueh=mean("spin_split_ref_ueh"))
     out.update(s2_pred=mean("s2_pred"), s2_ref=mean("s2_ref"), s2_mae=mae("s2_err"))
     if "energy_err_meV" in rows[0]:
         out["open_shell_energy_mae_meV"] = mae("energy_err_meV")
@@ -595,6 +604,8 @@ OPEN_SHELL_ROWS = tuple(
     ("HOMO MAE (either spin)", "open_shell_homo_mae_meV", "meV"),
     ("LUMO MAE (either spin)", "open_shell_lumo_mae_meV", "meV"),
     ("gap MAE (either spin)", "open_shell_gap_mae_meV", "meV"),
+    ("spin splitting F_alpha - F_beta MAE", "spin_split_mae_ueh", "1e-6 Eh"),
+    ("spin splitting |F_alpha - F_beta| (reference)", "spin_split_ref_ueh", "1e-6 Eh"),
     ("<S^2> of predicted density", "s2_pred", ""),
     ("<S^2> of reference density", "s2_ref", ""),
     ("<S^2> MAE", "s2_mae", ""),

@@ -169,6 +169,10 @@ def test_beta_perturbation_shows_only_in_beta_metrics(labelled):
     assert row["h_mae_offdiag_beta_ueh"] == pytest.approx(np.abs(noise[~diag]).mean() * 1e6,
                                                           rel=1e-10)
     assert row["h_mae_ueh"] == pytest.approx(row["h_mae_beta_ueh"] / 2, rel=1e-12)
+    # The spin splitting F_alpha - F_beta is off by minus the noise; its reference size.
+    assert row["spin_split_mae_ueh"] == pytest.approx(np.abs(noise).mean() * 1e6, rel=1e-10)
+    assert row["spin_split_ref_ueh"] == pytest.approx(
+        np.abs(rec.fock - rec.fock_beta).mean() * 1e6, rel=1e-12)
     # Alpha: untouched, exactly.
     for key in ("h_mae_alpha_ueh", "h_mae_diag_alpha_ueh", "h_mae_offdiag_alpha_ueh",
                 "eps_occ_mae_alpha_meV", "homo_err_alpha_meV", "lumo_err_alpha_meV",
