@@ -45,8 +45,8 @@ def open_shell_variant(c, small: bool = False) -> None:
     """Open shells and charges (in place): the embedded set plus its radicals, radical ions
     and closed-shell ions (UKS labels where 2S > 0), charge and 2S embeddings, and the
     spin-sum / spin-difference Hamiltonian head (docs/open_shells.md). Unless ``small``, the
-    model is the learning-curve size (C = 32, 2 layers, l_max 6, m_max 2) trained for 3,000
-    steps with a cosine decay, which fits a 2-core CPU in well under an hour; scale it with
+    model is the learning-curve size (C = 32, 2 layers, l_max 6, m_max 2) trained for 600
+    steps with a cosine decay (about 22 min on a shared 2-core CPU); scale it with
     ``--config.model.*`` overrides."""
     c.name += "_open_shell"
     c.data.embedded_open_shell = True
@@ -59,7 +59,7 @@ def open_shell_variant(c, small: bool = False) -> None:
     c.heads.update(hidden=32, energy_hidden=32)
     c.optim.update(name="adam", learning_rate=1e-3, schedule="cosine", warmup_steps=100,
                    weight_decay=0.0)
-    c.train.update(num_steps=3000, eval_every=500, checkpoint_every=500, log_every=50)
+    c.train.update(num_steps=600, eval_every=200, checkpoint_every=200, log_every=50)
 
 
 def curve_variant(c) -> None:
