@@ -13,6 +13,17 @@ extended-xyz header; `--charge` / `charge=` for ions) is labelled with UKS (UHF 
 `--method=hf`) and stores alpha and beta Fock matrices (`fock`, `fock_beta`);
 `--unrestricted` labels every frame, closed shells included, with UKS/UHF.
 
+Periodic structures (frames with `Lattice="..."` and `pbc="T T F"`, or ASE db rows with a
+cell and pbc) are labelled with PySCF-PBC k-point SCFs (helm_jax/data/labelling_pbc.py,
+docs/periodic.md); `--kmesh` is then required:
+
+    python data_prep/label.py --input=hbn.extxyz --out=hbn.h5 --xc=pbe --kmesh=3,3,1 \
+        --pseudo=gth-pbe --basis=gth-dzvp --pbc_cutoff=8 --workers=2
+
+(`--pbc_df=gdf|fftdf`, `--ke_cutoff` (Eh), `--smearing` (Eh), `--method=hf` for KRHF,
+`--pseudo=""` with an all-electron basis). An input file holds molecules or periodic
+structures, not both.
+
 Resumable: rerun the same command after an interruption; finished structures are kept.
 """
 
@@ -26,6 +37,7 @@ import sys
 if __package__ in (None, ""):  # run as `python data_prep/label.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from helm_jax.data import geometry, labelling_pbc  # noqa: E402
 from helm_jax.data.labelling import LevelOfTheory, Properties, label_file  # noqa: E402
 
 
@@ -55,6 +67,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unrestricted", action=argparse.BooleanOptionalAction, default=False,
                    help="UKS/UHF (alpha and beta Fock matrices) for every structure; open "
                         "shells (2S != 0) are always unrestricted")
+    p.add_argument("--kmesh", default="",
+                   help="periodic input: Monkhorst-Pack mesh NX,NY,NZ (1 along vacuum axes)")
+    p.add_argument("--pseudo", default="gth-pbe",
+                   help="periodic input: PySCF pseudopotential, '' for all-electron")
+    p.add_argument("--pbc_df", choices=list(labelling_pbc.DENSITY_FITS), default="gdf",
+                   help="periodic input: Gaussian (gdf) or plane-wave (fftdf) density fitting")
+    p.add_argument("--ke_cutoff", type=float, default=0.0,
+                   help="periodic input: uniform-grid kinetic-energy cutoff in Eh (0: "
+                        "PySCF's default)")
+    p.add_argument("--smearing", type=float, default=0.0,
+                   help="periodic input: Fermi-Dirac smearing width in Eh (0: none)")
+    p.add_argument("--pbc_cutoff", type=float, default=0.0,
+                   help="periodic input: store pairs closer than this (Angstrom; 0: all)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="threads per worker")
     p.add_argument("--start", type=int, default=0)
@@ -66,6 +91,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Runs the labeller; prints the summary as JSON. Returns the exit status."""
     a = parse_args(argv)
+    try:
+        structures = geometry.read_structures(a.input, a.charge, a.spin)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if any(s.is_periodic for s in structures) or a.kmesh:
+        return _main_periodic(a)
     level = LevelOfTheory(method="HF" if a.method.upper() == "HF" else a.xc, basis=a.basis,
                           ecp=a.ecp, grid_level=a.grid_level, density_fit=a.density_fit,
                           conv_tol=a.conv_tol)
@@ -78,6 +110,28 @@ def main(argv: list[str] | None = None) -> int:
                                               polarizability_ff=a.polarizability_ff,
                                               targets_basis=a.targets_basis),
                              unrestricted=a.unrestricted)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+def _main_periodic(a: argparse.Namespace) -> int:
+    """Periodic input: PySCF-PBC labelling (helm_jax/data/labelling_pbc.py)."""
+    try:
+        if not a.kmesh:
+            raise ValueError(f"{a.input} holds periodic frames: give --kmesh=NX,NY,NZ")
+        kmesh = tuple(int(k) for k in a.kmesh.split(","))
+        settings = labelling_pbc.PeriodicSettings(
+            method="HF" if a.method.upper() == "HF" else a.xc, basis=a.basis,
+            pseudo=a.pseudo, kmesh=kmesh, density_fit=a.pbc_df, ke_cutoff=a.ke_cutoff,
+            grid_level=a.grid_level, conv_tol=a.conv_tol, smearing=a.smearing,
+            pbc_cutoff=a.pbc_cutoff)
+        summary = labelling_pbc.label_file(a.input, a.out, settings, max_cycle=a.max_cycle,
+                                           workers=a.workers, threads=a.threads,
+                                           start=a.start, limit=a.limit,
+                                           progress=not a.no_progress)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""AO orders of public datasets (ORCA, Psi4, OMol_CSH) <-> PySCF AO order.
+"""AO orders of public datasets (ORCA, Psi4, OMol_CSH, CP2K, DeepH) <-> PySCF AO order.
 
 A convention is a per-molecule AO transform ``(perm, sign)``: a matrix ``M_f`` in the
 foreign order maps to PySCF order as ``M_p = sign[:, None] * sign[None, :] * M_f[perm][:,
@@ -13,6 +13,18 @@ perm]``. Two things differ between codes:
   def2-TZVPD after the valence shells (``conventions_data/orca_def2_tzvpd_shell_order.json``);
   for other bases ORCA and Psi4 shells are grouped by l like PySCF's. Shells of equal l keep
   their relative order in every code (the k-th p shell is the k-th p shell).
+
+CP2K orders the spherical AOs of a shell as ``m = -l..l`` (p as y, z, x:
+``src/aobasis/orbital_symbols.F``) with the real solid harmonics of Schlegel and Frisch
+(Int. J. Quantum Chem. 54, 83 (1995), eq. 15, CP2K's ``orbital_transformation_matrices.F``),
+whose signs equal PySCF's for every l (tests/test_periodic_readers.py evaluates that formula
+against PySCF's AOs for l = 0..4): only p differs, gather ``[2, 0, 1]``. DeepH-pack stores
+the OpenMX order (``deeph/rotate.py``, ``Us_openmx2wiki``): p as x, y, z; d as ``z^2, x^2-y^2,
+xy, xz, yz``; f as ``m = 0, +1, -1, +2, -2, +3, -3``; no sign changes relative to the real
+harmonics PySCF uses (tests check d and f against those Cartesian forms); l >= 4 is not
+defined there. Both group an atom's shells as the file says (DeepH: ``orbital_types.dat``;
+CP2K: the basis set's order, grouped by l for the MOLOPT and def2-type sets the HELM
+reference uses, which is what ``foreign_shell_order`` assumes).
 
 OMol_CSH quirk: its stored Fock matrices were m-reordered (ORCA -> standard m order, with the
 ORCA sign flips) using an l-SORTED shell list instead of the true ORCA shell order. To read
@@ -31,7 +43,12 @@ import numpy as np
 
 from helm_jax import basis as basis_lib
 
-CONVENTIONS = ("pyscf", "orca", "psi4", "omol_csh")
+CONVENTIONS = ("pyscf", "orca", "psi4", "omol_csh", "cp2k", "deeph")
+# Gather maps foreign shell order -> standard m = -l..l, for conventions without sign flips.
+_STANDARD_FROM = {
+    "cp2k": {},  # m = -l..l already
+    "deeph": {1: [1, 2, 0], 2: [2, 4, 0, 3, 1], 3: [6, 4, 2, 0, 1, 3, 5]},
+}
 _SHELL_ORDER_FILE = os.path.join(os.path.dirname(__file__), "conventions_data",
                                  "orca_def2_tzvpd_shell_order.json")
 
@@ -79,15 +96,21 @@ def shell_reorder(l: int, convention: str, target: str = "pyscf") -> tuple[np.nd
 
     Args:
       l: angular momentum.
-      convention: ``"orca"`` or ``"psi4"``.
+      convention: ``"orca"``, ``"psi4"``, ``"omol_csh"``, ``"cp2k"`` or ``"deeph"``.
       target: ``"pyscf"`` or ``"standard"`` (m = -l..l).
 
     Returns:
       ``(gather [2l+1], sign [2l+1])`` with ``out[k] = in[gather[k]] * sign[k]``.
     """
-    std = _standard_from_orca(l)
-    sign = _orca_sign(l) if convention in ("orca", "omol_csh") else np.ones(2 * l + 1)
-    if convention not in ("orca", "psi4", "omol_csh"):
+    if convention in _STANDARD_FROM:
+        if convention == "deeph" and l > 3:
+            raise ValueError(f"DeepH (OpenMX) AO order is defined for l <= 3, not l = {l}")
+        std = np.asarray(_STANDARD_FROM[convention].get(l, np.arange(2 * l + 1)), np.int64)
+        sign = np.ones(2 * l + 1)
+    elif convention in ("orca", "psi4", "omol_csh"):
+        std = _standard_from_orca(l)
+        sign = _orca_sign(l) if convention in ("orca", "omol_csh") else np.ones(2 * l + 1)
+    else:
         raise ValueError(f"Unknown convention {convention!r}; choose one of {CONVENTIONS}.")
     if target == "standard":
         return std, sign
@@ -186,6 +209,28 @@ def omol_csh_transform(elements: Sequence[int], basis: str = "def2-tzvpd",
         per_atom.append(quirk.inverse().then(_within_shells(true, "orca", "pyscf")).then(
             _shell_permutation(true, pyscf_ls)))
     return _molecule(per_atom)
+
+
+def atom_to_pyscf_transform(foreign_ls: Sequence[int], pyscf_ls: Sequence[int],
+                            convention: str) -> AOTransform:
+    """One atom's transform from a foreign AO order with shells ``foreign_ls`` (in the
+    file's order) to PySCF's with shells ``pyscf_ls``; shells of equal l keep their order.
+
+    Raises:
+      ValueError: the two shell lists are not the same multiset of l.
+    """
+    if sorted(foreign_ls) != sorted(pyscf_ls):
+        raise ValueError(f"shells {list(foreign_ls)} (l values) do not match the basis's "
+                         f"{list(pyscf_ls)}: another basis set")
+    return _within_shells(foreign_ls, convention, "pyscf").then(
+        _shell_permutation(foreign_ls, pyscf_ls))
+
+
+def apply_to_block(block: np.ndarray, rows: AOTransform, cols: AOTransform) -> np.ndarray:
+    """Transforms a rectangular AO block ``[..., n_i, n_j]`` (atom i's AOs by ``rows``,
+    atom j's by ``cols``)."""
+    b = block[..., rows.perm, :][..., :, cols.perm]
+    return b * rows.sign[:, None] * cols.sign[None, :]
 
 
 def to_pyscf(m: np.ndarray, elements: Sequence[int], basis: str, ecp: str | None,

@@ -326,7 +326,7 @@ def test_xyz_reader_energies_and_forces_in_hartree():
 
 
 def test_registry_maps_kinds_to_readers_and_names_them_on_unknown_kinds(tmp_path):
-    assert readers.KINDS == ("h5", "omol_csh", "schnorb", "nabladft", "qh9", "xyz")
+    assert readers.KINDS == ("h5", "omol_csh", "schnorb", "nabladft", "qh9", "xyz", "deeph", "cp2k")
     assert all(cls.kind == kind and issubclass(cls, readers.Reader)
                for kind, cls in readers.READERS.items())
     assert readers.reader_class("nabladft") is readers.NablaDFTReader

@@ -13,18 +13,31 @@ built from raw records (`helm_jax.data.graphs.build_graph`), and `validate_struc
 same checks plus `electron_count` (a basis/ECP that covers every element, charge/spin
 consistent with the electron count), for structures to label and for every record a reader
 yields. Spin follows PySCF: `spin = 2S = n_alpha - n_beta`.
+
+Periodic structures (docs/periodic.md): a frame is periodic when it has a cell and at least
+one periodic axis: an extended-xyz header with `Lattice="..."` **and** an explicit `pbc="T T
+F"` (ASE assumes `pbc` true whenever `Lattice` is given, but molecular files such as rMD17
+carry a `Lattice` box, so a frame without `pbc=` stays a molecule), an ASE db row with `pbc`
+set, or an `ase.Atoms` (`structure_from_atoms`). `Structure.cell` is float64 [3, 3] Angstrom
+with rows = lattice vectors and `Structure.pbc` bool [3]; both are None for molecules (no
+cell, or `pbc` all false). 2-D systems are `pbc = (T, T, F)` with a vacuum lattice vector
+along the third axis; 3-D crystals `(T, T, T)`. `check_periodic` validates them: a singular
+cell, a periodic axis with a zero lattice vector, and atoms closer than `MIN_DISTANCE` to
+each other or to their own images across the cell are refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Sequence
 
 import ase.data
 import numpy as np
 
 from helm_jax import basis as basis_lib
+from helm_jax.data import periodic as periodic_lib
 from helm_jax.data.records import DataError
 
 MIN_DISTANCE = 0.1  # Angstrom; closer atoms are treated as a broken geometry.
@@ -41,6 +54,9 @@ class Structure:
         charge: total charge (e).
         spin: 2S = n_alpha - n_beta (PySCF convention).
         source: where it came from, "<file name>:<frame index>" (frame index 0-based).
+        cell: float64 [3, 3] Angstrom, rows = lattice vectors, for periodic structures;
+            None for molecules.
+        pbc: bool [3] periodic axes (None for molecules).
     """
 
     elements: np.ndarray
@@ -48,6 +64,13 @@ class Structure:
     charge: int
     spin: int
     source: str
+    cell: np.ndarray | None = None
+    pbc: np.ndarray | None = None
+
+    @property
+    def is_periodic(self) -> bool:
+        """Whether the structure has a cell with at least one periodic axis."""
+        return self.pbc is not None and bool(np.any(self.pbc))
 
 
 def to_atomic_numbers(elements: Sequence[int | str] | np.ndarray) -> np.ndarray:
@@ -126,6 +149,145 @@ def check_geometry(elements, coords, key: str = "") -> tuple[np.ndarray, np.ndar
                              f"{MIN_DISTANCE} A): overlapping atoms, probably a duplicated "
                              "atom or coordinates in the wrong unit")
     return z, xyz
+
+
+def check_periodic(elements, coords, cell, pbc, key: str = ""
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Checks a periodic structure: `check_geometry` plus its cell and periodic images.
+
+    Args:
+        elements: [n] atomic numbers or symbols.
+        coords: [n, 3] Angstrom (anywhere; atoms need not be wrapped into the cell).
+        cell: [3, 3] Angstrom, rows = lattice vectors (a non-periodic row may be zero).
+        pbc: [3] periodic axes (at least one true).
+        key: the structure's name, prefixed to every message.
+
+    Returns:
+        (elements int32 [n], coords float64 [n, 3], cell float64 [3, 3], pbc bool [3]).
+
+    Raises:
+        ValueError: naming the structure and the fix: bad shapes or non-finite cell, a
+            periodic axis whose lattice vector is zero, a singular cell, or two atoms (or an
+            atom and its own image) closer than `MIN_DISTANCE` across the periodic images.
+    """
+    where = f"{key}: " if key else ""
+    z, xyz = check_geometry(elements, coords, key)
+    try:
+        cell, pbc = periodic_lib.as_cell(cell, pbc)
+    except ValueError as err:
+        raise ValueError(f"{where}{err}") from err
+    if not np.all(np.isfinite(cell)):
+        raise ValueError(f"{where}the cell has non-finite entries: {cell.tolist()}")
+    if not pbc.any():
+        raise ValueError(f"{where}pbc is false along every axis: a molecule, not a periodic "
+                         "structure (give it no cell, or set pbc along its periodic axes)")
+    lengths = np.linalg.norm(cell, axis=1)
+    for a in range(3):
+        if pbc[a] and lengths[a] < 1e-8:
+            raise ValueError(
+                f"{where}pbc is true along axis {a} (pbc={_pbc_str(pbc)}) but lattice vector "
+                f"{a} is zero: give that lattice vector (Lattice=\"...\", rows = vectors in "
+                "Angstrom) or set pbc false along that axis")
+    try:
+        periodic_lib.completed_cell(cell, pbc)
+    except ValueError as err:
+        raise ValueError(
+            f"{where}singular cell: {err} (lattice {np.round(cell, 6).tolist()}, pbc="
+            f"{_pbc_str(pbc)}); the lattice vectors must span the periodic directions: check "
+            "the Lattice= entries (rows are vectors) and their units (Angstrom)") from err
+    close = periodic_lib.image_pairs(xyz, cell, pbc, MIN_DISTANCE)
+    if len(close):
+        p = int(np.argmin(close.distance))
+        i, j, t, d = close.i[p], close.j[p], close.translation[p].tolist(), close.distance[p]
+        what = (f"atom {i} and its own periodic image in cell T={t}" if i == j else
+                f"atoms {i} and {j} (in cell T={t})")
+        raise ValueError(
+            f"{where}{what} are {d:.4f} A apart (< {MIN_DISTANCE} A): overlapping atoms "
+            "across periodic images; probably a duplicated atom at a cell boundary (e.g. both "
+            "x=0 and x=a), a lattice too small for its atoms, or coordinates in the wrong "
+            "unit: remove the duplicate or fix the lattice")
+    return z, xyz, cell, pbc
+
+
+def check_periodic_labels(elements, labels, basis: str | None = None, ecp: str = "",
+                          key: str = "") -> None:
+    """Checks `PeriodicLabels` against their structure: pair atoms in range, one on-site
+    pair (i, i, 0) per atom, consistent offsets and block sizes, finite values, and (with
+    `basis`) each atom's AO count in that basis.
+
+    Raises:
+        ValueError: naming the structure, the pair and the problem.
+    """
+    where = f"{key}: " if key else ""
+    z = np.asarray(elements)
+    n = len(z)
+    pairs = np.asarray(labels.pairs)
+    trans = np.asarray(labels.translations)
+    n_ao = np.asarray(labels.n_ao_per_atom)
+    if n_ao.shape != (n,):
+        raise ValueError(f"{where}n_ao_per_atom has {n_ao.shape} entries for {n} atoms")
+    if basis:
+        want = np.array([basis_lib.element_basis(int(e), basis, ecp or None).n_ao for e in z])
+        bad = np.flatnonzero(want != n_ao)
+        if bad.size:
+            a = int(bad[0])
+            raise ValueError(f"{where}atom {a} ({basis_lib.symbol(int(z[a]))}) has {n_ao[a]} "
+                             f"AOs in the file but {want[a]} in {basis}: the file is in "
+                             "another basis")
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or trans.shape != (len(pairs), 3):
+        raise ValueError(f"{where}pairs {list(pairs.shape)} / translations "
+                         f"{list(trans.shape)} are not [P, 2] / [P, 3]")
+    if pairs.size and (pairs.min() < 0 or pairs.max() >= n):
+        raise ValueError(f"{where}pair atoms outside 0..{n - 1}")
+    onsite = (pairs[:, 0] == pairs[:, 1]) & ~trans.any(1)
+    if sorted(pairs[onsite, 0].tolist()) != list(range(n)):
+        raise ValueError(f"{where}the on-site blocks (i, i, T=0) must be present once per atom")
+    off = np.asarray(labels.block_offsets)
+    sizes = n_ao[pairs[:, 0]].astype(np.int64) * n_ao[pairs[:, 1]]
+    if off.shape != (len(pairs) + 1,) or off[0] != 0 or np.any(np.diff(off) != sizes):
+        raise ValueError(f"{where}block offsets do not match the [n_i, n_j] block sizes")
+    for name in ("fock_blocks", "overlap_blocks"):
+        v = getattr(labels, name)
+        if v is None:
+            continue
+        if np.shape(v) != (int(off[-1]),):
+            raise ValueError(f"{where}{name} has {np.shape(v)} entries, the pairs need "
+                             f"{int(off[-1])}")
+        if not np.all(np.isfinite(v)):
+            raise DataError(f"{where}{name} holds non-finite values (NaN or Inf): the label "
+                            "is corrupt")
+
+
+def _pbc_str(pbc) -> str:
+    return '"' + " ".join("T" if p else "F" for p in pbc) + '"'
+
+
+def structure_from_atoms(atoms, charge: int = 0, spin: int | None = None,
+                         source: str = "atoms") -> Structure:
+    """A `Structure` from an `ase.Atoms`: periodic (with its cell) when `atoms.pbc` has a
+    true axis, else a molecule. Charge and spin come from `atoms.info` when present.
+
+    Raises:
+        ValueError: an invalid periodic structure (see `check_periodic`).
+    """
+    q, s = _charge_spin(dict(atoms.info), charge, spin, source)
+    z = to_atomic_numbers(atoms.numbers)
+    if s is None:
+        s = int(z.sum() - q) % 2
+    cell, pbc = _frame_cell(np.asarray(atoms.cell[:], np.float64), np.asarray(atoms.pbc, bool))
+    xyz = np.asarray(atoms.positions, np.float64)
+    if cell is not None:
+        z, xyz, cell, pbc = check_periodic(z, xyz, cell, pbc, source)
+    return Structure(elements=z, coords=xyz, charge=q, spin=int(s), source=source, cell=cell,
+                     pbc=pbc)
+
+
+def _frame_cell(cell: np.ndarray | None, pbc) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(cell, pbc) of a frame, or (None, None) for a molecule (no periodic axis)."""
+    if pbc is None or not np.any(pbc):
+        return None, None
+    return (np.zeros((3, 3)) if cell is None else np.asarray(cell, np.float64).reshape(3, 3),
+            np.asarray(pbc, bool).reshape(3))
 
 
 def electron_count(z: np.ndarray, charge: int = 0, spin: int | None = None,
@@ -231,33 +393,69 @@ def read_structures(path: str, charge: int = 0, spin: int | None = None) -> list
     if not os.path.exists(path):
         raise FileNotFoundError(f"input geometry file {path!r} does not exist")
     name = os.path.basename(path)
-    # frames: (numbers [n], positions [n, 3], metadata dict) per frame.
+    # frames: (numbers [n], positions [n, 3], metadata dict, cell, pbc) per frame.
     frames = _read_frames(path)
     structures = []
-    for i, (numbers, positions, info) in enumerate(frames):
+    for i, (numbers, positions, info, cell, pbc) in enumerate(frames):
         where = f"{name}:{i}"
         q, s = _charge_spin(info, charge, spin, where)
         z = to_atomic_numbers(numbers)
         if s is None:
             s = int(z.sum() - q) % 2
-        structures.append(Structure(elements=z, coords=np.asarray(positions, np.float64),
-                                    charge=q, spin=int(s), source=where))
+        xyz = np.asarray(positions, np.float64)
+        cell, pbc = _frame_cell(cell, pbc)
+        if cell is not None:
+            z, xyz, cell, pbc = check_periodic(z, xyz, cell, pbc, where)
+        structures.append(Structure(elements=z, coords=xyz, charge=q, spin=int(s),
+                                    source=where, cell=cell, pbc=pbc))
     return structures
 
 
 def _read_frames(path: str) -> list[tuple]:
-    """``(numbers [n], positions [n, 3], metadata dict)`` of every frame (ASE)."""
+    """``(numbers [n], positions [n, 3], metadata dict, cell [3, 3] | None, pbc [3] | None)``
+    of every frame (ASE). An xyz frame's pbc counts only when its header names `pbc=`."""
     if path.endswith((".db", ".json")):
         def read():
             import ase.db  # pylint: disable=import-outside-toplevel
-            return [(row.numbers, row.positions, _row_info(row))
+            return [(row.numbers, row.positions, _row_info(row),
+                     np.asarray(row.cell, np.float64), np.asarray(row.pbc, bool))
                     for row in ase.db.connect(path).select()]
         frames = ase_parse(path, read)
     else:
-        frames = [(a.numbers, a.positions, a.info) for a in read_atoms(path)]
+        atoms = read_atoms(path)
+        explicit = _explicit_pbc_frames(path, len(atoms))
+        frames = [(a.numbers, a.positions, a.info,
+                   np.asarray(a.cell[:], np.float64) if has else None,
+                   np.asarray(a.pbc, bool) if has else None)
+                  for a, has in zip(atoms, explicit)]
     if not frames:
         raise DataError(f"{path} holds no structures: an empty file or an empty database.")
     return frames
+
+
+_PBC_KEY = re.compile(r"(?:^|\s)pbc\s*=", re.IGNORECASE)
+
+
+def _explicit_pbc_frames(path: str, n_frames: int) -> list[bool]:
+    """For each xyz frame, whether its comment line names `pbc=` (extended xyz)."""
+    found = []
+    with open(path, errors="replace") as fh:
+        lines = iter(fh)
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                count = int(line.split()[0])
+            except ValueError:
+                break
+            comment = next(lines, "")
+            found.append(bool(_PBC_KEY.search(comment)))
+            for _ in range(count):
+                next(lines, None)
+    if len(found) != n_frames:
+        raise DataError(f"{path}: {n_frames} frames read by ASE but {len(found)} xyz headers "
+                        "found: the file is not plain (extended) xyz")
+    return found
 
 
 def read_atoms(path: str) -> list:

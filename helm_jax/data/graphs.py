@@ -230,6 +230,11 @@ def build_graph(record: Record, spec: GraphSpec, with_labels: bool = True,
         does not fit the basis, or a charge / spin / spin-resolved label the spec refuses
         (:class:`GraphSpec`).
     """
+    if record.cell is not None or record.periodic is not None:
+        raise ValueError(
+            f"Record {record.key!r} is periodic (a cell and real-space H(T) blocks): the "
+            "model's graphs are molecular so far (docs/periodic.md); train on molecular "
+            "records.")
     if validate:
         z, coords = geometry.check_geometry(record.elements, record.coords, record.key)
     else:

@@ -46,6 +46,35 @@ layouts: `fock` of shape [2, N(N+1)/2] (row 0 alpha, row 1 beta, each packed as 
 `fock` [N(N+1)/2] plus `fock_beta` [N(N+1)/2] as in the project's files. A group lacking
 `complete` is skipped only in the project's own files (it was being written when the writer
 died); in foreign files it is complete.
+
+Periodic structures (docs/periodic.md; written by `write_periodic_structure`, labelled by
+helm_jax/data/labelling_pbc.py) have no `fock`/`overlap`; instead:
+
+    file attrs: periodic=True, kmesh, pseudo, ke_cutoff, density_fit, ... (the settings)
+    /{index:07d}/
+        elements          int32   [n]
+        coords            float64 [n, 3]     Angstrom, as labelled (not wrapped)
+        cell              float64 [3, 3]     Angstrom, rows = lattice vectors
+        pbc               uint8   [3]        1 = periodic axis
+        kmesh             int32   [3]        Monkhorst-Pack mesh (absent: real-space source)
+        n_ao_per_atom     int32   [n]        AOs of each atom (PySCF order, file's basis)
+        pair_atoms        int32   [P, 2]     (i, j): i in the home cell, j in cell T
+        pair_translations int32   [P, 3]     T (0 along non-periodic axes)
+        block_offsets     int64   [P + 1]    pair p's block is blocks[off[p]:off[p+1]]
+        fock_blocks       float64 [sum n_i n_j]  raw H_ij(T), row major [n_i, n_j], Eh
+        overlap_blocks    float64 [sum n_i n_j]  S_ij(T)
+        pair_weights      float64 [P]        Bloch-sum weight (1 / tied multiplicity)
+        alias_distance    float64 [P]        nearest image summed into the block (A)
+        energy            float64 []         total energy per cell, Eh
+        fermi, homo, lumo, gap  float64 []   optional, Eh (docs/periodic.md)
+        attrs: as for molecules (charge, spin, ..., checksums, complete) plus periodic=True
+               (and, from the labeller, n_pairs_beyond_bvk: pairs within --pbc_cutoff that a
+               bigger k-mesh would give)
+
+`H5Dataset.read` returns such a group as a `Record` with `cell`, `pbc` and `periodic`
+(`PeriodicLabels`), `fock = overlap = None`. The molecular reader
+(`helm_jax.data.readers.open_dataset(path)`) refuses periodic files with a `DataError` that
+says how to open them (`periodic=True`); molecular files read exactly as before.
 """
 
 from __future__ import annotations
@@ -72,6 +101,16 @@ SIDECAR_SUFFIX = ".helm_jax_index.json"  # never the reference's "<file>.keys.js
 CHECKSUM_ATTR = "checksums"
 ATTRS_CHECKSUM_KEY = "@attrs"
 LABEL_ATTRS = ("charge", "spin", "n_electrons", "converged", "scf_cycles", "source")
+PERIODIC_ATTR = "periodic"  # file and group attr of periodic structures
+#: dtype of every dataset of a periodic group (write_periodic_structure writes these only).
+PERIODIC_DATASETS = {"elements": np.int32, "coords": np.float64, "cell": np.float64,
+                     "pbc": np.uint8, "kmesh": np.int32, "n_ao_per_atom": np.int32,
+                     "pair_atoms": np.int32, "pair_translations": np.int32,
+                     "block_offsets": np.int64, "fock_blocks": np.float64,
+                     "overlap_blocks": np.float64, "pair_weights": np.float64,
+                     "alias_distance": np.float64, "energy": np.float64,
+                     "fermi": np.float64, "homo": np.float64, "lumo": np.float64,
+                     "gap": np.float64}
 
 
 def group_key(index: int) -> str:
@@ -232,6 +271,59 @@ def write_structure(parent: h5py.Group, key: str, *, elements, coords, fock, ove
     g.attrs["complete"] = True
 
 
+def write_periodic_structure(parent: h5py.Group, key: str, *, elements, coords, cell, pbc,
+                             labels, energy: float, charge: int, spin: int,
+                             n_electrons: int, converged: bool, scf_cycles: int, source: str,
+                             checksums: bool = True) -> None:
+    """Writes one periodic structure group (layout in the module docstring).
+
+    Args:
+        parent: file or group to create the group in.
+        key: group name, `group_key(index)`.
+        elements: [n] atomic numbers; coords: [n, 3] Angstrom.
+        cell: [3, 3] Angstrom, rows = lattice vectors; pbc: [3] periodic axes.
+        labels: `helm_jax.data.records.PeriodicLabels` (blocks, pairs, k-mesh, Fermi level).
+        energy: total energy per cell (Eh).
+        charge, spin, n_electrons, converged, scf_cycles, source: as `write_structure`.
+        checksums: store the `checksums` attr.
+    """
+    off = np.asarray(labels.block_offsets, np.int64)
+    data = {"elements": np.asarray(elements, np.int32),
+            "coords": np.asarray(coords, np.float64),
+            "cell": np.asarray(cell, np.float64).reshape(3, 3),
+            "pbc": np.asarray(pbc, bool).reshape(3).astype(np.uint8),
+            "n_ao_per_atom": np.asarray(labels.n_ao_per_atom, np.int32),
+            "pair_atoms": np.asarray(labels.pairs, np.int32).reshape(-1, 2),
+            "pair_translations": np.asarray(labels.translations, np.int32).reshape(-1, 3),
+            "block_offsets": off,
+            "fock_blocks": np.asarray(labels.fock_blocks, np.float64),
+            "pair_weights": np.asarray(labels.weight, np.float64),
+            "alias_distance": np.asarray(labels.alias_distance, np.float64),
+            "energy": np.asarray(energy, np.float64)}
+    if labels.overlap_blocks is not None:
+        data["overlap_blocks"] = np.asarray(labels.overlap_blocks, np.float64)
+    if labels.kmesh is not None:
+        data["kmesh"] = np.asarray(labels.kmesh, np.int32).reshape(3)
+    for name in ("fermi", "homo", "lumo", "gap"):
+        if getattr(labels, name) is not None:
+            data[name] = np.asarray(getattr(labels, name), np.float64)
+    if off[-1] != data["fock_blocks"].shape[0]:
+        raise ValueError(f"block_offsets end at {off[-1]} but fock_blocks has "
+                         f"{data['fock_blocks'].shape[0]} entries")
+    g = parent.create_group(key)
+    for name, value in data.items():
+        g.create_dataset(name, data=value)
+    attrs = {"charge": int(charge), "spin": int(spin), "n_electrons": int(n_electrons),
+             "converged": bool(converged), "scf_cycles": int(scf_cycles), "source": str(source)}
+    if checksums:
+        sums = {name: checksum(value) for name, value in data.items()}
+        sums[ATTRS_CHECKSUM_KEY] = attrs_checksum(attrs)
+        attrs[CHECKSUM_ATTR] = json.dumps(sums)
+    g.attrs.update(attrs)
+    g.attrs[PERIODIC_ATTR] = True
+    g.attrs["complete"] = True
+
+
 def open_h5(path: str) -> h5py.File:
     """Opens an HDF5 file read-only with clear errors for missing and corrupt files."""
     if not os.path.exists(path):
@@ -313,6 +405,10 @@ class H5Dataset:
                                 f"{self.path}{SIDECAR_SUFFIX} is stale, delete it")
             g = f[key]
             raw = {name: self._dataset(g, name, where) for name in g}
+            if self.is_native and "fock_blocks" in raw:
+                if self.verify:
+                    self._verify(g, raw, where)
+                return self._periodic_record(g, raw, where, key)
             if self.is_native:  # write_structure writes these dtypes only
                 for name, value in raw.items():
                     want = (np.int32 if name == "elements" else np.float64
@@ -367,6 +463,81 @@ class H5Dataset:
             raise DataError(f"{where}: cannot be read ({type(err).__name__}: {err}); the group "
                             "is malformed or damaged: relabel it, or check the file with python "
                             "data_prep/verify.py --data=FILE") from err
+
+    def _periodic_record(self, g: h5py.Group, raw: dict, where: str, key: str) -> H5Record:
+        """A periodic group as a `Record` with `cell`, `pbc` and `periodic` labels."""
+        for name, value in raw.items():
+            want = PERIODIC_DATASETS.get(name)
+            if want is None:
+                raise DataError(f"{where}/{name}: unexpected dataset in a periodic structure "
+                                f"group (known: {sorted(PERIODIC_DATASETS)})")
+            if value.dtype != want:
+                raise DataError(f"{where}/{name}: dtype {value.dtype}, expected "
+                                f"{np.dtype(want)}: the group was rewritten by another tool "
+                                "or damaged; relabel it")
+        required = ("elements", "coords", "cell", "pbc", "n_ao_per_atom", "pair_atoms",
+                    "pair_translations", "block_offsets", "fock_blocks", "pair_weights",
+                    "alias_distance", "energy")
+        missing = [name for name in required if name not in raw]
+        if missing:
+            raise DataError(f"{where}: periodic structure without dataset(s) {missing}; the "
+                            "group is damaged: relabel it")
+        elements = raw["elements"]
+        n = elements.shape[0] if elements.ndim == 1 else -1
+        if n < 1:
+            raise DataError(f"{where}/elements: expected [n] atomic numbers, got shape "
+                            f"{list(elements.shape)}")
+        coords = self._shaped(raw["coords"], (n, 3), f"{where}/coords")
+        cell = self._shaped(raw["cell"], (3, 3), f"{where}/cell")
+        pbc = raw["pbc"].astype(bool)
+        if pbc.shape != (3,):
+            raise DataError(f"{where}/pbc: expected [3], got {list(pbc.shape)}")
+        n_ao = raw["n_ao_per_atom"]
+        if n_ao.shape != (n,) or np.any(n_ao < 1):
+            raise DataError(f"{where}/n_ao_per_atom: expected [{n}] positive counts, got "
+                            f"{n_ao.tolist()}")
+        nao = self._expected_nao(elements)
+        if nao is not None and int(n_ao.sum()) != nao:
+            raise DataError(f"{where}: n_ao_per_atom sums to {int(n_ao.sum())} AOs but the "
+                            f"basis of these elements has {nao}; wrong basis")
+        pairs, trans = raw["pair_atoms"], raw["pair_translations"]
+        n_pairs = pairs.shape[0] if pairs.ndim == 2 and pairs.shape[1] == 2 else -1
+        if n_pairs < 0 or trans.shape != (n_pairs, 3) or np.any(pairs < 0) or np.any(pairs >= n):
+            raise DataError(f"{where}: pair_atoms {list(pairs.shape)} / pair_translations "
+                            f"{list(trans.shape)} are not [P, 2] atoms in 0..{n - 1} / [P, 3]")
+        off = raw["block_offsets"]
+        sizes = n_ao[pairs[:, 0]].astype(np.int64) * n_ao[pairs[:, 1]]
+        if off.shape != (n_pairs + 1,) or off[0] != 0 or np.any(np.diff(off) != sizes):
+            raise DataError(f"{where}/block_offsets: do not match the [n_i, n_j] block sizes "
+                            "of the pairs; the group is damaged: relabel it")
+        for name in ("fock_blocks", "overlap_blocks"):
+            if name in raw and raw[name].shape != (int(off[-1]),):
+                raise DataError(f"{where}/{name}: {list(raw[name].shape)} entries, the pairs "
+                                f"need [{int(off[-1])}]")
+        for name in ("pair_weights", "alias_distance"):
+            if raw[name].shape != (n_pairs,):
+                raise DataError(f"{where}/{name}: expected [{n_pairs}], got "
+                                f"{list(raw[name].shape)}")
+        scalars = {name: float(self._shaped(raw[name], (), f"{where}/{name}"))
+                   for name in ("energy", "fermi", "homo", "lumo", "gap") if name in raw}
+        kmesh = raw.get("kmesh")
+        if kmesh is not None and kmesh.shape != (3,):
+            raise DataError(f"{where}/kmesh: expected [3], got {list(kmesh.shape)}")
+        from helm_jax.data.records import PeriodicLabels  # pylint: disable=import-outside-toplevel
+        labels = PeriodicLabels(
+            pairs=pairs.astype(np.int32), translations=trans.astype(np.int32),
+            fock_blocks=raw["fock_blocks"], overlap_blocks=raw.get("overlap_blocks"),
+            block_offsets=off.astype(np.int64), n_ao_per_atom=n_ao.astype(np.int32),
+            weight=raw["pair_weights"], alias_distance=raw["alias_distance"],
+            kmesh=None if kmesh is None else kmesh.astype(np.int32),
+            fermi=scalars.get("fermi"), homo=scalars.get("homo"), lumo=scalars.get("lumo"),
+            gap=scalars.get("gap"))
+        attrs = g.attrs
+        return H5Record(elements=elements.astype(np.int32), coords=coords,
+                        energy=scalars["energy"], charge=int(attrs.get("charge", 0)),
+                        spin=int(attrs.get("spin", 0)),
+                        converged=bool(attrs.get("converged", True)), key=key, cell=cell,
+                        pbc=pbc, periodic=labels)
 
     @staticmethod
     def _dataset(g: h5py.Group, name: str, where: str) -> np.ndarray:

@@ -274,18 +274,21 @@ def _label_task(index: int, structure: geometry.Structure, level: LevelOfTheory,
     return index, label.converged
 
 
-def _run_tasks(args: list[tuple], workers: int, threads: int):
-    """Runs `_label_task(*a)` for every a, in this process or a spawn pool; yields converged."""
+def _run_tasks(args: list[tuple], workers: int, threads: int, task=None):
+    """Runs `task(*a)` (default `_label_task`; a module-level function returning
+    `(index, converged)`, so that spawned workers can import it) for every a, in this
+    process or a spawn pool; yields converged."""
+    task = _label_task if task is None else task
     _worker_init(threads)
     if workers <= 1:
         for a in args:
-            yield _label_task(*a)[1]
+            yield task(*a)[1]
         return
     with _thread_env(threads):  # spawned children read these at start-up
         pool = concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init, initargs=(threads, os.getpid()))
-        futures = [pool.submit(_label_task, *a) for a in args]
+        futures = [pool.submit(task, *a) for a in args]
     try:
         for fut in concurrent.futures.as_completed(futures):
             yield fut.result()[1]
@@ -427,12 +430,31 @@ def label_file(input_path: str, out: str, level: LevelOfTheory, *, charge: int =
     """
     t0 = time.time()
     structures = geometry.read_structures(input_path, charge, spin)
+    periodic = [s.source for s in structures if s.is_periodic]
+    if periodic:
+        raise ValueError(f"{len(periodic)} periodic frame(s) (a cell with pbc), e.g. "
+                         f"{periodic[0]}: label them with PySCF-PBC (data_prep/label.py "
+                         "--kmesh=NX,NY,NZ, helm_jax.data.labelling_pbc), not as molecules")
     stop = len(structures) if limit is None else min(len(structures), start + limit)
     run_attrs = {**dataclasses.asdict(level), "forces": bool(forces),
                  "input_file": os.path.basename(input_path), **props.attrs()}
     if unrestricted:
         run_attrs[UNRESTRICTED_ATTR] = True
     parts_dir = out + ".parts"
+    done, resumed = resume_state(out, parts_dir, run_attrs)
+    todo = [i for i in range(start, stop) if h5format.group_key(i) not in done]
+    _validate_all([structures[i] for i in todo], level)
+    start_parts(parts_dir, run_attrs, resumed)  # state is written only for validated input
+    args = [(i, structures[i], level, max_cycle, forces, parts_dir, props, bool(unrestricted))
+            for i in todo]
+    unconverged = run_with_progress(args, workers, threads, progress, _label_task, "mol")
+    return finish_run(out, parts_dir, run_attrs, stop - start, len(todo), unconverged, t0)
+
+
+def resume_state(out: str, parts_dir: str, run_attrs: dict) -> tuple[set, bool]:
+    """Group keys already labelled (in `out` or its parts) and whether a parts directory
+    with work and its `run.json` exists; raises ValueError when `out` or the parts were
+    labelled with other settings than `run_attrs` (`_check_same_theory`)."""
     done = set()
     if os.path.exists(out):
         try:
@@ -444,28 +466,42 @@ def label_file(input_path: str, out: str, level: LevelOfTheory, *, charge: int =
             done.update(f.keys())
     run_json = os.path.join(parts_dir, "run.json")
     finished = _finished_parts(parts_dir) if os.path.isdir(parts_dir) else set()
-    if finished and os.path.exists(run_json):  # settings bind only once work exists
+    resumed = bool(finished) and os.path.exists(run_json)
+    if resumed:  # settings bind only once work exists
         with open(run_json) as fh:
             _check_same_theory(json.load(fh), run_attrs, parts_dir)
     done.update(finished)
-    todo = [i for i in range(start, stop) if h5format.group_key(i) not in done]
-    _validate_all([structures[i] for i in todo], level)
-    os.makedirs(parts_dir, exist_ok=True)  # state is written only for validated input
-    if not (finished and os.path.exists(run_json)):
-        _atomic_write(run_json, lambda tmp: _write_json(tmp, run_attrs))
+    return done, resumed
 
+
+def start_parts(parts_dir: str, run_attrs: dict, resumed: bool) -> None:
+    """Creates the parts directory and records the settings in its `run.json`."""
+    os.makedirs(parts_dir, exist_ok=True)
+    if not resumed:
+        _atomic_write(os.path.join(parts_dir, "run.json"),
+                      lambda tmp: _write_json(tmp, run_attrs))
+
+
+def run_with_progress(args: list[tuple], workers: int, threads: int | None, progress: bool,
+                      task, unit: str) -> int:
+    """Runs `task(*a)` for every a (`_run_tasks`) under a progress bar; returns the number
+    of unconverged SCFs."""
     per_worker = threads_per_worker(workers, threads)
     unconverged = 0
-    args = [(i, structures[i], level, max_cycle, forces, parts_dir, props, bool(unrestricted))
-            for i in todo]
-    with tqdm.tqdm(total=len(todo), unit="mol", disable=not progress, file=sys.stderr) as bar:
-        for converged in _run_tasks(args, workers, per_worker):
+    with tqdm.tqdm(total=len(args), unit=unit, disable=not progress, file=sys.stderr) as bar:
+        for converged in _run_tasks(args, workers, per_worker, task):
             unconverged += not converged
             bar.update(1)
             bar.set_postfix(unconverged=unconverged)
+    return unconverged
+
+
+def finish_run(out: str, parts_dir: str, run_attrs: dict, requested: int, labelled: int,
+               unconverged: int, t0: float) -> dict:
+    """Merges the parts into `out` and returns the run summary."""
     merge_parts(out, parts_dir, run_attrs)
-    summary = {"requested": stop - start, "skipped": stop - start - len(todo),
-               "labelled": len(todo), "unconverged_new": unconverged}
+    summary = {"requested": requested, "skipped": requested - labelled,
+               "labelled": labelled, "unconverged_new": unconverged}
     if os.path.exists(out):
         data = h5format.H5Dataset(out)
         summary.update(in_file=len(data), unconverged_in_file=len(data) - len(

@@ -12,6 +12,8 @@
 | ``nabladft`` | nablaDFT SQLite | wB97X-D/def2-SVP (Psi4) | ``psi4``; bohr, Eh/bohr |
 | ``qh9`` | QH9 LMDB | B3LYP/def2-SVP (PySCF) | PySCF; Angstrom, Eh |
 | ``xyz`` | extended xyz (ASE) | none: energies and forces only | eV, eV/A |
+| ``deeph`` | DeepH-pack folders (periodic) | ``basis=`` (shells must match) | OpenMX order; eV |
+| ``cp2k`` | CP2K Gamma-point folders (periodic) | ``basis=`` (shells must match) | CP2K order; Eh |
 
 Each kind is a module of this package holding one :class:`Reader` subclass; :data:`READERS`
 maps the kind to the class. Every reader opens its file lazily, once per process, and drops
@@ -20,6 +22,11 @@ of keys is held in memory. Each record is validated (finite coordinates, no atom
 than 0.1 A, charge/spin consistent with the electrons) and its matrices must have the AO
 count of its elements in the reader's basis, else ``ValueError`` names the file, the record
 and the problem. Splits of a dataset are :mod:`helm_jax.data.splits`.
+
+Periodic data (docs/periodic.md): ``deeph`` and ``cp2k`` folders, and project files written
+by the periodic labeller (``open_dataset(path, periodic=True)``; without it such a file is
+refused), yield Records with ``cell``, ``pbc`` and ``periodic`` (real-space blocks H_ij(T),
+S_ij(T)) and ``fock = overlap = None``.
 """
 
 from __future__ import annotations
@@ -33,7 +40,11 @@ import h5py
 from helm_jax.data import h5format
 from helm_jax.data.records import LIBRARY_ERRORS, DataError
 from helm_jax.data.readers.base import Reader, formula, require_file, sqlite_readonly
+from helm_jax.data.readers import cp2k as cp2k_layout
+from helm_jax.data.readers import deeph as deeph_layout
 from helm_jax.data.readers.concat import ConcatReader
+from helm_jax.data.readers.cp2k import CP2KReader
+from helm_jax.data.readers.deeph import DeepHReader
 from helm_jax.data.readers.h5 import ProjectH5Reader
 from helm_jax.data.readers.nabladft import NablaDFTReader
 from helm_jax.data.readers.omol_csh import OmolCshReader
@@ -42,10 +53,12 @@ from helm_jax.data.readers.schnorb import SchNOrbReader
 from helm_jax.data.readers.xyz import XYZReader
 
 READERS: dict[str, type[Reader]] = {cls.kind: cls for cls in (
-    ProjectH5Reader, OmolCshReader, SchNOrbReader, NablaDFTReader, QH9Reader, XYZReader)}
+    ProjectH5Reader, OmolCshReader, SchNOrbReader, NablaDFTReader, QH9Reader, XYZReader,
+    DeepHReader, CP2KReader)}
 KINDS = tuple(READERS)
 
-__all__ = ["KINDS", "READERS", "ConcatReader", "NablaDFTReader", "OmolCshReader", "ProjectH5Reader",
+__all__ = ["KINDS", "READERS", "CP2KReader", "ConcatReader", "DeepHReader", "NablaDFTReader",
+           "OmolCshReader", "ProjectH5Reader",
            "DataError", "QH9Reader", "Reader", "SchNOrbReader", "XYZReader", "detect_kind", "formula",
            "open_dataset", "reader_class", "require_file", "sqlite_readonly"]
 
@@ -73,7 +86,13 @@ def detect_kind(path: str) -> str:
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "data.mdb")):
             return "qh9"
-        raise ValueError(f"{path} is a directory without data.mdb: not a QH9 LMDB")
+        if deeph_layout.structure_dirs(path):
+            return "deeph"
+        if cp2k_layout.structure_dirs(path):
+            return "cp2k"
+        raise ValueError(f"{path} is a directory that is neither a QH9 LMDB (data.mdb), a "
+                         "DeepH dataset (hamiltonians.h5, lat.dat) nor CP2K structure folders "
+                         "(*.xyz, *-KS_SPIN_1-1_0*.csr)")
     if path.endswith((".lmdb", ".mdb")):
         return "qh9"
     with open(path, "rb") as fh:
