@@ -258,16 +258,23 @@ def write_structure(parent: h5py.Group, key: str, *, elements, coords, fock, ove
         if name.startswith(AO_PREFIX):
             value = value[..., *np.triu_indices(value.shape[-1])]
         data[name] = value
+    _write_group(parent, key, data, checksums, charge=int(charge), spin=int(spin),
+                 n_electrons=int(n_electrons), converged=bool(converged),
+                 scf_cycles=int(scf_cycles), source=str(source))
+
+
+def _write_group(parent: h5py.Group, key: str, data: dict, checksums: bool, *,
+                 extra_attrs: dict | None = None, **attrs) -> None:
+    """Writes one structure group: its datasets, attrs, checksums, then ``complete``."""
     g = parent.create_group(key)
     for name, value in data.items():
         g.create_dataset(name, data=value)
-    attrs = {"charge": int(charge), "spin": int(spin), "n_electrons": int(n_electrons),
-             "converged": bool(converged), "scf_cycles": int(scf_cycles), "source": str(source)}
     if checksums:
         sums = {name: checksum(value) for name, value in data.items()}
         sums[ATTRS_CHECKSUM_KEY] = attrs_checksum(attrs)
         attrs[CHECKSUM_ATTR] = json.dumps(sums)
     g.attrs.update(attrs)
+    g.attrs.update(extra_attrs or {})
     g.attrs["complete"] = True
 
 
@@ -310,18 +317,9 @@ def write_periodic_structure(parent: h5py.Group, key: str, *, elements, coords, 
     if off[-1] != data["fock_blocks"].shape[0]:
         raise ValueError(f"block_offsets end at {off[-1]} but fock_blocks has "
                          f"{data['fock_blocks'].shape[0]} entries")
-    g = parent.create_group(key)
-    for name, value in data.items():
-        g.create_dataset(name, data=value)
-    attrs = {"charge": int(charge), "spin": int(spin), "n_electrons": int(n_electrons),
-             "converged": bool(converged), "scf_cycles": int(scf_cycles), "source": str(source)}
-    if checksums:
-        sums = {name: checksum(value) for name, value in data.items()}
-        sums[ATTRS_CHECKSUM_KEY] = attrs_checksum(attrs)
-        attrs[CHECKSUM_ATTR] = json.dumps(sums)
-    g.attrs.update(attrs)
-    g.attrs[PERIODIC_ATTR] = True
-    g.attrs["complete"] = True
+    _write_group(parent, key, data, checksums, extra_attrs={PERIODIC_ATTR: True},
+                 charge=int(charge), spin=int(spin), n_electrons=int(n_electrons),
+                 converged=bool(converged), scf_cycles=int(scf_cycles), source=str(source))
 
 
 def open_h5(path: str) -> h5py.File:
