@@ -457,6 +457,8 @@ def ch3_svp():
 _SVP_PARAMS = {}
 
 
+# Slow: compiles and trains two l_max = 4 models for 300 steps (~2 min on 2 cores).
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_tiny_model_overfits_a_radicals_alpha_and_beta_blocks(ch3_svp, mode, monkeypatch):
     """The training path (load_data -> model_and_losses -> make_train_step) on one CH3
