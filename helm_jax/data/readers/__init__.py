@@ -86,9 +86,9 @@ def detect_kind(path: str) -> str:
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "data.mdb")):
             return "qh9"
-        if deeph_layout.structure_dirs(path):
+        if deeph_layout.DeepHReader.structure_dirs(path):
             return "deeph"
-        if cp2k_layout.structure_dirs(path):
+        if cp2k_layout.CP2KReader.structure_dirs(path):
             return "cp2k"
         raise ValueError(f"{path} is a directory that is neither a QH9 LMDB (data.mdb), a "
                          "DeepH dataset (hamiltonians.h5, lat.dat) nor CP2K structure folders "

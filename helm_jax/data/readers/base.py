@@ -187,6 +187,55 @@ class Reader:
                       key=str(key), extras={**conv, **(extras or {})})
 
 
+class FolderReader(Reader):
+    """A dataset laid out as one structure folder, or a folder of structure folders (the
+    periodic layouts: DeepH, CP2K). Subclasses set :attr:`layout` (the name in messages),
+    :attr:`basis_hint` and :attr:`folder_hint` (what a structure folder holds) and implement
+    :meth:`is_structure_dir`.
+
+    Args:
+      path: the dataset folder.
+      basis: PySCF basis whose shells per element match the files' orbitals (required).
+      ecp: PySCF ECP name, or None (only used to count AOs).
+      cutoff: keep only pairs closer than this (Angstrom); None keeps every block.
+    """
+
+    layout = ""
+    basis_hint = ""
+    folder_hint = ""
+
+    def __init__(self, path: str, basis: str | None = None, ecp: str | None = None,
+                 cutoff: float | None = None):
+        if not basis:
+            raise ValueError(f"{type(self).__name__} needs basis=: the PySCF basis whose "
+                             f"shells match {self.basis_hint} (e.g. basis='gth-dzvp')")
+        super().__init__(path, basis, ecp)
+        if not os.path.isdir(self.path):
+            raise DataError(f"{self.path} is not a folder: a {self.layout} dataset is a "
+                            f"folder with {self.folder_hint} (or a folder of such folders)")
+        self.cutoff = cutoff
+        self._keys = self.structure_dirs(self.path)
+        if not self._keys:
+            raise DataError(f"{self.path}: no {self.layout} structure folder (with "
+                            f"{self.folder_hint}) here or in its subfolders")
+
+    @staticmethod
+    def is_structure_dir(folder: str) -> bool:
+        """Whether ``folder`` holds one structure."""
+        raise NotImplementedError
+
+    @classmethod
+    def structure_dirs(cls, root: str) -> list[str]:
+        """The structure folders: ``root`` itself (``["."]``) or its sorted subfolders."""
+        if cls.is_structure_dir(root):
+            return ["."]
+        return sorted(d for d in os.listdir(root)
+                      if cls.is_structure_dir(os.path.join(root, d)))
+
+    def _open(self):
+        return None
+
+
 def _check_finite(where: str, arrays: Mapping[str, Any]) -> None:
     """Raises :class:`DataError` naming the first label array with a NaN or Inf."""
     for name, value in arrays.items():

@@ -47,7 +47,7 @@ from helm_jax import basis as basis_lib
 from helm_jax import conventions
 from helm_jax.data import geometry
 from helm_jax.data import periodic as periodic_lib
-from helm_jax.data.readers.base import Reader
+from helm_jax.data.readers.base import FolderReader
 from helm_jax.data.records import DataError, PeriodicLabels, Record
 from helm_jax.units import HARTREE_EV
 
@@ -80,13 +80,6 @@ def is_structure_dir(path: str) -> bool:
         return False
     f = _files(path)
     return f["xyz"] is not None and f["ks"] is not None
-
-
-def structure_dirs(root: str) -> list[str]:
-    """Structure folders of a CP2K dataset: `root` itself or its sorted subfolders."""
-    if is_structure_dir(root):
-        return ["."]
-    return sorted(d for d in os.listdir(root) if is_structure_dir(os.path.join(root, d)))
 
 
 def read_csr(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -199,7 +192,7 @@ def read_energy(path: str) -> float | None:
     return found
 
 
-class CP2KReader(Reader):
+class CP2KReader(FolderReader):
     """CP2K Gamma-point supercell folders (module docstring) as periodic Records.
 
     Args:
@@ -212,23 +205,10 @@ class CP2KReader(Reader):
 
     kind = "cp2k"
     convention = "cp2k"
-
-    def __init__(self, path: str, basis: str | None = None, ecp: str | None = None,
-                 cutoff: float | None = None):
-        if not basis:
-            raise ValueError("CP2KReader needs basis=: the PySCF basis matching the CP2K "
-                             "basis set's shells (e.g. basis='gth-dzvp')")
-        super().__init__(path, basis, ecp)
-        if not os.path.isdir(self.path):
-            raise DataError(f"{self.path} is not a folder of CP2K structure folders")
-        self.cutoff = cutoff
-        self._keys = structure_dirs(self.path)
-        if not self._keys:
-            raise DataError(f"{self.path}: no CP2K structure folder (an .xyz and a "
-                            f"*{KS_TAGS[0]}*.csr file) here or in its subfolders")
-
-    def _open(self):
-        return None
+    layout = "CP2K"
+    basis_hint = "the CP2K basis set"
+    folder_hint = f"an .xyz and a *{KS_TAGS[0]}*.csr file"
+    is_structure_dir = staticmethod(is_structure_dir)
 
     def _read(self, i: int) -> Record:
         key = self._keys[i]

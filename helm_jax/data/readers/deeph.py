@@ -41,7 +41,7 @@ from helm_jax import basis as basis_lib
 from helm_jax import conventions
 from helm_jax.data import geometry
 from helm_jax.data import periodic as periodic_lib
-from helm_jax.data.readers.base import Reader
+from helm_jax.data.readers.base import FolderReader
 from helm_jax.data.records import DataError, PeriodicLabels, Record
 from helm_jax.units import HARTREE_EV
 
@@ -53,13 +53,6 @@ def is_structure_dir(path: str) -> bool:
     """Whether `path` holds one DeepH structure (its hamiltonians.h5 and lat.dat)."""
     return os.path.isfile(os.path.join(path, MARKER)) and os.path.isfile(
         os.path.join(path, "lat.dat"))
-
-
-def structure_dirs(root: str) -> list[str]:
-    """The structure folders of a DeepH dataset: `root` itself or its sorted subfolders."""
-    if is_structure_dir(root):
-        return ["."]
-    return sorted(d for d in os.listdir(root) if is_structure_dir(os.path.join(root, d)))
 
 
 def _key(r, i: int, j: int) -> str:
@@ -79,7 +72,7 @@ def _transforms(elements, orbital_types, basis: str, ecp: str | None, where: str
     return out
 
 
-class DeepHReader(Reader):
+class DeepHReader(FolderReader):
     """DeepH-pack processed folders (module docstring) as periodic Records.
 
     Args:
@@ -92,24 +85,10 @@ class DeepHReader(Reader):
 
     kind = "deeph"
     convention = "deeph"
-
-    def __init__(self, path: str, basis: str | None = None, ecp: str | None = None,
-                 cutoff: float | None = None):
-        if not basis:
-            raise ValueError("DeepHReader needs basis=: the PySCF basis whose shells match "
-                             "orbital_types.dat (e.g. basis='gth-dzvp')")
-        super().__init__(path, basis, ecp)
-        if not os.path.isdir(self.path):
-            raise DataError(f"{self.path} is not a folder: a DeepH dataset is a folder with "
-                            f"{', '.join(FILES)} (or a folder of such folders)")
-        self.cutoff = cutoff
-        self._keys = structure_dirs(self.path)
-        if not self._keys:
-            raise DataError(f"{self.path}: no DeepH structure folder (with {MARKER} and "
-                            "lat.dat) here or in its subfolders")
-
-    def _open(self):
-        return None
+    layout = "DeepH"
+    basis_hint = "orbital_types.dat"
+    folder_hint = f"{', '.join(FILES)}"
+    is_structure_dir = staticmethod(is_structure_dir)
 
     def _read(self, i: int) -> Record:
         key = self._keys[i]
