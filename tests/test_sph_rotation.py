@@ -40,11 +40,13 @@ def _rotate_ao_matrix(symbols, basis_name, ecp):
     return rotate
 
 
-def _hf_fock(mol):
+def _hf_fock(mol, conv_tol=1e-13, conv_tol_grad=1e-9):
+    """Converged Hartree-Fock Fock matrix: RHF ``[N, N]``, or UHF alpha and beta
+    ``[2, N, N]`` for an open shell (``mol.spin != 0``)."""
     from pyscf import scf
-    mf = scf.RHF(mol)
-    mf.conv_tol = 1e-13
-    mf.conv_tol_grad = 1e-9
+    mf = (scf.UHF if mol.spin else scf.RHF)(mol)
+    mf.conv_tol = conv_tol
+    mf.conv_tol_grad = conv_tol_grad
     mf.max_cycle = 200
     mf.kernel()
     assert mf.converged
@@ -77,18 +79,6 @@ def test_hartree_fock_fock_rotates_with_wigner(case):
                        rotations=rots, atol=1e-8, name=f"Hartree-Fock Fock matrix of {case}")
 
 
-def _uhf_focks(mol):
-    """UHF alpha and beta Fock matrices ``[2, N, N]`` of an open-shell molecule."""
-    from pyscf import scf
-    mf = scf.UHF(mol)
-    mf.conv_tol = 1e-12
-    mf.conv_tol_grad = 1e-8
-    mf.max_cycle = 200
-    mf.kernel()
-    assert mf.converged
-    return mf.get_fock()
-
-
 # The water cation (doublet, 2S = 1) in def2-SVP and in def2-TZVPD (f shell on O): both
 # spins' Fock matrices rotate with the same D, so a model's alpha and beta heads share the
 # closed-shell equivariance (docs/model_and_training.md, "Open shells").
@@ -101,6 +91,7 @@ def test_open_shell_alpha_and_beta_focks_rotate_with_wigner(basis_name):
     if basis_name != "def2-svp":
         rots = {"bond_on_y": rots["bond_on_y"]}
     assert_equivariant(
-        lambda c: _uhf_focks(molecules.pyscf_mol(symbols, c, basis_name, charge=1, spin=1)),
+        lambda c: _hf_fock(molecules.pyscf_mol(symbols, c, basis_name, charge=1, spin=1),
+                           conv_tol=1e-12, conv_tol_grad=1e-8),
         coords, rotate_vectors, lambda rot, f: np.stack([rotate(rot, f[0]), rotate(rot, f[1])]),
         rotations=rots, atol=1e-8, name=f"UHF Fock matrices of H2O+ in {basis_name}")

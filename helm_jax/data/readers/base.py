@@ -235,6 +235,11 @@ class FolderReader(Reader):
     def _open(self):
         return None
 
+    def _folder(self, i: int) -> tuple[str, str, str]:
+        """``(key, folder, where)`` of structure i: its key, path and the name errors use."""
+        key = self._keys[i]
+        return key, os.path.normpath(os.path.join(self.path, key)), f"{self.path} [{key}]"
+
 
 def _check_finite(where: str, arrays: Mapping[str, Any]) -> None:
     """Raises :class:`DataError` naming the first label array with a NaN or Inf."""

@@ -211,9 +211,7 @@ class CP2KReader(FolderReader):
     is_structure_dir = staticmethod(is_structure_dir)
 
     def _read(self, i: int) -> Record:
-        key = self._keys[i]
-        folder = os.path.normpath(os.path.join(self.path, key))
-        where = f"{self.path} [{key}]"
+        key, folder, where = self._folder(i)
         files = _files(folder)
         if files["s"] is None:
             raise DataError(f"{where}: no overlap file (*{S_TAG}*)")

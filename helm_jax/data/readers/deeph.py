@@ -91,9 +91,7 @@ class DeepHReader(FolderReader):
     is_structure_dir = staticmethod(is_structure_dir)
 
     def _read(self, i: int) -> Record:
-        key = self._keys[i]
-        folder = os.path.normpath(os.path.join(self.path, key))
-        where = f"{self.path} [{key}]"
+        key, folder, where = self._folder(i)
         missing = [f for f in FILES if not os.path.isfile(os.path.join(folder, f))]
         if missing:
             raise DataError(f"{where}: missing {missing}")
