@@ -21,7 +21,8 @@ docs/periodic.md); `--kmesh` is then required:
         --pseudo=gth-pbe --basis=gth-dzvp --pbc_cutoff=8 --workers=2
 
 (`--pbc_df=gdf|fftdf`, `--ke_cutoff` (Eh), `--smearing` (Eh), `--method=hf` for KRHF,
-`--pseudo=""` with an all-electron basis). An input file holds molecules or periodic
+`--pseudo=""` with an all-electron basis; `--band_path=60` also stores PySCF's own
+`mf.get_bands` along the high-symmetry path, datasets `path_kpts`, `path_bands`). An input file holds molecules or periodic
 structures, not both.
 
 Resumable: rerun the same command after an interruption; finished structures are kept.
@@ -80,6 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="periodic input: Fermi-Dirac smearing width in Eh (0: none)")
     p.add_argument("--pbc_cutoff", type=float, default=0.0,
                    help="periodic input: store pairs closer than this (Angstrom; 0: all)")
+    p.add_argument("--band_path", type=int, default=0,
+                   help="periodic input: also store PySCF's mf.get_bands at this many points "
+                        "along the high-symmetry path (G-K-M-G for hexagonal layers, "
+                        "G-X-W-K-G-L for fcc); 0: off")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="threads per worker")
     p.add_argument("--start", type=int, default=0)
@@ -127,7 +132,7 @@ def _main_periodic(a: argparse.Namespace) -> int:
             method="HF" if a.method.upper() == "HF" else a.xc, basis=a.basis,
             pseudo=a.pseudo, kmesh=kmesh, density_fit=a.pbc_df, ke_cutoff=a.ke_cutoff,
             grid_level=a.grid_level, conv_tol=a.conv_tol, smearing=a.smearing,
-            pbc_cutoff=a.pbc_cutoff)
+            pbc_cutoff=a.pbc_cutoff, band_path=a.band_path)
         summary = labelling_pbc.label_file(a.input, a.out, settings, max_cycle=a.max_cycle,
                                            workers=a.workers, threads=a.threads,
                                            start=a.start, limit=a.limit,

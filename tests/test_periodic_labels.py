@@ -9,6 +9,7 @@ SCF's own F(k) and S(k) on its mesh; bands interpolated from them are compared w
 import dataclasses
 import itertools
 import os
+import shutil
 import sys
 
 os.environ["OMP_NUM_THREADS"] = "1"  # pylint: disable=wrong-import-position
@@ -436,3 +437,238 @@ def test_labeller_resume_translation_and_wrapping(scf, tmp_path):
 def _write_part(tmp, structure, lab):
     with h5py.File(tmp, "w") as f:
         labelling_pbc.write_label(f, "0000001", structure, lab)
+
+
+# ------------------------------------------------------------- high-symmetry band paths
+
+
+def test_high_symmetry_path_hex_and_fcc():
+    a = 2.46
+    hex120 = np.array([[a, 0, 0], [-a / 2, a * np.sqrt(3) / 2, 0], [0, 0, 15.0]])
+    k, x, labels = P.high_symmetry_path(hex120, PBC_2D, 40)
+    assert k.shape == (40, 3) and x.shape == (40,) and [n for _, n in labels] == list("GKMG")
+    idx = dict((n, i) for i, n in labels[:3])
+    np.testing.assert_allclose(k[idx["K"]], [1 / 3, 1 / 3, 0], atol=1e-15)
+    np.testing.assert_allclose(k[idx["M"]], [0.5, 0, 0], atol=1e-15)
+    assert labels[0][0] == 0 and labels[-1][0] == 39 and np.all(k[[0, -1]] == 0)
+    assert np.all(np.diff(x) > 0) and np.diff(x).max() / np.diff(x).min() < 1.5
+    assert x[idx["K"]] == pytest.approx(4 * np.pi / (3 * a))  # |Gamma K| = 4 pi / 3a
+    # the 60-degree cell: K at (2/3, 1/3), same Cartesian lengths
+    hex60 = hex120 * [[1], [1], [1]]
+    hex60[1, 0] = a / 2
+    k60, x60, l60 = P.high_symmetry_path(hex60, PBC_2D, 40)
+    np.testing.assert_allclose(k60[l60[1][0]], [2 / 3, 1 / 3, 0], atol=1e-15)
+    np.testing.assert_allclose(x60, x, atol=1e-12)
+    # a strained cell: the same fractional points, its own Cartesian lengths
+    strained = hex120 @ (np.eye(3) + np.diag([0.02, -0.015, 0]) + 0.01 * np.eye(3)[[1, 0, 2]]
+                         * [[1], [1], [0]])
+    ks, xs, ls = P.high_symmetry_path(strained, PBC_2D, 40)
+    np.testing.assert_allclose(ks, k, atol=1e-15)
+    assert ls == labels and abs(xs[-1] - x[-1]) > 1e-3
+    # fcc: Setyawan-Curtarolo G-X-W-K-G-L
+    c = 3.567
+    fcc = c / 2 * np.array([[0, 1, 1], [1, 0, 1], [1, 1, 0.0]])
+    kf, xf, lf = P.high_symmetry_path(fcc, [True] * 3, 60)
+    assert [n for _, n in lf] == ["G", "X", "W", "K", "G", "L"] and np.all(np.diff(xf) > 0)
+    cart = {n: 2 * np.pi * kf[i] @ np.linalg.inv(fcc).T for i, n in lf}
+    np.testing.assert_allclose(cart["X"], [0, 2 * np.pi / c, 0], atol=1e-12)
+    np.testing.assert_allclose(cart["L"], [np.pi / c] * 3, atol=1e-12)
+    np.testing.assert_allclose(cart["W"], 2 * np.pi / c * np.array([0.5, 1, 0]), atol=1e-12)
+    np.testing.assert_allclose(kf[lf[3][0]], [3 / 8, 3 / 8, 3 / 4])
+    with pytest.raises(ValueError, match=r"2-D lattice \|a1\| = 2.000 A, \|a2\| = 3.000 A, "
+                                         r"gamma = 90.0 deg.*pass kind="):
+        P.high_symmetry_path(np.diag([2.0, 3.0, 15.0]), PBC_2D, 10)
+    assert len(P.high_symmetry_path(np.diag([2.0, 3.0, 15.0]), PBC_2D, 10, kind="hex2d")[0]) == 10
+    with pytest.raises(ValueError, match="needs pbc"):
+        P.high_symmetry_path(fcc, PBC_2D, 10, kind="fcc")
+
+
+def test_band_path_reference_stored_and_equal_to_mesh_bands(scf, tmp_path):
+    """--band_path: PySCF's get_bands of the converged SCF along G-K-M-G, stored per
+    structure; get_bands at the SCF's own mesh points gives the mesh band energies, and the
+    stored path bands at G and M (points of the 2x2 mesh) are those too."""
+    s, mf, lab = scf
+    mesh_e = [np.sort(e) for e in mf.mo_energy]
+    e_mesh, _ = mf.get_bands(mf.kpts)
+    err_mesh = max(np.abs(np.sort(a) - b).max() for a, b in zip(e_mesh, mesh_e))
+    settings = dataclasses.replace(SETTINGS, band_path=7)
+    got = labelling_pbc.labels_from_scf(mf, s, settings)
+    kp, bands = got.labels.path_kpts, got.labels.path_bands
+    assert kp.shape == (7, 3) and bands.shape == (7, 8) and np.all(np.isfinite(bands))
+    np.testing.assert_allclose(kp, P.high_symmetry_path(s.cell, s.pbc, 7)[0])
+    kfrac = mf.cell.get_scaled_kpts(mf.kpts)
+    err_path, n_on = 0.0, 0
+    for n, kpt in enumerate(kp):
+        on = np.flatnonzero(np.abs(kfrac - kpt).max(1) < 1e-9)
+        if on.size:
+            n_on += 1
+            err_path = max(err_path, np.abs(bands[n] - mesh_e[on[0]]).max())
+    print(f"get_bands at the mesh vs mesh bands: {err_mesh:.1e} Eh; stored path at G, M: "
+          f"{err_path:.1e} Eh")
+    assert err_mesh < 1e-6 and err_path < 1e-6 and n_on == 3  # G, M, G
+    assert np.all(np.diff(bands, axis=1) >= 0)
+    # stored (checksummed) and read back; a file without them reads None
+    path = str(tmp_path / "bands.h5")
+    with h5py.File(path, "w") as f:
+        h5format.write_file_attrs(f, settings.attrs())
+        labelling_pbc.write_label(f, "0000000", s, got)
+        labelling_pbc.write_label(f, "0000001", s, lab)
+    ds = open_dataset(path, periodic=True)
+    np.testing.assert_array_equal(ds[0].periodic.path_bands, bands)
+    np.testing.assert_array_equal(ds[0].periodic.path_kpts, kp)
+    assert ds[1].periodic.path_kpts is None and ds[1].periodic.path_bands is None
+    assert ds.attrs["band_path"] == 7
+    bad = str(tmp_path / "tampered.h5")
+    shutil.copy(path, bad)
+    with h5py.File(bad, "r+") as f:
+        f["0000000/path_bands"][0, 0] += 1e-3
+    with pytest.raises(DataError, match="checksum"):
+        open_dataset(bad, periodic=True)[0]  # pylint: disable=expression-not-assigned
+
+
+def test_band_path_setting_refused_on_resume(tmp_path):
+    """A file labelled without band_path (or before the setting existed) resumes with 0 and
+    refuses another value before any SCF."""
+    inp, out = str(tmp_path / "hbn.extxyz"), str(tmp_path / "old.h5")
+    ase.io.write(inp, [ase.Atoms("BN", positions=HBN_XYZ, cell=HBN_CELL, pbc=PBC_2D)],
+                 format="extxyz")
+    old = {k: v for k, v in SETTINGS.attrs().items() if k != "band_path"}
+    with h5py.File(out, "w") as f:  # settings attrs of a file written before band_path
+        h5format.write_file_attrs(f, {**old, "input_file": "hbn.extxyz"})
+    assert labelling_pbc.label_file(inp, out, SETTINGS, limit=0, progress=False)["labelled"] == 0
+    with pytest.raises(ValueError, match="band_path=0 there, 5 here"):
+        labelling_pbc.label_file(inp, out, dataclasses.replace(SETTINGS, band_path=5),
+                                 limit=0, progress=False)
+    argv = [f"--input={inp}", f"--out={out}", "--xc=pbe", "--basis=gth-szv", "--kmesh=2,2,1",
+            "--ke_cutoff=20", "--conv_tol=1e-11", "--no_progress", "--limit=0"]
+    assert label_cli.parse_args(argv).band_path == 0
+    assert label_cli.main(argv + ["--band_path=60"]) == 2
+    assert label_cli.main(argv) == 0
+
+
+# ------------------------------------------------------------- distorted-cell generator
+
+
+def test_make_periodic_cells_deterministic_with_bounded_distortions(tmp_path):
+    from data_prep import make_periodic_cells as gen  # pylint: disable=import-outside-toplevel
+
+    paths = [str(tmp_path / f"{k}.extxyz") for k in range(3)]
+    for path, seed in zip(paths, (5, 5, 6)):
+        assert gen.main(["--system=hbn", "--n=12", f"--seed={seed}", "--split=test",
+                         f"--out={path}"]) == 0
+    text = [open(p).read() for p in paths]
+    assert text[0] == text[1] and text[0] != text[2]
+    assert gen.format_frames(gen.make_frames("hbn", 3, 5), "hbn", 5, "test") == \
+        "".join(text[0].splitlines(keepends=True)[:12])  # frame f independent of --n
+    for system in ("graphene", "hbn", "diamond"):
+        _, xyz0, cell0, pbc = gen.ideal_cell(system)
+        frames = gen.make_frames(system, 12, 1, ideal_first=True)
+        np.testing.assert_array_equal(frames[0]["coords"], xyz0)
+        np.testing.assert_array_equal(frames[0]["cell"], cell0)
+        layer = system != "diamond"
+        for fr in frames[1:]:
+            eps = np.linalg.solve(cell0, fr["cell"]) - np.eye(3)  # cell = cell0 (1 + eps)
+            np.testing.assert_allclose(eps, eps.T, atol=1e-12)
+            assert 0.002 < np.abs(eps).max() <= 0.02
+            np.testing.assert_allclose(eps, fr["strain"], atol=1e-12)
+            if layer:
+                assert np.all(eps[2] == 0) and np.all(fr["cell"][2] == [0, 0, gen.VACUUM])
+            disp = fr["disp"]
+            rms = np.sqrt((disp ** 2).sum(1).mean())
+            assert 0.03 <= rms <= 0.05 and rms == pytest.approx(fr["disp_rms"])
+            np.testing.assert_allclose(disp.sum(0), 0, atol=1e-12)
+            # what is left after strain and random displacements is the E2g mode: opposite
+            # in-plane displacements of the two sublattices along a random direction
+            e2g = fr["coords"] - xyz0 @ (np.eye(3) + eps) - disp
+            if layer:
+                assert np.any(disp[:, 2] != 0)  # out of plane too
+                d = fr["e2g_dir"]
+                assert d[2] == 0 and np.linalg.norm(d) == pytest.approx(1)
+                np.testing.assert_allclose(e2g, fr["e2g_amp"] * np.array([d, -d]), atol=1e-12)
+                assert 0 <= fr["e2g_amp"] <= 0.08
+            else:
+                np.testing.assert_allclose(e2g, 0, atol=1e-12)
+        amps = [fr["e2g_amp"] for fr in frames[1:]]
+        assert not layer or (max(amps) > 0.04 and len(set(amps)) == len(amps))
+    # the written frames read back as periodic structures with the recorded parameters
+    s = geometry.read_structures(paths[0])
+    atoms = ase.io.read(paths[0], index=":")
+    fr = gen.make_frames("hbn", 12, 5)
+    for k in (0, 7):
+        np.testing.assert_allclose(s[k].coords, fr[k]["coords"], atol=1e-9)
+        assert s[k].pbc.tolist() == [True, True, False] and atoms[k].info["split"] == "test"
+        assert atoms[k].info["e2g_amp"] == pytest.approx(fr[k]["e2g_amp"], abs=1e-6)
+        assert P.detect_path_kind(s[k].cell, s[k].pbc) == "hex2d"
+
+
+# ------------------------------------------------------------- embedded periodic sets
+
+
+def test_embedded_periodic_sets_cache_key_frames_and_import(tmp_path):
+    from data_prep import make_periodic_cells as gen  # pylint: disable=import-outside-toplevel
+    from helm_jax.data import embedded  # pylint: disable=import-outside-toplevel
+
+    small = embedded.PERIODIC_GEOMETRIES["small"]
+    base = embedded.PERIODIC_SETTINGS["small"]
+    key = embedded.periodic_cache_key(small, base)
+    assert key == embedded.periodic_cache_key(small, dataclasses.replace(base))
+    others = {embedded.periodic_cache_key(small, dataclasses.replace(base, **kw)) for kw in (
+        {"kmesh": (2, 2, 1)}, {"basis": "gth-dzvp"}, {"smearing": 0.01}, {"band_path": 60},
+        {"ke_cutoff": 40.0})}
+    assert key not in others and len(others) == 5
+    assert key != embedded.periodic_cache_key(embedded.PERIODIC_GEOMETRIES["hbn"], base)
+    assert key != embedded.cache_key(small)
+    assert embedded.periodic_cache_path("small", cache_dir=str(tmp_path)).endswith(
+        f"embedded-periodic-{key}.h5")
+    # the shipped files are the generator's frames: train (seed 1, ideal first), val (2),
+    # test (3), so labels of those runs can be imported
+    counts = {"graphene": (16, 4, 6), "hbn": (16, 4, 6), "diamond": (8, 2, 2), "small": (2, 0, 1)}
+    for name, (n_train, n_val, n_test) in counts.items():
+        system = "hbn" if name == "small" else name
+        want = "".join(gen.format_frames(gen.make_frames(system, n, seed, ideal_first=ideal),
+                                         system, seed, split)
+                       for n, seed, split, ideal in ((n_train, 1, "train", True),
+                                                     (n_val, 2, "val", False),
+                                                     (n_test, 3, "test", False)) if n)
+        with open(embedded.PERIODIC_GEOMETRIES[name]) as fh:
+            assert fh.read() == want, name
+        splits = embedded.periodic_splits(name)
+        assert [len(splits.get(k, [])) for k in ("train", "val", "test")] == [n_train, n_val,
+                                                                              n_test]
+    # import: labels of the same frames and settings from two files, in another order
+    frames = geometry.read_structures(small)
+    files = [str(tmp_path / "a.h5"), str(tmp_path / "b.h5")]
+    for path, which in zip(files, ([2, 0], [1])):
+        with h5py.File(path, "w") as f:
+            h5format.write_file_attrs(f, {**base.attrs(), "input_file": "x.extxyz"})
+            for g, i in enumerate(which):
+                _write_fake(f, h5format.group_key(g), frames[i], energy=float(i))
+    cache = str(tmp_path / "cache")
+    with pytest.raises(ValueError, match="1 of 3 frames"):
+        embedded.import_periodic_labels(files[:1], "small", cache_dir=cache)
+    out = embedded.import_periodic_labels(",".join(files), "small", cache_dir=cache)
+    assert out == embedded.periodic_cache_path("small", cache_dir=cache)
+    ds = open_dataset(out, periodic=True)
+    assert [ds[i].energy for i in range(3)] == [0.0, 1.0, 2.0]
+    np.testing.assert_array_equal(ds[2].coords, frames[2].coords)
+    assert embedded.ensure_labelled_periodic("small", cache_dir=cache) == out  # no SCF
+    with pytest.raises(ValueError, match="different settings"):
+        embedded.import_periodic_labels(files, "small", dataclasses.replace(
+            base, kmesh=(2, 2, 1)), cache_dir=cache)
+
+
+def _write_fake(f, key, structure, energy):
+    """A periodic group with on-site identity blocks (4 GTH-SZV AOs per B or N atom)."""
+    from helm_jax.data.records import PeriodicLabels  # pylint: disable=import-outside-toplevel
+
+    n_ao = np.array([4, 4], np.int32)
+    blocks = np.concatenate([np.eye(4).ravel()] * 2)
+    labels = PeriodicLabels(pairs=np.array([[0, 0], [1, 1]], np.int32),
+                            translations=np.zeros((2, 3), np.int32), fock_blocks=blocks,
+                            overlap_blocks=blocks, block_offsets=np.array([0, 16, 32]),
+                            n_ao_per_atom=n_ao, weight=np.ones(2),
+                            alias_distance=np.full(2, np.inf), kmesh=np.array([3, 3, 1]))
+    h5format.write_periodic_structure(
+        f, key, elements=structure.elements, coords=structure.coords, cell=structure.cell,
+        pbc=structure.pbc, labels=labels, energy=energy, charge=0, spin=0, n_electrons=8,
+        converged=True, scf_cycles=1, source=structure.source)

@@ -67,6 +67,11 @@ helm_jax/data/labelling_pbc.py) have no `fock`/`overlap`; instead:
         alias_distance    float64 [P]        nearest image summed into the block (A)
         energy            float64 []         total energy per cell, Eh
         fermi, homo, lumo, gap  float64 []   optional, Eh (docs/periodic.md)
+        path_kpts         float64 [K, 3]     optional (labeller --band_path=K): fractional
+                                             k-points of a high-symmetry path
+        path_bands        float64 [K, nao]   PySCF's mf.get_bands there (Eh, ascending,
+                                             NaN where canonical orthogonalisation dropped
+                                             vectors); both or neither
         attrs: as for molecules (charge, spin, ..., checksums, complete) plus periodic=True
                (and, from the labeller, n_pairs_beyond_bvk: pairs within --pbc_cutoff that a
                bigger k-mesh would give)
@@ -110,7 +115,7 @@ PERIODIC_DATASETS = {"elements": np.int32, "coords": np.float64, "cell": np.floa
                      "overlap_blocks": np.float64, "pair_weights": np.float64,
                      "alias_distance": np.float64, "energy": np.float64,
                      "fermi": np.float64, "homo": np.float64, "lumo": np.float64,
-                     "gap": np.float64}
+                     "gap": np.float64, "path_kpts": np.float64, "path_bands": np.float64}
 
 
 def group_key(index: int) -> str:
@@ -314,6 +319,17 @@ def write_periodic_structure(parent: h5py.Group, key: str, *, elements, coords, 
     for name in ("fermi", "homo", "lumo", "gap"):
         if getattr(labels, name) is not None:
             data[name] = np.asarray(getattr(labels, name), np.float64)
+    path_kpts, path_bands = getattr(labels, "path_kpts", None), getattr(labels, "path_bands",
+                                                                        None)
+    if (path_kpts is None) != (path_bands is None):
+        raise ValueError("path_kpts and path_bands go together: give both or neither")
+    if path_kpts is not None:
+        data["path_kpts"] = np.asarray(path_kpts, np.float64).reshape(-1, 3)
+        data["path_bands"] = np.asarray(path_bands, np.float64)
+        nao = int(np.sum(labels.n_ao_per_atom))
+        if data["path_bands"].shape != (data["path_kpts"].shape[0], nao):
+            raise ValueError(f"path_bands has shape {list(data['path_bands'].shape)}, expected "
+                             f"[{data['path_kpts'].shape[0]}, {nao}] (k-points, AOs)")
     if off[-1] != data["fock_blocks"].shape[0]:
         raise ValueError(f"block_offsets end at {off[-1]} but fock_blocks has "
                          f"{data['fock_blocks'].shape[0]} entries")
@@ -521,6 +537,16 @@ class H5Dataset:
         kmesh = raw.get("kmesh")
         if kmesh is not None and kmesh.shape != (3,):
             raise DataError(f"{where}/kmesh: expected [3], got {list(kmesh.shape)}")
+        path_kpts, path_bands = raw.get("path_kpts"), raw.get("path_bands")
+        if (path_kpts is None) != (path_bands is None):
+            raise DataError(f"{where}: path_kpts and path_bands go together, the group has "
+                            "only one of them; the group is damaged: relabel it")
+        if path_kpts is not None:
+            n_path = path_kpts.shape[0] if path_kpts.ndim == 2 else -1
+            if path_kpts.shape != (n_path, 3) or path_bands.shape != (n_path, int(n_ao.sum())):
+                raise DataError(f"{where}: path_kpts {list(path_kpts.shape)} / path_bands "
+                                f"{list(path_bands.shape)} are not [K, 3] / [K, "
+                                f"{int(n_ao.sum())}] (k-points, AOs)")
         from helm_jax.data.records import PeriodicLabels  # pylint: disable=import-outside-toplevel
         labels = PeriodicLabels(
             pairs=pairs.astype(np.int32), translations=trans.astype(np.int32),
@@ -529,7 +555,9 @@ class H5Dataset:
             weight=raw["pair_weights"], alias_distance=raw["alias_distance"],
             kmesh=None if kmesh is None else kmesh.astype(np.int32),
             fermi=scalars.get("fermi"), homo=scalars.get("homo"), lumo=scalars.get("lumo"),
-            gap=scalars.get("gap"))
+            gap=scalars.get("gap"),
+            n_electrons=int(g.attrs["n_electrons"]) if "n_electrons" in g.attrs else None,
+            path_kpts=path_kpts, path_bands=path_bands)
         attrs = g.attrs
         return H5Record(elements=elements.astype(np.int32), coords=coords,
                         energy=scalars["energy"], charge=int(attrs.get("charge", 0)),

@@ -22,7 +22,10 @@ mesh would need, and are counted (``n_pairs_beyond_bvk``), not stored.
 
 Stored per structure (h5format.write_periodic_structure): raw ``H(T)``, ``S(T)`` (never
 shifted), the total energy per cell, the Fermi level and, without smearing, HOMO/LUMO/gap
-over the mesh. Fermi convention: with ``--smearing`` (Fermi-Dirac width, Eh) the chemical
+over the mesh; with ``band_path=N`` (``--band_path``) also PySCF's own ``mf.get_bands`` of
+the converged SCF at N points along :func:`helm_jax.data.periodic.high_symmetry_path`
+(``path_kpts``, ``path_bands``), the off-mesh reference for bands interpolated from H(T).
+Fermi convention: with ``--smearing`` (Fermi-Dirac width, Eh) the chemical
 potential of the smeared occupations (:func:`fermi_dirac_mu` of the final orbital energies;
 the energy is then PySCF's ``e_tot``, not the free energy); without it the highest occupied
 level over the mesh (PySCF's ``get_fermi``, the valence-band maximum of an insulator).
@@ -37,6 +40,7 @@ cells (restricted KRKS/KRHF) are labelled.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 
@@ -67,6 +71,9 @@ class PeriodicSettings:
         conv_tol: SCF energy convergence threshold (Eh).
         smearing: Fermi-Dirac smearing width (Eh); 0 = none (insulators).
         pbc_cutoff: store only pairs closer than this (Angstrom); 0 = every BvK class.
+        band_path: also store PySCF's ``mf.get_bands`` of the converged SCF at this many
+            k-points along :func:`helm_jax.data.periodic.high_symmetry_path` (datasets
+            ``path_kpts``, ``path_bands``): the off-mesh band reference; 0 = off.
     """
 
     method: str = "pbe"
@@ -79,6 +86,7 @@ class PeriodicSettings:
     conv_tol: float = 1e-9
     smearing: float = 0.0
     pbc_cutoff: float = 0.0
+    band_path: int = 0
 
     def __post_init__(self):
         method = "HF" if self.method.upper() == "HF" else self.method.lower()
@@ -87,6 +95,9 @@ class PeriodicSettings:
         object.__setattr__(self, "pseudo", self.pseudo.lower())
         object.__setattr__(self, "density_fit", self.density_fit.lower())
         object.__setattr__(self, "kmesh", tuple(int(k) for k in self.kmesh))
+        object.__setattr__(self, "band_path", int(self.band_path))
+        if self.band_path < 0:
+            raise ValueError(f"band_path must be >= 0 (0 = off), got {self.band_path}")
         if self.density_fit not in DENSITY_FITS:
             raise ValueError(f"density_fit must be one of {DENSITY_FITS}, not "
                              f"{self.density_fit!r}")
@@ -113,6 +124,7 @@ class PeriodicLabel:
     scf_cycles: int
     n_electrons: int
     n_beyond_bvk: int
+    seconds_band_path: float = 0.0
 
 
 def _dimension(pbc: np.ndarray, where: str) -> int:
@@ -197,6 +209,9 @@ def make_kscf(cell, settings: PeriodicSettings, max_cycle: int = 100):
             mf.grids.level = settings.grid_level
     if settings.density_fit == "gdf":
         mf = mf.density_fit()
+        grids = getattr(mf, "grids", None)  # KRKS.density_fit() switches to Becke grids
+        if type(grids).__name__ == "BeckeGrids":  # (PySCF's default level 3)
+            grids.level = settings.grid_level
         if settings.method != "HF":
             libxc = mf._numint.libxc  # pylint: disable=protected-access
             if not libxc.is_hybrid_xc(mf.xc):  # no exact exchange: J-only fitting
@@ -262,17 +277,56 @@ def labels_from_scf(mf, structure: geometry.Structure, settings: PeriodicSetting
         lumo = float(vir.min()) if vir.size else None
         gap = None if lumo is None else lumo - homo
         fermi = homo
+    path_kpts = path_bands = None
+    t_bands = time.perf_counter()
+    if settings.band_path:
+        path_kpts, path_bands = band_path_reference(mf, structure, settings.band_path, dm=dm)
+    t_bands = time.perf_counter() - t_bands
     labels = PeriodicLabels(
         pairs=np.stack([pl.i, pl.j], 1).astype(np.int32),
         translations=pl.translation.astype(np.int32), fock_blocks=fock_blocks,
         overlap_blocks=ovlp_blocks,
         block_offsets=periodic_lib.block_offsets(pl.i, pl.j, n_ao), n_ao_per_atom=n_ao,
         weight=bvk.weight, alias_distance=bvk.alias_distance,
-        kmesh=kmesh.astype(np.int32), fermi=fermi, homo=homo, lumo=lumo, gap=gap)
+        kmesh=kmesh.astype(np.int32), fermi=fermi, homo=homo, lumo=lumo, gap=gap,
+        path_kpts=path_kpts, path_bands=path_bands, n_electrons=int(cell.nelectron))
     return PeriodicLabel(labels=labels, energy=float(mf.e_tot),
                          converged=bool(mf.converged),
                          scf_cycles=int(getattr(mf, "cycles", -1) or -1),
-                         n_electrons=int(cell.nelectron), n_beyond_bvk=bvk.n_beyond_bvk)
+                         n_electrons=int(cell.nelectron), n_beyond_bvk=bvk.n_beyond_bvk,
+                         seconds_band_path=t_bands)
+
+
+def band_path_reference(mf, structure: geometry.Structure, n_points: int, kind=None,
+                        dm=None) -> tuple[np.ndarray, np.ndarray]:
+    """PySCF's own bands of a converged k-point SCF along a high-symmetry path.
+
+    ``mf.get_bands`` builds ``F(k) = h(k) + V[dm](k)`` from the SCF's density at arbitrary
+    k (with GDF it rebuilds the fitted integrals to include those k-points; call it after
+    the labels, which use the SCF's own mesh) and diagonalises it against ``S(k)`` with
+    canonical orthogonalisation.
+
+    Args:
+        mf: the k-point SCF (after ``kernel()``).
+        structure: its structure (``cell``, ``pbc`` give the path).
+        n_points: points along :func:`helm_jax.data.periodic.high_symmetry_path`.
+        kind: path kind (None: detected from the cell).
+        dm: density matrices (default ``mf.make_rdm1()``).
+
+    Returns:
+        ``(path_kpts float64 [P, 3] fractional, path_bands float64 [P, nao] Eh)``, bands
+        ascending and NaN-padded where canonical orthogonalisation dropped vectors.
+    """
+    kfrac, _, _ = periodic_lib.high_symmetry_path(structure.cell, structure.pbc, n_points,
+                                                  kind)
+    cell = mf.cell
+    energies, _ = mf.get_bands(cell.get_abs_kpts(kfrac), dm_kpts=dm)
+    nao = cell.nao_nr()
+    bands = np.full((len(kfrac), nao), np.nan)
+    for n, e in enumerate(energies):
+        e = np.sort(np.asarray(e).real)
+        bands[n, :len(e)] = e
+    return np.asarray(kfrac, np.float64), bands
 
 
 def fermi_dirac_mu(mo_energy_kpts, n_electrons: int, sigma: float) -> float:
@@ -313,13 +367,21 @@ def write_label(f: h5py.Group, key: str, structure: geometry.Structure,
 def _label_task_pbc(index: int, structure: geometry.Structure, settings: PeriodicSettings,
                     max_cycle: int, parts_dir: str) -> tuple[int, bool]:
     """Labels one periodic structure and writes its part file; returns (index, converged)."""
-    label = label_structure(structure, settings, max_cycle)
+    t0 = time.perf_counter()
+    mf = run_scf(structure, settings, max_cycle)
+    t1 = time.perf_counter()
+    label = labels_from_scf(mf, structure, settings)
+    t2 = time.perf_counter()
     key = h5format.group_key(index)
 
     def write(tmp):
         with h5py.File(tmp, "w") as f:
             write_label(f, key, structure, label)
             f[key].attrs["n_pairs_beyond_bvk"] = int(label.n_beyond_bvk)
+            # wall seconds (provenance, not checksummed): SCF, labels (band path included)
+            f[key].attrs["seconds_scf"] = round(t1 - t0, 2)
+            f[key].attrs["seconds_labels"] = round(t2 - t1, 2)
+            f[key].attrs["seconds_band_path"] = round(label.seconds_band_path, 2)
 
     atomic_write = labelling._atomic_write  # pylint: disable=protected-access
     atomic_write(os.path.join(parts_dir, key + ".h5"), write)
@@ -333,11 +395,35 @@ def validate_all(structures: list[geometry.Structure], settings: PeriodicSetting
     for s in structures:
         try:
             build_cell(s, settings)
+            if settings.band_path:
+                periodic_lib.high_symmetry_path(s.cell, s.pbc, settings.band_path)
         except ValueError as err:
-            errors.append(f"  {err}")
+            errors.append(f"  {s.source}: {err}" if "high_symmetry_path" in str(err)
+                          else f"  {err}")
     if errors:
         raise ValueError(f"{len(errors)} invalid periodic structure(s), nothing labelled:\n"
                          + "\n".join(errors[:20]))
+
+
+def _check_band_path(out: str, parts_dir: str, band_path: int) -> None:
+    """Refuses to resume `out` (or its parts) labelled with another ``band_path``; files
+    and parts written before the setting existed count as 0 (``resume_state`` checks the
+    other settings)."""
+    found = []
+    if os.path.exists(out):
+        with h5format.open_h5(out) as f:
+            found.append((out, f.attrs.get("band_path", 0)))
+    run_json = os.path.join(parts_dir, "run.json")
+    finished = labelling._finished_parts(parts_dir)  # pylint: disable=protected-access
+    if finished and os.path.exists(run_json):
+        with open(run_json) as fh:
+            found.append((parts_dir, json.load(fh).get("band_path", 0)))
+    for where, value in found:
+        if int(value) != int(band_path):
+            raise ValueError(f"{where} was labelled with different settings (band_path="
+                             f"{int(value)} there, {int(band_path)} here). One file holds one "
+                             "level of theory: rerun with the same flags or choose another "
+                             "--out.")
 
 
 def label_file(input_path: str, out: str, settings: PeriodicSettings, *,
@@ -371,7 +457,9 @@ def label_file(input_path: str, out: str, settings: PeriodicSettings, *,
     stop = len(structures) if limit is None else min(len(structures), start + limit)
     run_attrs = {**settings.attrs(), "input_file": os.path.basename(input_path)}
     parts_dir = out + ".parts"
-    done, resumed = labelling.resume_state(out, parts_dir, run_attrs)
+    _check_band_path(out, parts_dir, settings.band_path)
+    check_attrs = {k: v for k, v in run_attrs.items() if k != "band_path"}
+    done, resumed = labelling.resume_state(out, parts_dir, check_attrs)
     todo = [i for i in range(start, stop) if h5format.group_key(i) not in done]
     validate_all([structures[i] for i in todo], settings)
     labelling.start_parts(parts_dir, run_attrs, resumed)

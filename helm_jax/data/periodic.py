@@ -510,3 +510,143 @@ def labels_to_k(labels, kpts_frac, which: str = "fock") -> np.ndarray:
                                     labels.translations, flat, labels.block_offsets,
                                     labels.n_ao_per_atom, labels.weight)
     return bloch_sum(mats, t, kpts_frac)
+
+
+# ------------------------------------------------------------------ high-symmetry paths
+
+#: Special points in fractional reciprocal coordinates (``k_cart = 2 pi k @ inv(cell).T``).
+#: hex2d: 2-D hexagonal lattice with the 120-degree cell (a1 = a (1, 0), a2 = a (-1/2,
+#: sqrt(3)/2)); the 60-degree cell has K at (2/3, 1/3) instead (same M). fcc: Setyawan and
+#: Curtarolo (Comput. Mater. Sci. 49, 299 (2010)), fractional coordinates of the reciprocal
+#: of their primitive fcc cell a1 = a/2 (0, 1, 1), a2 = a/2 (1, 0, 1), a3 = a/2 (1, 1, 0)
+#: (ASE's ``bulk(..., "fcc" | "diamond")`` cell).
+SPECIAL_POINTS = {
+    "hex2d": {"G": (0.0, 0.0, 0.0), "K": (1 / 3, 1 / 3, 0.0), "M": (0.5, 0.0, 0.0)},
+    "hex2d_60": {"G": (0.0, 0.0, 0.0), "K": (2 / 3, 1 / 3, 0.0), "M": (0.5, 0.0, 0.0)},
+    "fcc": {"G": (0.0, 0.0, 0.0), "X": (0.5, 0.0, 0.5), "W": (0.5, 0.25, 0.75),
+            "K": (0.375, 0.375, 0.75), "L": (0.5, 0.5, 0.5), "U": (0.625, 0.25, 0.625)},
+}
+PATHS = {"hex2d": ("G", "K", "M", "G"), "fcc": ("G", "X", "W", "K", "G", "L")}
+PATH_KINDS = tuple(PATHS)
+
+
+def _describe_lattice(cell: np.ndarray, pbc: np.ndarray) -> str:
+    """``"2-D lattice |a1| = 2.460 A, |a2| = 3.100 A, gamma = 90.0 deg"`` and the like."""
+    per = np.flatnonzero(pbc)
+    lengths = np.linalg.norm(cell, axis=1)
+
+    def angle(a, b):
+        c = cell[a] @ cell[b] / max(lengths[a] * lengths[b], 1e-300)
+        return float(np.degrees(np.arccos(np.clip(c, -1, 1))))
+
+    if len(per) == 2:
+        return (f"2-D lattice |a1| = {lengths[0]:.3f} A, |a2| = {lengths[1]:.3f} A, "
+                f"gamma = {angle(0, 1):.1f} deg")
+    if len(per) == 3:
+        return (f"3-D lattice |a1|, |a2|, |a3| = {lengths[0]:.3f}, {lengths[1]:.3f}, "
+                f"{lengths[2]:.3f} A, angles (a2 a3, a1 a3, a1 a2) = {angle(1, 2):.1f}, "
+                f"{angle(0, 2):.1f}, {angle(0, 1):.1f} deg")
+    return f"a {len(per)}-D lattice (pbc {pbc.tolist()})"
+
+
+def detect_path_kind(cell, pbc, length_tol: float = 0.08, angle_tol: float = 6.0) -> str:
+    """``"hex2d"`` or ``"fcc"`` for a (possibly strained) cell, else ValueError.
+
+    hex2d: pbc ``(T, T, F)``, ``|a1| = |a2|`` within ``length_tol`` (relative) and an angle
+    of 120 or 60 degrees within ``angle_tol`` (degrees). fcc: pbc all true, three equal
+    lengths and all three angles 60 degrees within the same tolerances (the primitive fcc
+    cell). The tolerances admit the few-percent strains of ``make_periodic_cells.py``.
+    """
+    cell, pbc = as_cell(cell, pbc)
+    lengths = np.linalg.norm(cell, axis=1)
+
+    def angle(a, b):
+        c = cell[a] @ cell[b] / max(lengths[a] * lengths[b], 1e-300)
+        return float(np.degrees(np.arccos(np.clip(c, -1, 1))))
+
+    def same(*ls):
+        return (max(ls) - min(ls)) <= length_tol * max(ls)
+
+    if pbc.tolist() == [True, True, False] and lengths[0] > 0 and lengths[1] > 0:
+        if same(lengths[0], lengths[1]) and min(abs(angle(0, 1) - 120),
+                                                abs(angle(0, 1) - 60)) <= angle_tol:
+            return "hex2d"
+    if pbc.all() and np.all(lengths > 0) and same(*lengths) and all(
+            abs(angle(a, b) - 60) <= angle_tol for a, b in ((0, 1), (0, 2), (1, 2))):
+        return "fcc"
+    raise ValueError(
+        f"high_symmetry_path: no known path for this cell: {_describe_lattice(cell, pbc)} "
+        f"(pbc {pbc.tolist()}). Known: 'hex2d' (pbc T T F, |a1| = |a2|, 120 or 60 degrees) "
+        "and 'fcc' (the primitive fcc cell: three equal vectors at 60 degrees); pass "
+        "kind='hex2d' or kind='fcc' to use their fractional points anyway")
+
+
+def high_symmetry_path(cell, pbc, n_points: int, kind: str | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """k-points along a high-symmetry path, evenly spaced in Cartesian length.
+
+    Paths: ``"hex2d"`` G-K-M-G (K = (1/3, 1/3, 0) for the 120-degree cell, (2/3, 1/3, 0)
+    for the 60-degree one; M = (1/2, 0, 0)); ``"fcc"`` G-X-W-K-G-L with Setyawan-Curtarolo's
+    points (:data:`SPECIAL_POINTS`) for the primitive fcc cell. A distorted (strained) cell
+    uses the **same fractional points** as the ideal one: they are then no longer exactly
+    the high-symmetry points of the distorted lattice (whose symmetry is lower), but the
+    path is the same in fractional coordinates across a dataset of strained frames, and the
+    Cartesian spacing follows the frame's own reciprocal lattice.
+
+    The ``n_points`` points are spread over the segments in proportion to their Cartesian
+    lengths (at least one interval per segment), evenly within each segment, with every
+    special point (segment ends) included exactly.
+
+    Args:
+      cell: ``[3, 3]`` rows = lattice vectors (Angstrom).
+      pbc: ``[3]``.
+      n_points: total number of points P (>= number of special points on the path).
+      kind: ``"hex2d"``, ``"fcc"`` or None (detected by :func:`detect_path_kind`).
+
+    Returns:
+      ``(kpts_frac float64 [P, 3], x float64 [P], labels)``: fractional k-points
+      (``k_cart = 2 pi k @ inv(cell).T``), the cumulative Cartesian path length in 1/Angstrom
+      (2 pi included), and ``[(index, name), ...]`` of the special points ("G" = Gamma).
+
+    Raises:
+      ValueError: an unknown lattice with ``kind=None`` (the message names it), an unknown
+        ``kind``, a ``kind`` whose periodicity does not match ``pbc``, or too few points.
+    """
+    cell, pbc = as_cell(cell, pbc)
+    if kind is None:
+        kind = detect_path_kind(cell, pbc)
+    if kind not in PATHS:
+        raise ValueError(f"high_symmetry_path: kind {kind!r}: use one of {PATH_KINDS} or None")
+    want = [True, True, False] if kind == "hex2d" else [True, True, True]
+    if pbc.tolist() != want:
+        raise ValueError(f"high_symmetry_path: kind {kind!r} needs pbc {want}, the cell has "
+                         f"{pbc.tolist()}")
+    names = PATHS[kind]
+    if int(n_points) < len(names):
+        raise ValueError(f"high_symmetry_path: {n_points} points; the {'-'.join(names)} path "
+                         f"needs at least {len(names)}")
+    table = SPECIAL_POINTS[kind]
+    if kind == "hex2d" and cell[0] @ cell[1] > 0:  # the 60-degree cell
+        table = SPECIAL_POINTS["hex2d_60"]
+    verts = np.array([table[n] for n in names], np.float64)  # [V, 3]
+    recip = 2 * np.pi * np.linalg.inv(completed_cell(cell, pbc)).T  # rows b_a, 1/Angstrom
+    seg_len = np.linalg.norm(np.diff(verts, axis=0) @ recip, axis=1)  # [V - 1]
+    n_int = int(n_points) - 1
+    n_seg = len(seg_len)
+    share = seg_len / seg_len.sum() * n_int
+    counts = np.maximum(1, np.floor(share).astype(int))
+    while counts.sum() < n_int:  # largest remainder first
+        counts[int(np.argmax(share - counts))] += 1
+    while counts.sum() > n_int:
+        over = np.where(counts > 1, counts - share, -np.inf)
+        counts[int(np.argmax(over))] -= 1
+    kpts, labels = [verts[0][None]], [(0, names[0])]
+    for s in range(n_seg):
+        t = np.arange(1, counts[s] + 1)[:, None] / counts[s]
+        kpts.append(verts[s] + t * (verts[s + 1] - verts[s]))
+        labels.append((int(counts[:s + 1].sum()), names[s + 1]))
+    kpts = np.concatenate(kpts)
+    kpts[np.abs(kpts) < 1e-15] = 0.0
+    steps = np.linalg.norm(np.diff(kpts, axis=0) @ recip, axis=1)
+    x = np.concatenate([[0.0], np.cumsum(steps)])
+    return kpts, x, labels

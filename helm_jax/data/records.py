@@ -55,6 +55,13 @@ class PeriodicLabels:
       fermi: Fermi level in Eh, or None (see docs/periodic.md for its convention).
       homo, lumo, gap: highest occupied / lowest unoccupied level over the k-mesh and their
         difference (Eh), or None.
+      n_electrons: electrons per cell in the calculation (pseudopotential cores excluded),
+        or None where the source does not say.
+      path_kpts: float64 ``[K, 3]`` fractional k-points of a high-symmetry path
+        (:func:`helm_jax.data.periodic.high_symmetry_path`), or None.
+      path_bands: float64 ``[K, nao]`` PySCF's ``mf.get_bands`` of the converged SCF at
+        ``path_kpts`` (Eh, ascending; NaN-padded where canonical orthogonalisation dropped
+        vectors): the off-mesh band reference of labeller runs with ``--band_path``, or None.
     """
 
     pairs: np.ndarray
@@ -70,6 +77,9 @@ class PeriodicLabels:
     homo: float | None = None
     lumo: float | None = None
     gap: float | None = None
+    n_electrons: int | None = None
+    path_kpts: np.ndarray | None = None
+    path_bands: np.ndarray | None = None
 
     @property
     def n_pairs(self) -> int:

@@ -26,7 +26,9 @@ class ProjectH5Reader(Reader):
     Periodic files (file attr ``periodic``, written by helm_jax/data/labelling_pbc.py) hold
     real-space blocks H_ij(T) that a molecular Record cannot represent: they are refused
     unless ``periodic=True``, which yields Records with ``cell``, ``pbc`` and ``periodic``
-    (docs/periodic.md).
+    (docs/periodic.md). Structures labelled with ``--band_path`` carry PySCF's band
+    reference along a high-symmetry path in ``periodic.path_kpts`` ``[K, 3]`` (fractional)
+    and ``periodic.path_bands`` ``[K, nao]`` (Eh); other files read them as None.
 
     Args:
       path: the file.
@@ -82,6 +84,10 @@ class ProjectH5Reader(Reader):
         try:
             geometry.check_periodic(r.elements, r.coords, r.cell, r.pbc, where)
             geometry.check_periodic_labels(r.elements, r.periodic, self.basis, "", where)
+            bands = r.periodic.path_bands
+            if bands is not None and not np.all(np.isfinite(bands[:, 0])):
+                raise ValueError(f"{where}: path_bands has a k-point without bands (NaN in "
+                                 "its lowest band); the group is damaged: relabel it")
         except ValueError as err:
             raise DataError(str(err)) from err
         return r
