@@ -31,8 +31,9 @@ To add a loss in a fork, register one function and name it in the config::
 
 Outputs a loss may declare: ``hamiltonian`` (``node_h``, ``edge_h``), ``energy``,
 ``forces`` (``-dE/dR``, implies ``energy``), ``qm`` (orbital energies, dipole of the
-predicted H, :func:`qm_outputs`; implies ``hamiltonian``) and ``polarizability`` (implies
-``qm``).
+predicted H, :func:`qm_outputs`; implies ``hamiltonian``), ``polarizability`` (implies
+``qm``) and ``bands`` (band energies of periodic graphs at their k-points,
+:func:`helm_jax.band_losses.band_outputs`; implies ``hamiltonian``).
 
 Quantum-chemistry losses (``orbital_energies``, ``gap``, ``dipole``, ``polarizability``; the
 second seed paper's indirect targets) read ``out["qm"]`` from batches with
@@ -70,8 +71,15 @@ QM_LOSSES = ("orbital_energies", "gap", "dipole", "polarizability")
 QM_METRICS = ("orbital_energy_mae", "gap_mae", "dipole_mae", "polarizability_mae")
 
 
-OUTPUTS = ("hamiltonian", "energy", "forces", "qm", "polarizability")
-_IMPLIES = {"forces": {"energy"}, "qm": {"hamiltonian"}, "polarizability": {"qm", "hamiltonian"}}
+# Losses and metrics on the band structure of periodic graphs (helm_jax/band_losses.py).
+BAND_LOSSES = ("band_energy", "band_gap")
+BAND_METRICS = ("band_energy_mae", "band_gap_mae")
+
+OUTPUTS = ("hamiltonian", "energy", "forces", "qm", "polarizability", "bands")
+_IMPLIES = {"forces": {"energy"}, "qm": {"hamiltonian"}, "polarizability": {"qm", "hamiltonian"},
+            "bands": {"hamiltonian"}}
+# Modules whose losses are registered on first lookup (they import this module).
+_BUILTIN_MODULES = ("helm_jax.band_losses",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +225,8 @@ def node_error(out, batch, ctx: LossContext, spin: str | None = None):
 
 
 def edge_error(out, batch, ctx: LossContext, spin: str | None = None):
-    """Edge-label error and validity mask, ``[E, D_edge]`` each (padding edges masked).
+    """Edge-label error and validity mask, ``[E, D_edge]`` each (padding edges and, in
+    periodic batches, edges without a label masked).
 
     For a model with beta outputs (and ``spin`` None) the alpha and beta errors are
     concatenated along the rows, ``[2E, D_edge]``; ``spin="alpha"`` or ``"beta"`` selects one.
@@ -226,6 +235,8 @@ def edge_error(out, batch, ctx: LossContext, spin: str | None = None):
     zs, zr = z[batch.senders], z[batch.receivers]
     real = batching.edge_mask(z, batch.senders, batch.receivers)
     has_h = batch.globals["h_mask"][batching.graph_of_nodes(batch)][batch.senders]
+    if "h_label_mask" in batch.edges:  # periodic: edges (i, j, T) the labels do not store
+        has_h = has_h & batch.edges["h_label_mask"]
     mask = graphs_lib.label_masks(zs, zr, ctx.edge_layout, ctx.slot_table)
     mask = mask & (real & has_h)[:, None]
     errs = [pred - label for pred, label in
@@ -382,6 +393,10 @@ def model_outputs(model, params, batch, need: set[str],
     Forces (``-dE/dR``, :func:`helm_jax.model.energy.with_forces`) come from the same forward
     pass as the other outputs; ``out["qm"]`` (:func:`qm_outputs`) from the predicted H.
     """
+    if "bands" in need:  # band energies of periodic graphs, solved once for every loss
+        from helm_jax import band_losses  # pylint: disable=import-outside-toplevel
+        out = model_outputs(model, params, batch, need - {"bands"}, ctx)
+        return {**out, "bands": band_losses.band_outputs(out, batch, ctx)}
     if "qm" in need:
         out = model_outputs(model, params, batch, need - {"qm"}, ctx)
         return {**out, "qm": qm_outputs(out, batch, ctx, "polarizability" in need)}
@@ -532,7 +547,7 @@ def resolve(name: str, modules: tuple[str, ...] = ()) -> Callable[..., LossSums]
 
 
 def _lookup(name: str, modules: tuple[str, ...]) -> RegisteredLoss:
-    for module in modules:
+    for module in _BUILTIN_MODULES + tuple(modules):
         importlib.import_module(module)  # registers the fork's losses
     if name not in _REGISTRY:
         raise ValueError(f"Unknown loss {name!r}: registered are {registered()}. Register it "

@@ -340,5 +340,5 @@ def test_model_graphs_refuse_periodic_records():
     rec = Record(elements=np.array([6, 6], np.int32), coords=np.array([[0, 0, 0], [1.4, 0, 0.]]),
                  cell=np.eye(3) * 2.46, pbc=np.array([True, True, False]), key="graphene")
     spec = graphs.GraphSpec(basis_lib.make_template("C", "def2-svp"), 5.0)
-    with pytest.raises(ValueError, match="'graphene' is periodic.*molecular so far"):
+    with pytest.raises(ValueError, match="'graphene' is periodic.*config.data.periodic=True"):
         graphs.build_graph(rec, spec)

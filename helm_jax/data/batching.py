@@ -11,6 +11,11 @@ nothing is ever dropped.
 
 Graphs with quantum-chemistry labels (``MolGraph.qm``) in a budget with ``n_ao > 0`` add
 per-graph arrays padded to ``n_ao`` AOs under ``globals["qm"]`` (see :func:`pad_batch`).
+Periodic graphs add each edge's translation and Cartesian shift (``edges["translation"]``,
+``edges["shift"]``) and which edges are labelled (``edges["h_label_mask"]``); with band
+targets (``MolGraph.kspace``) a budget with ``n_k > 0`` adds ``globals["kspace"]``
+(:func:`pad_kspace`). An atom's own periodic images are edges ``i -> i``: real edges are
+those whose sender is a real atom (padding edges are self-loops on a padding node).
 
 The masks of this layout have one home here, for the model, the losses and the assembly of
 full matrices: :func:`node_mask` (real atoms), :func:`edge_mask` (real edges) and
@@ -33,13 +38,17 @@ from helm_jax.data.graphs import MolGraph
 class Budget:
     """Padded sizes of one batch shape (padding graph included).
 
-    ``n_ao`` is the padded AO count of the per-graph quantum-chemistry arrays (0: none).
+    ``n_ao`` is the padded AO count of the per-graph quantum-chemistry or k-space arrays
+    (0: none); ``n_k`` and ``n_entries`` the padded k-points and Bloch-sum entries per graph
+    of the k-space arrays (:func:`pad_kspace`; 0: none).
     """
 
     n_node: int
     n_edge: int
     n_graph: int
     n_ao: int = 0
+    n_k: int = 0
+    n_entries: int = 0
 
     def fits(self, n_node: int, n_edge: int, n_graph: int) -> bool:
         """Whether real totals fit (one node and one graph are kept for padding)."""
@@ -135,11 +144,15 @@ def node_mask(species):
 def edge_mask(species, senders, receivers):
     """bool ``[E]``: real edges; padding edges are self-loops on a padding node (numpy or jax).
 
+    A real self-loop ``i -> i`` is an edge of a periodic graph to the atom's own image in
+    another cell; molecular graphs have none.
+
     Args:
       species: ``[N]`` atomic numbers (0 = padding).
       senders, receivers: ``[E]`` node indices.
     """
-    return node_mask(species[senders]) & (senders != receivers)
+    del receivers  # padding edges start and end on padding nodes
+    return node_mask(species[senders])
 
 
 def graph_of_nodes(batch: jraph.GraphsTuple):
@@ -156,8 +169,8 @@ def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
 
 
 def pad_batch(graphs: Sequence[MolGraph], budget: Budget, node_dim: int | None,
-              edge_dim: int | None, dtype=np.float32, spin_resolved: bool = False
-              ) -> jraph.GraphsTuple:
+              edge_dim: int | None, dtype=np.float32, spin_resolved: bool = False,
+              periodic: bool = False, template=None) -> jraph.GraphsTuple:
     """Concatenates molecules into one padded ``GraphsTuple`` of numpy arrays.
 
     Args:
@@ -167,6 +180,9 @@ def pad_batch(graphs: Sequence[MolGraph], budget: Budget, node_dim: int | None,
       dtype: float dtype of positions and labels.
       spin_resolved: also ship beta labels ``h_beta`` (``GraphSpec.spin_resolved``); a
         graph with restricted labels gets its alpha labels there.
+      periodic: ship ``edges["translation"]``, ``edges["shift"]`` (zero for molecules) and
+        ``edges["h_label_mask"]`` (``GraphSpec.periodic``).
+      template: the basis template (needed for ``budget.n_k``: :func:`pad_kspace`).
 
     Returns:
       ``GraphsTuple`` with nodes ``species [N]``, ``positions [N, 3]``, ``forces [N, 3]``,
@@ -227,7 +243,18 @@ def pad_batch(graphs: Sequence[MolGraph], budget: Budget, node_dim: int | None,
         "charge": _pad_rows(np.array([g.charge for g in graphs], np.int32), budget.n_graph),
         "spin": _pad_rows(np.array([g.spin for g in graphs], np.int32), budget.n_graph),
     }
-    if budget.n_ao:
+    if periodic:
+        def per_edge(pick, width, dt):
+            return _pad_rows(cat([pick(g) if pick(g) is not None else np.zeros(
+                (g.n_edge,) + width, dt) for g in graphs], (0,) + width, dt), budget.n_edge)
+
+        edges["translation"] = per_edge(lambda g: g.translations, (3,), np.float64).astype(
+            dtype)
+        edges["shift"] = per_edge(lambda g: g.shifts, (3,), np.float64).astype(dtype)
+        edges["h_label_mask"] = per_edge(lambda g: g.labelled_edges(), (), bool)
+    if budget.n_k:
+        globals_["kspace"] = pad_kspace(graphs, budget, template, dtype)
+    elif budget.n_ao:
         globals_["qm"] = pad_qm(graphs, budget, dtype)
     return jraph.GraphsTuple(
         nodes=nodes, edges=edges, globals=globals_,
@@ -297,6 +324,75 @@ def pad_qm(graphs: Sequence[MolGraph], budget: Budget, dtype=np.float32) -> dict
         node_off += g.n_node
         edge_off += g.n_edge
     return {k: v.astype(dtype) if v.dtype == np.float64 else v for k, v in out.items()}
+
+
+def kspace_sizes(graph: MolGraph, template) -> tuple[int, int, int]:
+    """``(n_ao, n_k, n_entries)`` a periodic graph's k-space arrays need (zeros without
+    band targets): its AOs, k-points and Bloch-sum entries (:func:`pad_kspace`)."""
+    if graph.kspace is None:
+        return 0, 0, 0
+    n = np.array([len(template.ao_map(int(z))) for z in graph.species], np.int64)
+    entries = int(np.sum(n * n) + np.sum(n[graph.senders] * n[graph.receivers]))
+    return graph.kspace.n_ao, len(graph.kspace.kpts), entries
+
+
+def pad_kspace(graphs: Sequence[MolGraph], budget: Budget, template, dtype=np.float32
+               ) -> dict:
+    """Per-graph k-space arrays of a periodic batch (``budget.n_ao`` AOs ``n``,
+    ``budget.n_k`` k-points ``K``, ``budget.n_entries`` Bloch-sum entries ``M``).
+
+    Graphs without band targets (and the padding graphs) get zeros and false masks.
+
+    Returns:
+      dict with ``kpts [G, K, 3]`` (fractional), ``k_mask [G, K]``, the Bloch-sum entries of
+      :func:`helm_jax.kspace.bloch_entries` ``entry_src``, ``entry_dest``, ``entry_edge``
+      int32 ``[G, M]`` (-1 padding; indices into the batch's flat node and edge blocks and
+      its edges), ``ao_mask [G, n]``, ``overlap_re``/``overlap_im [G, K, n, n]`` (S(k)),
+      ``bands [G, K, n]`` (Eh), ``band_count``, ``n_occ`` int32 ``[G]``, ``band_mask [G]``,
+      ``gap [G]`` and ``gap_mask [G]`` (insulators).
+
+    Raises:
+      BudgetError: a graph needs more AOs, k-points or entries than the budget.
+    """
+    from helm_jax import kspace as kspace_lib  # pylint: disable=import-outside-toplevel
+    g_n, n, k_n, m = budget.n_graph, budget.n_ao, budget.n_k, budget.n_entries
+    out = {"kpts": np.zeros((g_n, k_n, 3)), "k_mask": np.zeros((g_n, k_n), bool),
+           "entry_src": np.full((g_n, m), -1, np.int32),
+           "entry_dest": np.full((g_n, m), -1, np.int32),
+           "entry_edge": np.full((g_n, m), -1, np.int32),
+           "ao_mask": np.zeros((g_n, n), bool), "overlap_re": np.zeros((g_n, k_n, n, n)),
+           "overlap_im": np.zeros((g_n, k_n, n, n)), "bands": np.zeros((g_n, k_n, n)),
+           "band_count": np.zeros(g_n, np.int32), "n_occ": np.zeros(g_n, np.int32),
+           "band_mask": np.zeros(g_n, bool), "gap": np.zeros(g_n),
+           "gap_mask": np.zeros(g_n, bool)}
+    node_off = edge_off = 0
+    for k, g in enumerate(graphs):
+        q = g.kspace
+        if q is not None:
+            n_ao, n_k, n_entries = kspace_sizes(g, template)
+            if n_ao > n or n_k > k_n or n_entries > m:
+                raise BudgetError(f"Structure {g.key!r} needs {n_ao} AOs, {n_k} k-points and "
+                                  f"{n_entries} Bloch-sum entries, more than the budget's "
+                                  f"n_ao={n}, n_k={k_n}, n_entries={m}.")
+            src, dest, edge = kspace_lib.bloch_entries(
+                g.species, g.senders, g.receivers, template, node_offset=node_off,
+                edge_offset=edge_off, n_node_batch=budget.n_node, n_ao=n)
+            out["entry_src"][k, :len(src)] = src
+            out["entry_dest"][k, :len(dest)] = dest
+            out["entry_edge"][k, :len(edge)] = edge
+            out["kpts"][k, :n_k] = q.kpts
+            out["k_mask"][k, :n_k] = True
+            out["ao_mask"][k, :n_ao] = True
+            out["overlap_re"][k, :n_k, :n_ao, :n_ao] = q.overlap.real
+            out["overlap_im"][k, :n_k, :n_ao, :n_ao] = q.overlap.imag
+            out["bands"][k, :n_k, :n_ao] = np.nan_to_num(q.bands)
+            out["band_count"][k], out["n_occ"][k] = q.band_count, q.n_occ
+            out["band_mask"][k] = True
+            if q.gap is not None:
+                out["gap"][k], out["gap_mask"][k] = q.gap, True
+        node_off += g.n_node
+        edge_off += g.n_edge
+    return {key: v.astype(dtype) if v.dtype == np.float64 else v for key, v in out.items()}
 
 
 def stack_device_batches(batches: Sequence[jraph.GraphsTuple]) -> jraph.GraphsTuple:

@@ -11,6 +11,15 @@ differentiable quantum-chemistry losses (:mod:`helm_jax.orbitals`) need to assem
 full H inside the jitted step and compare its orbital energies, dipole and polarisability
 with reference targets (see :mod:`helm_jax.data.reference_targets`).
 
+Periodic structures (docs/periodic.md, "The model on periodic structures"): with
+``GraphSpec.periodic`` a record with a cell becomes a graph whose directed edges are the
+triples ``(i, j, T)`` of :func:`helm_jax.data.periodic.image_pairs` (atom i in the home cell,
+atom j in the cell shifted by the integer translation T; an atom's own images are edges
+too); each edge carries its translation and Cartesian shift ``T @ cell`` (the edge vector
+is ``r_j + T @ cell - r_i``), and its label is the stored block ``H_ij(T)`` when the labels
+have that pair (``edge_label_mask``). With ``GraphSpec.bands`` a graph also carries
+:class:`KSpaceLabels`: the k-mesh, S(k) and the band energies the band losses compare with.
+
 Open shells (docs/model_and_training.md, "Open shells"): every graph carries its total
 charge and 2S; with ``GraphSpec.spin_resolved`` the beta Fock matrix of unrestricted labels
 becomes ``node_labels_beta`` / ``edge_labels_beta`` (None for restricted labels, whose beta
@@ -24,9 +33,10 @@ import dataclasses
 import numpy as np
 
 from helm_jax import basis as basis_lib
-from helm_jax import blocks, units
+from helm_jax import blocks, orbitals, units
 from helm_jax.data import geometry
-from helm_jax.data.records import Record
+from helm_jax.data import periodic as periodic_lib
+from helm_jax.data.records import PeriodicLabels, Record
 
 QM_TARGETS = ("", "reference", "large_basis")
 #: Total charges and spins 2S the charge/spin embedding covers (``config.model.
@@ -52,6 +62,11 @@ class GraphSpec:
         ``MolGraph.node_labels_beta`` / ``edge_labels_beta`` (a model with
         ``config.heads.spin`` other than "none"). False: records with beta labels are
         refused (a restricted model cannot learn them), naming the flag to set.
+      periodic: build periodic graphs from records with a cell (edges to every periodic
+        image within the cutoff); False refuses periodic records, naming this flag.
+      bands: attach :class:`KSpaceLabels` (band targets on the labels' k-mesh) to periodic
+        graphs (``config.losses`` with a band loss).
+      conduction_bands: conduction bands above the occupied ones in the band targets.
       charge_spin_embedding: whether the model reads each graph's charge and spin
         (``config.model.charge_spin_embedding``). True: both must lie in the embedding's
         range (:data:`MAX_CHARGE`, :data:`MAX_SPIN`); False: open-shell records
@@ -66,6 +81,9 @@ class GraphSpec:
     qm_polarizability_ff: bool = False
     spin_resolved: bool = False
     charge_spin_embedding: bool | None = None
+    periodic: bool = False
+    bands: bool = False
+    conduction_bands: int = 2
 
     def __post_init__(self):
         if self.qm_targets not in QM_TARGETS:
@@ -153,6 +171,38 @@ class QMLabels:
 
 
 @dataclasses.dataclass(frozen=True)
+class KSpaceLabels:
+    """One periodic structure's band targets on the k-mesh of its labels (host numpy).
+
+    The labels of a k-point SCF reproduce its F(k) and S(k) on the mesh exactly
+    (docs/periodic.md), so these are the SCF's own bands.
+
+    Attributes:
+      kpts: ``[K, 3]`` fractional k-points (the labels' Gamma-centred mesh).
+      overlap: complex ``[K, n, n]`` S(k).
+      bands: ``[K, n]`` band energies (Eh, ascending; overlap directions dropped by the
+        linear-dependence guard are NaN at the end).
+      n_occ: occupied bands (valence electrons / 2).
+      band_count: bands the band losses compare (``n_occ`` plus the conduction bands asked
+        for, at most the bands every k-point has).
+      gap: indirect gap over the mesh (Eh; lowest conduction minus highest valence band),
+        or None for metals (labels with smearing, no stored gap).
+    """
+
+    kpts: np.ndarray
+    overlap: np.ndarray
+    bands: np.ndarray
+    n_occ: int
+    band_count: int
+    gap: float | None
+
+    @property
+    def n_ao(self) -> int:
+        """AOs of the cell."""
+        return int(self.overlap.shape[-1])
+
+
+@dataclasses.dataclass(frozen=True)
 class MolGraph:
     """One molecule as a graph (host numpy arrays).
 
@@ -172,6 +222,14 @@ class MolGraph:
       node_labels_beta, edge_labels_beta: irreps of the beta Fock matrix's blocks (same
         layouts) for unrestricted labels with ``GraphSpec.spin_resolved``; None for
         restricted labels (beta = alpha).
+      cell, pbc: ``[3, 3]`` lattice (rows, Angstrom) and ``[3]`` periodic axes of a periodic
+        graph; None for molecules.
+      translations: int32 ``[E, 3]`` each edge's lattice translation T (periodic graphs).
+      shifts: float64 ``[E, 3]`` each edge's Cartesian shift ``T @ cell`` (Angstrom): the
+        edge vector is ``positions[receivers] + shifts - positions[senders]``.
+      edge_label_mask: bool ``[E]``, which edges have a label (periodic graphs: the labels
+        store that ``(i, j, T)``); None: every edge (molecules).
+      kspace: band targets (:class:`KSpaceLabels`, ``GraphSpec.bands``), or None.
     """
 
     species: np.ndarray
@@ -188,6 +246,23 @@ class MolGraph:
     spin: int = 0
     node_labels_beta: np.ndarray | None = None
     edge_labels_beta: np.ndarray | None = None
+    cell: np.ndarray | None = None
+    pbc: np.ndarray | None = None
+    translations: np.ndarray | None = None
+    shifts: np.ndarray | None = None
+    edge_label_mask: np.ndarray | None = None
+    kspace: KSpaceLabels | None = None
+
+    @property
+    def is_periodic(self) -> bool:
+        """Whether the graph has periodic edges."""
+        return self.shifts is not None
+
+    def labelled_edges(self) -> np.ndarray:
+        """bool ``[E]``: the edges with a Hamiltonian label (all of a molecule's)."""
+        if self.edge_label_mask is None:
+            return np.ones(self.n_edge, bool)
+        return self.edge_label_mask
 
     @property
     def n_node(self) -> int:
@@ -231,10 +306,12 @@ def build_graph(record: Record, spec: GraphSpec, with_labels: bool = True,
         (:class:`GraphSpec`).
     """
     if record.cell is not None or record.periodic is not None:
-        raise ValueError(
-            f"Record {record.key!r} is periodic (a cell and real-space H(T) blocks): the "
-            "model's graphs are molecular so far (docs/periodic.md); train on molecular "
-            "records.")
+        if not spec.periodic:
+            raise ValueError(
+                f"Record {record.key!r} is periodic (a cell and real-space H(T) blocks) but "
+                "the graphs are molecular: set --config.data.periodic=True (experiments/"
+                "periodic.py does; docs/periodic.md).")
+        return build_periodic_graph(record, spec, with_labels, validate)
     if validate:
         z, coords = geometry.check_geometry(record.elements, record.coords, record.key)
     else:
@@ -264,6 +341,125 @@ def build_graph(record: Record, spec: GraphSpec, with_labels: bool = True,
                     forces=forces, key=record.key, qm=qm, charge=int(record.charge),
                     spin=int(record.spin), node_labels_beta=node_labels_beta,
                     edge_labels_beta=edge_labels_beta)
+
+
+def build_periodic_graph(record: Record, spec: GraphSpec, with_labels: bool = True,
+                         validate: bool = True) -> MolGraph:
+    """:func:`build_graph` of a periodic record: edges ``(i, j, T)`` to every image within
+    the cutoff, labels looked up among the stored pairs (docs/periodic.md).
+
+    Raises:
+      ValueError: bad structure, an element outside the template, open-shell or charged
+        cells (not labelled or modelled yet), or label blocks that do not fit the basis.
+    """
+    if record.cell is None or record.pbc is None:
+        raise ValueError(f"Record {record.key!r} has periodic labels but no cell and pbc.")
+    if validate:
+        z, coords, cell, pbc = geometry.check_periodic(record.elements, record.coords,
+                                                       record.cell, record.pbc, record.key)
+    else:
+        z = np.asarray(record.elements, np.int32)
+        coords = np.asarray(record.coords, np.float64)
+        cell, pbc = periodic_lib.as_cell(record.cell, record.pbc)
+    for zi in set(z.tolist()):
+        spec.template.element(zi)
+    if int(record.spin) != 0 or int(record.charge) != 0:
+        raise ValueError(f"Record {record.key!r}: charged or open-shell cells (charge "
+                         f"{record.charge}, 2S={record.spin}) are not supported yet.")
+    pairs = periodic_lib.image_pairs(coords, cell, pbc, spec.cutoff)
+    senders, receivers = pairs.i.astype(np.int32), pairs.j.astype(np.int32)
+    translations = pairs.translation.astype(np.int32)
+    node_labels = edge_labels = label_mask = kspace = None
+    labels = record.periodic
+    if with_labels and labels is not None:
+        node_b, edge_b, label_mask = periodic_blocks(labels, z, spec.template, senders,
+                                                     receivers, translations)
+        node_labels = spec.node_layout.blocks_to_irreps(node_b)
+        edge_labels = spec.edge_layout.blocks_to_irreps(edge_b)
+        if spec.bands:
+            kspace = kspace_labels(labels, spec.conduction_bands, record.key)
+    energy = np.nan if record.energy is None else float(record.energy)
+    forces = None if record.forces is None else np.asarray(record.forces, np.float64)
+    return MolGraph(species=z, positions=coords, senders=senders, receivers=receivers,
+                    node_labels=node_labels, edge_labels=edge_labels, energy=energy,
+                    forces=forces, key=record.key, cell=cell, pbc=pbc,
+                    translations=translations,
+                    shifts=translations.astype(np.float64) @ cell,
+                    edge_label_mask=label_mask, kspace=kspace)
+
+
+def periodic_blocks(labels: PeriodicLabels, z: np.ndarray, template: basis_lib.Template,
+                    senders: np.ndarray, receivers: np.ndarray, translations: np.ndarray,
+                    which: str = "fock") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Padded template blocks of a periodic graph's nodes and edges from stored pairs.
+
+    Node i gets the on-site block ``(i, i, 0)``; edge ``(i, j, T)`` the stored block of that
+    triple times its Bloch weight (``1 / multiplicity`` of tied minimum images, so that the
+    labelled edges Bloch-sum to the labels' H(k)), or zeros and ``False`` in the mask when the
+    labels do not store it (beyond the k-mesh's minimum-image reach).
+
+    Returns:
+      ``(node_blocks [n, A, A], edge_blocks [E, A, A], edge_label_mask bool [E])``.
+
+    Raises:
+      ValueError: an atom without an on-site block, or blocks whose size does not fit the
+        template's basis of the element.
+    """
+    a = template.n_ao
+    amap = {int(zi): template.ao_map(int(zi)) for zi in set(z.tolist())}
+    index = {(int(i), int(j), *map(int, t)): p for p, ((i, j), t) in
+             enumerate(zip(labels.pairs, labels.translations))}
+
+    def padded(p, i, j):
+        mi, mj = amap[int(z[i])], amap[int(z[j])]
+        block = labels.block(p, which)
+        if block.shape != (len(mi), len(mj)):
+            raise ValueError(f"pair ({i}, {j}) block {list(block.shape)} does not fit the "
+                             f"template basis ({len(mi)} x {len(mj)} AOs): wrong basis")
+        out = np.zeros((a, a))
+        out[np.ix_(mi, mj)] = block * labels.weight[p]
+        return out
+
+    nodes = np.zeros((len(z), a, a))
+    for i in range(len(z)):
+        p = index.get((i, i, 0, 0, 0))
+        if p is None:
+            raise ValueError(f"atom {i} has no on-site block (i, i, T=0) in the labels")
+        nodes[i] = padded(p, i, i)
+    edges = np.zeros((len(senders), a, a))
+    mask = np.zeros(len(senders), bool)
+    for e, (i, j, t) in enumerate(zip(senders, receivers, translations)):
+        p = index.get((int(i), int(j), *map(int, t)))
+        if p is not None:
+            edges[e], mask[e] = padded(p, i, j), True
+    return nodes, edges, mask
+
+
+def kspace_labels(labels: PeriodicLabels, conduction_bands: int, key: str = ""
+                  ) -> KSpaceLabels:
+    """The band targets of periodic labels on their own k-mesh (:class:`KSpaceLabels`).
+
+    Raises:
+      ValueError: labels without a k-mesh, overlap blocks or electron count.
+    """
+    if labels.kmesh is None or labels.overlap_blocks is None:
+        raise ValueError(f"Record {key!r}: band targets need labels from a k-point SCF with "
+                         "overlap blocks (data_prep/label.py --kmesh=...)")
+    if labels.n_electrons is None:
+        raise ValueError(f"Record {key!r}: the labels do not say how many electrons the cell "
+                         "has; relabel it with data_prep/label.py")
+    kpts = periodic_lib.mp_kpts(labels.kmesh)
+    s_k = periodic_lib.labels_to_k(labels, kpts, "overlap")
+    bands = periodic_lib.bands(periodic_lib.labels_to_k(labels, kpts, "fock"), s_k,
+                               orbitals.S_THRESHOLD)
+    n_occ = int(labels.n_electrons) // 2
+    available = int(np.min(np.sum(np.isfinite(bands), axis=1)))
+    count = min(n_occ + int(conduction_bands), available)
+    gap = None
+    if labels.gap is not None and n_occ < available:
+        gap = float(np.min(bands[:, n_occ]) - np.max(bands[:, n_occ - 1]))
+    return KSpaceLabels(kpts=kpts, overlap=s_k, bands=bands, n_occ=n_occ, band_count=count,
+                        gap=gap)
 
 
 def check_charge_spin(record: Record, spec: GraphSpec, with_labels: bool = True) -> None:

@@ -68,6 +68,10 @@ class GraphDataset:
         if self._sizes is None:
             nn, ne = np.zeros(len(self), np.int64), np.zeros(len(self), np.int64)
             for i in range(len(self)):
+                if self.spec is not None and self.spec.periodic:  # edges need the cell
+                    g = self[i]
+                    nn[i], ne[i] = g.n_node, g.n_edge
+                    continue
                 if self._cache is not None and i in self._cache:
                     g = self._cache[i]
                     nn[i], ne[i] = g.n_node, g.n_edge
@@ -142,10 +146,14 @@ class BatchIterator:
         if data.spec is not None and data.spec.qm_targets:
             self.budgets = _with_n_ao(self.budgets, self._bucket,
                                       np.array([data[i].qm.n_ao for i in self.indices]))
+        if data.spec is not None and data.spec.bands and data.with_labels:
+            self.budgets = _with_kspace(self.budgets, self._bucket,
+                                        [data[i] for i in self.indices], data.spec.template)
         with_h = data.with_labels and data.spec is not None
         self.node_dim = data.spec.node_layout.dim if with_h else None
         self.edge_dim = data.spec.edge_layout.dim if with_h else None
         self.spin_resolved = bool(with_h and data.spec.spin_resolved)
+        self.periodic = bool(data.spec is not None and data.spec.periodic)
         self.epoch, self.step = 0, 0
         self._plan_cache: tuple[int, list] | None = None
 
@@ -191,7 +199,10 @@ class BatchIterator:
             graphs = [self._graph(i) for i in idx]
             out.append(batching.pad_batch(graphs, self.budgets[bucket], self.node_dim,
                                           self.edge_dim, self.dtype,
-                                          spin_resolved=self.spin_resolved))
+                                          spin_resolved=self.spin_resolved,
+                                          periodic=self.periodic,
+                                          template=self.data.spec.template
+                                          if self.data.spec is not None else None))
         return batching.stack_device_batches(out)
 
     def _graph(self, i: int) -> MolGraph:
@@ -255,6 +266,20 @@ def _with_n_ao(budgets: list[batching.Budget], bucket_of: np.ndarray,
     """Budgets with ``n_ao`` set to the largest molecule of each bucket (unless given)."""
     return [dataclasses.replace(b, n_ao=b.n_ao or int(n_aos[bucket_of == k].max(initial=0)))
             for k, b in enumerate(budgets)]
+
+
+def _with_kspace(budgets: list[batching.Budget], bucket_of: np.ndarray,
+                 graphs: Sequence[MolGraph], template) -> list[batching.Budget]:
+    """Budgets with the k-space sizes (``n_ao``, ``n_k``, ``n_entries``) of each bucket's
+    largest periodic graph (unless given): :func:`helm_jax.data.batching.pad_kspace`."""
+    sizes = np.array([batching.kspace_sizes(g, template) for g in graphs], np.int64)
+    out = []
+    for k, b in enumerate(budgets):
+        top = sizes[bucket_of == k].max(axis=0, initial=0)
+        out.append(dataclasses.replace(b, n_ao=b.n_ao or int(top[0]),
+                                       n_k=b.n_k or int(top[1]),
+                                       n_entries=b.n_entries or int(top[2])))
+    return out
 
 
 def _first_fit(budgets, n, e) -> int:

@@ -202,7 +202,7 @@ def compute_statistics(graphs: Iterable[MolGraph], node_layout: blocks.IrrepsLay
             spin_n += int(m.sum())
         if edge_sets and edge_layout is not None and len(g.senders):
             zs, zr = g.species[g.senders], g.species[g.receivers]
-            m = label_masks(zs, zr, edge_layout, table) & (g.senders != g.receivers)[:, None]
+            m = label_masks(zs, zr, edge_layout, table) & g.labelled_edges()[:, None]
             for y in edge_sets:
                 _add_squares(edge_sq, edge_n, y, m, edge_deg)
             if spin_resolved and g.edge_labels_beta is not None and g.spin != 0:

@@ -269,6 +269,7 @@ class HELMBackbone(nn.Module):
         compute_edges: bool = True,
         charge: Optional[jax.Array] = None,  # [N] int
         spin: Optional[jax.Array] = None,  # [N] int
+        edge_shifts: Optional[jax.Array] = None,  # [E, 3]
     ) -> tuple[jax.Array, Optional[jax.Array]]:
         """Compute node and (if ``compute_edges``) edge features.
 
@@ -282,6 +283,8 @@ class HELMBackbone(nn.Module):
           compute_edges: also compute edge features (False: energy-only path).
           charge, spin: total charge and 2S of each node's molecule (None: 0); read only
             with ``charge_spin_embedding``.
+          edge_shifts: Cartesian lattice shift of each edge of a periodic graph (edge
+            vector ``positions[receivers] + shift - positions[senders]``; None: molecules).
 
         Returns:
           ``(nodes, edges)``: node features ``[N, (l_max+1)^2, C]`` and edge features
@@ -301,6 +304,8 @@ class HELMBackbone(nn.Module):
 
         positions = positions.astype(dtype)
         vectors = positions[receivers] - positions[senders]  # [E, 3]
+        if edge_shifts is not None:  # periodic edges (i, j, T): r_j + T @ cell - r_i
+            vectors = vectors + edge_shifts.astype(dtype)
         wigner, lengths = so3.edge_wigner(vectors, edge_mask, self.l_max)
         edge_weight = jnp.where(edge_mask, layers.polynomial_envelope(lengths, self.cutoff), 0.0)
         rbf = layers.GaussianRadialBasis(self.num_rbf, self.cutoff, dtype=dtype)(lengths)

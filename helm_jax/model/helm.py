@@ -75,7 +75,7 @@ class HELM(nn.Module):
     @nn.compact
     def __call__(self, species, positions, senders, receivers, node_graph, num_graphs: int,
                  hamiltonian: bool = True, energy: bool = True, charge=None,
-                 spin=None) -> dict[str, jax.Array]:
+                 spin=None, edge_shifts=None) -> dict[str, jax.Array]:
         """Runs the network.
 
         Args:
@@ -88,6 +88,9 @@ class HELM(nn.Module):
           energy: compute the energy head (energy-only calls skip every edge update).
           charge, spin: int ``[G]`` total charge and 2S of each graph (None: 0), broadcast
             to the nodes with ``node_graph``.
+          edge_shifts: ``[E, 3]`` Cartesian lattice shift ``T @ cell`` of each edge of a
+            periodic graph (edge vector ``positions[receivers] + shift - positions[senders]``);
+            None: molecules (no shift).
 
         Returns:
           dict with ``node_h [N, D_node]``, ``edge_h [E, D_edge]`` (if ``hamiltonian``; the
@@ -101,7 +104,8 @@ class HELM(nn.Module):
         node_spin = None if spin is None else jnp.asarray(spin)[node_graph]
         nodes, edges = self.backbone(species, positions, senders, receivers, node_mask,
                                      edge_mask, compute_edges=hamiltonian,
-                                     charge=node_charge, spin=node_spin)
+                                     charge=node_charge, spin=node_spin,
+                                     edge_shifts=edge_shifts)
         out = {}
         if hamiltonian:
             node_open = None if node_spin is None else node_spin != 0
@@ -156,14 +160,17 @@ def build_model(config: ml_collections.ConfigDict, template: basis_lib.Template,
 
 def batch_inputs(graph: jraph.GraphsTuple) -> dict[str, Any]:
     """Model keyword inputs from one padded batch (no leading device axis): with the
-    graphs' ``charge`` and ``spin`` (2S) from ``globals`` (zeros where a batch lacks them)."""
+    graphs' ``charge`` and ``spin`` (2S) from ``globals`` (zeros where a batch lacks them)
+    and, for periodic batches, the edges' lattice shifts (``edges["shift"]``)."""
     num_graphs = graph.n_node.shape[0]
     glob = graph.globals if isinstance(graph.globals, dict) else {}
+    edges = graph.edges if isinstance(graph.edges, dict) else {}
     zeros = jnp.zeros((num_graphs,), jnp.int32)
     return dict(species=graph.nodes["species"], positions=graph.nodes["positions"],
                 senders=graph.senders, receivers=graph.receivers,
                 node_graph=batching.graph_of_nodes(graph), num_graphs=num_graphs,
-                charge=glob.get("charge", zeros), spin=glob.get("spin", zeros))
+                charge=glob.get("charge", zeros), spin=glob.get("spin", zeros),
+                edge_shifts=edges.get("shift"))
 
 
 def energy_and_forces(model: HELM, params, inputs: dict[str, Any], **kw):
