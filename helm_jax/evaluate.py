@@ -86,6 +86,14 @@ class Evaluator:
             self.need = self.need | {"qm", "polarizability"}
             self.loss_fns.update({name: losses_lib.resolve(name)
                                   for name in losses_lib.QM_METRICS})
+        self.periodic = data.spec.periodic
+        if self.periodic:  # no full matrices: the H MAE over labelled blocks, band errors
+            self.need = self.need | {"hamiltonian"}
+            metrics = ("hamiltonian_mae",) + (losses_lib.BAND_METRICS if data.spec.bands
+                                              else ())
+            if data.spec.bands:
+                self.need = self.need | {"bands"}
+            self.loss_fns.update({name: losses_lib.resolve(name) for name in metrics})
         batch_cfg = datasets.batch_config(config.data)
         if not batch_cfg.budgets:  # one set of shapes for every split: compiled once
             every = np.unique(np.concatenate([v for v in data.splits.values()]))
@@ -129,13 +137,14 @@ class Evaluator:
                 for k, v in s.items():
                     acc[k] = acc.get(k, 0.0) + float(v)
             out = jax.device_get(out)
+            full = "hamiltonian" in self.need and not self.periodic
             fulls = (assemble.batch_to_full(out, batch, node_layout, edge_layout,
                                             self.data.stats)
-                     if "hamiltonian" in self.need else [None] * len(per_dev[0]))
+                     if full else [None] * len(per_dev[0]))
             # A spin-resolved model: beta H too, used for open shells and unrestricted labels.
             betas = (assemble.batch_to_full(out, batch, node_layout, edge_layout,
                                             self.data.stats, spin="beta")
-                     if "hamiltonian" in self.need and "node_h_beta" in out else None)
+                     if full and "node_h_beta" in out else None)
             n0 = 0
             for k, i in enumerate(per_dev[0]):
                 rec = reader[i]

@@ -142,6 +142,10 @@ def model_and_losses(config, data: datasets.Data):
     """
     weights = {k: float(v) for k, v in config.losses.items() if float(v)}
     need = losses_lib.needs(weights, tuple(config.loss_modules))
+    if "bands" in need and not data.spec.bands:
+        raise ValueError(f"The losses {sorted(weights)} need band targets: set "
+                         "config.data.periodic=True and config.data.band_targets=True "
+                         "(periodic labels from data_prep/label.py --kmesh).")
     if "qm" in need and not data.spec.qm_targets:
         raise ValueError(f"The losses {sorted(weights)} need quantum-chemistry labels: set "
                          "config.qm.enabled=True (data labelled with data_prep/label.py --dipole).")
@@ -393,6 +397,12 @@ def _finish(run: _Run, state: TrainState, seconds: float) -> dict[str, Any]:
     run.logger.plot()
     if parallel.is_main_process():
         print_summary(result)
+        if run.data.spec.periodic and len(run.data.splits.get("test", ())):
+            # Bands on and off the k-mesh, gaps, real-space errors by shell, band plots.
+            from helm_jax import evaluate_periodic  # pylint: disable=import-outside-toplevel
+            result["periodic_test"] = evaluate_periodic.evaluate_periodic(
+                run.evaluator.model, state.eval_params, run.data, "test",
+                workdir=run.workdir, dtype=run.evaluator.dtype)["summary"]
     return result
 
 

@@ -182,3 +182,16 @@ def test_backbone_fields_come_only_from_the_config():
     model.typo = 1
     with pytest.raises(TypeError, match=r"unknown fields \['typo'\], missing fields \['remat'\]"):
         backbone.HELMBackbone.from_config(model)
+
+
+def test_periodic_small(tmp_path, monkeypatch):
+    """periodic:small end to end as CI runs it: the embedded h-BN cells labelled by PySCF-PBC
+    into a fresh cache, a few steps on real-space blocks and mesh bands, then the test
+    cell's band errors on and off the mesh and its band plot."""
+    monkeypatch.setenv("HELM_JAX_CACHE", str(tmp_path / "cache"))
+    c = _short(load_config("periodic", "small"))
+    workdir = str(tmp_path / "w")
+    result = train.train_and_evaluate(c, workdir)
+    assert result["step"] == 4
+    for name in ("hamiltonian_mae", "band_energy_mae"):
+        assert np.isfinite(result["test"][name]) and result["test"][name] > 0, name

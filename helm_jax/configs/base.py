@@ -73,6 +73,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.embedded_limit = ml_collections.FieldReference(None, field_type=int)
     # With path "embedded": also the open-shell and charged species (radicals labelled UKS).
     c.data.embedded_open_shell = False
+    # Periodic structures (docs/periodic.md): edges to every periodic image within the
+    # cutoff; band_targets adds the bands on the labels' k-mesh (band losses and metrics)
+    # with conduction_bands bands above the occupied ones.
+    c.data.periodic = False
+    c.data.embedded_periodic = ""  # with path "embedded": graphene | hbn | diamond | small
+    c.data.band_targets = False
+    c.data.conduction_bands = 2
+    # Keyword options of the reader (e.g. basis="gth-dzvp" for the DeepH and CP2K readers).
+    c.data.reader_options = ml_collections.ConfigDict()
     c.data.split_seed = 0
     # l = 0 node labels minus the per-element mean ("shift") or also divided by its standard
     # deviation ("standardize", the paper's form); see helm_jax/data/statistics.py.

@@ -15,6 +15,17 @@
     ``embedded_open_shell``, the first N of each set).
   embedded_open_shell: with ``path="embedded"``, add the embedded open-shell and charged
     species (``helm_jax/data/embedded/open_shell.extxyz``; records keyed ``1:<key>``).
+  embedded_periodic: with ``path="embedded"`` and ``periodic``, an embedded periodic set
+    (``"graphene"``, ``"hbn"``, ``"diamond"``, ``"small"``; labelled on first use,
+    :func:`helm_jax.data.embedded.ensure_labelled_periodic`).
+  periodic: the data are periodic structures (a periodic HDF5 file of
+    ``data_prep/label.py --kmesh``); graphs get edges to every periodic image within the
+    cutoff (docs/periodic.md).
+  band_targets: with ``periodic``, attach the band energies on the labels' k-mesh to each
+    graph (the band losses and metrics need them).
+  conduction_bands: conduction bands above the occupied ones in the band targets.
+  reader_options: keyword options of the reader (e.g. ``{"basis": "gth-dzvp"}`` for the
+    DeepH and CP2K readers).
 
 What the graphs hold beyond that (cutoff, node-block layout, quantum-chemistry targets,
 spin-resolved labels, the charge/spin checks of the model's conditioning) comes
@@ -62,6 +73,13 @@ class Data:
 def open_reader(data_cfg: ml_collections.ConfigDict):
     """The reader of ``data_cfg.path`` (labelling the embedded dataset on first use)."""
     path = data_cfg.path
+    periodic_set = data_cfg.get("embedded_periodic", "")
+    if periodic_set:
+        if path != "embedded" or not data_cfg.get("periodic", False):
+            raise ValueError(f"config.data.embedded_periodic={periodic_set!r} needs "
+                             "config.data.path='embedded' and config.data.periodic=True.")
+        path = embedded.ensure_labelled_periodic(periodic_set, limit=data_cfg.embedded_limit)
+        return readers.open_dataset(path, periodic=True)
     if path == "embedded":
         path = embedded.ensure_labelled(limit=data_cfg.embedded_limit)
         if data_cfg.get("embedded_open_shell", False):
@@ -73,7 +91,10 @@ def open_reader(data_cfg: ml_collections.ConfigDict):
         raise ValueError(f"config.data.embedded_open_shell needs config.data.path='embedded', "
                          f"not {path!r}: concatenate your own files with "
                          "helm_jax.data.readers.ConcatReader instead.")
-    return readers.open_dataset(path, kind=data_cfg.kind)
+    options = dict(data_cfg.get("reader_options") or {})
+    if data_cfg.get("periodic", False) and (data_cfg.kind or readers.detect_kind(path)) == "h5":
+        options["periodic"] = True
+    return readers.open_dataset(path, kind=data_cfg.kind, **options)
 
 
 def scan_elements(reader) -> list[int]:
@@ -106,10 +127,13 @@ def load_data(data_cfg: ml_collections.ConfigDict, *, cutoff: float, reduced_nod
     reader = open_reader(data_cfg)
     elements = data_cfg.elements or scan_elements(reader)
     template = basis_lib.make_template(elements, reader.basis, reader.ecp)
+    periodic = bool(data_cfg.get("periodic", False))
     spec = GraphSpec(template, cutoff=float(cutoff), reduced_nodes=bool(reduced_nodes),
                      qm_targets=qm_targets, qm_polarizability_ff=bool(qm_polarizability_ff),
                      spin_resolved=bool(spin_resolved),
-                     charge_spin_embedding=charge_spin_embedding)
+                     charge_spin_embedding=charge_spin_embedding, periodic=periodic,
+                     bands=periodic and bool(data_cfg.get("band_targets", False)),
+                     conduction_bands=int(data_cfg.get("conduction_bands", 2)))
     graphs = pipeline.GraphDataset(reader, spec, with_labels=True,
                                    cache=bool(data_cfg.cache_graphs))
     splits = splits_lib.from_config(data_cfg, reader)
