@@ -55,3 +55,23 @@ def test_missing_splits_json_names_the_path(tmp_path):
     expected = os.path.join(str(tmp_path), "run", "splits.json")
     with pytest.raises(FileNotFoundError, match=re.escape(f"no splits.json at {expected!r}")):
         splits.load_for_checkpoint(ckpt)
+
+
+def test_contiguous_config_split_is_train_then_val_then_test():
+    """A ConfigDict lists its keys sorted (test, train, val); file order must still give the
+    first records to train, the next to val and the rest to test."""
+    import ml_collections
+
+    class Reader:
+        path = "cells.h5"
+
+        def converged_indices(self):
+            return np.arange(26)
+
+    cfg = ml_collections.ConfigDict(dict(split=dict(train=16, val=4, test=None), split_seed=0,
+                                         split_order="contiguous"))
+    assert list(dict(cfg.split)) == ["test", "train", "val"]
+    parts = splits.from_config(cfg, Reader())
+    assert parts["train"].tolist() == list(range(16))
+    assert parts["val"].tolist() == list(range(16, 20))
+    assert parts["test"].tolist() == list(range(20, 26))

@@ -87,8 +87,13 @@ def from_config(data_cfg: Mapping[str, Any], reader) -> dict[str, np.ndarray]:
     """The split ``data_cfg`` (``split``, ``split_seed``, ``split_order``) asks for, over the
     converged records of ``reader``."""
     pool = reader.converged_indices()
-    return assign(pool, sizes_from_config(len(pool), dict(data_cfg["split"])),
-                  seed=int(data_cfg["split_seed"]),
+    sizes = sizes_from_config(len(pool), dict(data_cfg["split"]))
+    if data_cfg["split_order"] == "contiguous":
+        # File order means train, then val, then test: a ConfigDict lists its keys sorted
+        # (test, train, val), which would put the test records first. (Random splits keep
+        # the key order they have always had, so stored results stay reproducible.)
+        sizes = {**{k: sizes[k] for k in NAMES if k in sizes}, **sizes}
+    return assign(pool, sizes, seed=int(data_cfg["split_seed"]),
                   order=data_cfg["split_order"], source=reader.path)
 
 
