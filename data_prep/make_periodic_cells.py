@@ -1,7 +1,7 @@
 """Distorted primitive cells of graphene, h-BN and diamond as extended xyz (docs/periodic.md).
 
     python data_prep/make_periodic_cells.py --system=hbn --n=16 --seed=1 --split=train \
-        --ideal_first --out=/work/labels/periodic/hbn_train.extxyz
+        --ideal_first --out=hbn_train.extxyz
 
 Each frame is a 2-atom primitive cell: graphene (a = 2.46 A) and h-BN (a = 2.50 A) as 2-D
 layers (``pbc="T T F"``, a1 = a (1, 0, 0), a2 = a (-1/2, sqrt(3)/2, 0), a3 = (0, 0, 15 A) of

@@ -13,7 +13,7 @@ h-BN cells for CI), labelled on first use with PySCF-PBC at :data:`PERIODIC_SETT
 (:func:`ensure_labelled_periodic`) and cached in the same directory as
 ``embedded-periodic-<hash>.h5``, the hash covering the file's bytes and the
 ``labelling_pbc.PeriodicSettings``. Labels made elsewhere from the same frames at the same
-settings (e.g. the background runs under /work/labels/periodic) are copied into the cache
+settings (e.g. a labelling run on another machine) are copied into the cache
 by :func:`import_periodic_labels` (``python -m helm_jax.data.embedded --periodic=hbn
 --import_labels=a.h5,b.h5,c.h5``) instead of relabelling.
 """
@@ -226,7 +226,7 @@ def import_periodic_labels(sources, geometries: str = "small",
 
     Args:
       sources: label files (paths, or one comma-separated string), e.g. the train, val and
-        test files of /work/labels/periodic.
+        test files labelled from the set's frames (docs/periodic.md, "Datasets").
       geometries, settings: as :func:`ensure_labelled_periodic`.
       cache_dir: default :func:`default_cache_dir`.
       allow_missing: copy the frames found and leave the others to
