@@ -34,10 +34,7 @@ from helm_jax.data import periodic as P  # pylint: disable=wrong-import-position
 from helm_jax.data.readers import open_dataset  # pylint: disable=wrong-import-position
 from helm_jax.model import helm  # pylint: disable=wrong-import-position
 
-A_BN, C_VAC = 2.50, 6.0
-HBN_CELL = np.array([[A_BN, 0, 0], [-A_BN / 2, A_BN * np.sqrt(3) / 2, 0], [0, 0, C_VAC]])
-HBN_XYZ = np.array([[0.0, 0.0, C_VAC / 2], [0.0, A_BN / np.sqrt(3), C_VAC / 2]])
-PBC_2D = np.array([True, True, False])
+from test_periodic_labels import HBN_CELL, HBN_XYZ, PBC_2D  # noqa: E402  (one h-BN cell for both files)
 pytestmark = pytest.mark.slow  # one SCF and get_bands: 25-45 s on the busy 2-core machine
 
 CUTOFF_ALL = 3.5  # the 2x2 labels store pairs up to 2.89 A: every one is an edge
