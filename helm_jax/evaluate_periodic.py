@@ -67,6 +67,7 @@ import numpy as np
 from helm_jax import orbitals, units
 from helm_jax.data import batching, geometry, labelling_pbc
 from helm_jax.data import periodic as periodic_lib
+from helm_jax.data import graphs as graphs_lib
 from helm_jax.data.graphs import GraphSpec, MolGraph
 from helm_jax.data.records import PeriodicLabels, Record
 from helm_jax.model import assemble, helm
@@ -598,7 +599,8 @@ def evaluate_periodic(model, params, data, split: str = "test", workdir: str | N
             and data.reader.attrs.get("periodic", False):
         settings = settings_from_attrs(data.reader.attrs)
     n_cond = data.spec.conduction_bands if conduction_bands is None else int(conduction_bands)
-    results = [evaluate_structure(data.reader[int(i)], data.graphs[int(i)], data.spec,
+    ref = graphs_lib.fermi_referenced if data.spec.fermi_reference else (lambda r: r)
+    results = [evaluate_structure(ref(data.reader[int(i)]), data.graphs[int(i)], data.spec,
                                   predict, settings, n_cond, shell_width)
                for i in data.splits[split]]
     notes = [f"{r.key}: {n}" for r in results for n in r.notes]

@@ -6,6 +6,8 @@ production path (``helm_jax.kspace.bloch_entries`` + ``hamiltonian_k``, the Herm
 the Bloch sum of the predicted blocks).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -236,3 +238,38 @@ def test_tiny_model_overfits_one_graphene_cells_bands(graphene):
           f"{final * 1e3:.2f} mEh in 400 steps")
     assert np.isfinite(final)
     assert final < 5e-3 and final < first / 20, (first, final)  # Eh
+
+
+def test_fermi_reference_shifts_blocks_and_bands_by_mu():
+    """``H - mu S`` labels (config.data.fermi_reference): every band, the HOMO/LUMO and the
+    path bands move by exactly -mu."""
+    from helm_jax.data.records import PeriodicLabels
+    rng = np.random.default_rng(0)
+    pairs = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.int32)
+    trans = np.zeros((4, 3), np.int32)
+    fock = [rng.normal(size=(4, 4)) * 0.1 for _ in range(4)]
+    fock[0], fock[3] = fock[0] + fock[0].T, fock[3] + fock[3].T
+    fock[2] = fock[1].T
+    ovlp = [np.eye(4), 0.1 * rng.normal(size=(4, 4)), None, np.eye(4)]
+    ovlp[2] = ovlp[1].T
+    mu = 0.137
+    labels = PeriodicLabels(
+        pairs=pairs, translations=trans, fock_blocks=np.concatenate([f.ravel() for f in fock]),
+        overlap_blocks=np.concatenate([s.ravel() for s in ovlp]),
+        block_offsets=np.arange(5) * 16, n_ao_per_atom=np.array([4, 4], np.int32),
+        weight=np.ones(4), alias_distance=np.full(4, np.inf), kmesh=np.array([1, 1, 1]),
+        fermi=mu, homo=mu, lumo=mu + 0.2, gap=0.2, n_electrons=8,
+        path_kpts=np.zeros((2, 3)), path_bands=np.array([[0.1, 0.5], [0.2, 0.6]]))
+    rec = Record(elements=np.array([5, 7]), coords=HBN_XYZ, cell=HBN_CELL, pbc=HBN_PBC,
+                 periodic=labels, key="hbn")
+    ref = graphs.fermi_referenced(rec).periodic
+    np.testing.assert_allclose(ref.fock_blocks, labels.fock_blocks - mu * labels.overlap_blocks)
+    assert (ref.fermi, ref.homo, ref.lumo) == (0.0, 0.0, pytest.approx(0.2))
+    np.testing.assert_allclose(ref.path_bands, labels.path_bands - mu)
+    raw_bands = graphs.kspace_labels(labels, 2).bands
+    np.testing.assert_allclose(graphs.kspace_labels(ref, 2).bands, raw_bands - mu, atol=1e-12)
+    spec = graphs.GraphSpec(SZV, CUTOFF, periodic=True, fermi_reference=True)
+    g = graphs.build_graph(rec, spec, validate=False)
+    g_raw = graphs.build_graph(rec, dataclasses.replace(spec, fermi_reference=False),
+                               validate=False)
+    assert np.abs(g.node_labels - g_raw.node_labels).max() > 0.05  # mu S on the diagonal

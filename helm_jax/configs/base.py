@@ -80,6 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.embedded_periodic = ""  # with path "embedded": graphene | hbn | diamond | small
     c.data.band_targets = False
     c.data.conduction_bands = 2
+    c.data.fermi_reference = False  # periodic: learn H - mu S (bands relative to E_F)
     # Keyword options of the reader (e.g. basis="gth-dzvp" for the DeepH and CP2K readers).
     c.data.reader_options = ml_collections.ConfigDict()
     c.data.split_seed = 0

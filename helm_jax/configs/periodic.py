@@ -5,6 +5,9 @@
     python experiments/run.py --config=experiments/periodic.py:diamond
     python experiments/run.py --config=experiments/periodic.py:small   # CI-sized h-BN run
 
+Flags: ``h_only`` (no band losses: the control), ``fermi`` (learn ``H - mu S``, bands
+relative to each cell's Fermi level; docs/periodic.md "Results": worse on h-BN).
+
 Data: the embedded distorted cells (``helm_jax/data/embedded/periodic_<set>.extxyz``:
 random strain, atomic displacements and, for the layers, an E2g phonon), labelled on first
 use by the project's labeller (KRKS PBE, GTH-PBE pseudopotentials, GTH-SZV, Gaussian density
@@ -31,7 +34,8 @@ SETS = ("graphene", "hbn", "diamond", "small")
 def get_config(variant: str = "graphene"):
     """C=32, 2 layers, l_max = m_max = 2 (GTH-SZV has s and p shells), 16 Gaussians, cutoff
     8 A, float32; Adam 2e-3 with warm-up and cosine decay; 2 cells per batch."""
-    v = parse_variant(variant, groups={"set": SETS}, flags=("h_only",), config="periodic")
+    v = parse_variant(variant, groups={"set": SETS}, flags=("h_only", "fermi"),
+                      config="periodic")
     name = v.choice["set"]
     c = base.get_config()
     c.name = f"periodic_{name}"
@@ -56,6 +60,9 @@ def get_config(variant: str = "graphene"):
     if "h_only" in v:  # the control: real-space blocks only
         c.name += "_h_only"
         c.losses.update(band_energy=0.0, band_gap=0.0)
+    if "fermi" in v:  # H - mu S: each cell's Hamiltonian relative to its Fermi level
+        c.name += "_fermi"
+        c.data.fermi_reference = True
     c.optim.update(name="adam", learning_rate=2e-3, weight_decay=0.0, schedule="cosine",
                    warmup_steps=100, final_lr_fraction=0.01, clip_norm=10.0)
     c.train.update(num_steps=3000, eval_every=250, checkpoint_every=250, log_every=50)

@@ -24,6 +24,8 @@
   band_targets: with ``periodic``, attach the band energies on the labels' k-mesh to each
     graph (the band losses and metrics need them).
   conduction_bands: conduction bands above the occupied ones in the band targets.
+  fermi_reference: with ``periodic``, learn ``H - mu S`` (bands relative to each cell's Fermi
+    level) instead of raw H (:func:`helm_jax.data.graphs.fermi_referenced`).
   reader_options: keyword options of the reader (e.g. ``{"basis": "gth-dzvp"}`` for the
     DeepH and CP2K readers).
 
@@ -133,7 +135,8 @@ def load_data(data_cfg: ml_collections.ConfigDict, *, cutoff: float, reduced_nod
                      spin_resolved=bool(spin_resolved),
                      charge_spin_embedding=charge_spin_embedding, periodic=periodic,
                      bands=periodic and bool(data_cfg.get("band_targets", False)),
-                     conduction_bands=int(data_cfg.get("conduction_bands", 2)))
+                     conduction_bands=int(data_cfg.get("conduction_bands", 2)),
+                     fermi_reference=periodic and bool(data_cfg.get("fermi_reference", False)))
     graphs = pipeline.GraphDataset(reader, spec, with_labels=True,
                                    cache=bool(data_cfg.cache_graphs))
     splits = splits_lib.from_config(data_cfg, reader)

@@ -67,6 +67,8 @@ class GraphSpec:
       bands: attach :class:`KSpaceLabels` (band targets on the labels' k-mesh) to periodic
         graphs (``config.losses`` with a band loss).
       conduction_bands: conduction bands above the occupied ones in the band targets.
+      fermi_reference: learn ``H(T) - mu S(T)`` of periodic labels instead of raw H(T)
+        (:func:`fermi_referenced`; bands then relative to the labels' Fermi level).
       charge_spin_embedding: whether the model reads each graph's charge and spin
         (``config.model.charge_spin_embedding``). True: both must lie in the embedding's
         range (:data:`MAX_CHARGE`, :data:`MAX_SPIN`); False: open-shell records
@@ -84,6 +86,7 @@ class GraphSpec:
     periodic: bool = False
     bands: bool = False
     conduction_bands: int = 2
+    fermi_reference: bool = False
 
     def __post_init__(self):
         if self.qm_targets not in QM_TARGETS:
@@ -366,6 +369,8 @@ def build_periodic_graph(record: Record, spec: GraphSpec, with_labels: bool = Tr
     if int(record.spin) != 0 or int(record.charge) != 0:
         raise ValueError(f"Record {record.key!r}: charged or open-shell cells (charge "
                          f"{record.charge}, 2S={record.spin}) are not supported yet.")
+    if spec.fermi_reference and record.periodic is not None:
+        record = fermi_referenced(record)
     pairs = periodic_lib.image_pairs(coords, cell, pbc, spec.cutoff)
     senders, receivers = pairs.i.astype(np.int32), pairs.j.astype(np.int32)
     translations = pairs.translation.astype(np.int32)
@@ -386,6 +391,26 @@ def build_periodic_graph(record: Record, spec: GraphSpec, with_labels: bool = Tr
                     translations=translations,
                     shifts=translations.astype(np.float64) @ cell,
                     edge_label_mask=label_mask, kspace=kspace)
+
+
+def fermi_referenced(record: Record) -> Record:
+    """The record with its periodic labels referenced to their Fermi level mu: blocks
+    ``H(T) - mu S(T)`` (``PeriodicLabels.fock_minus_mu_s``), and the Fermi level, HOMO,
+    LUMO and path bands shifted by ``-mu``, so every band is relative to the Fermi level
+    (docs/periodic.md, the HELM reference's convention for comparing structures).
+
+    Raises:
+      ValueError: labels without a Fermi level or overlap blocks.
+    """
+    labels = record.periodic
+    mu = labels.fermi
+    if mu is None or labels.overlap_blocks is None:
+        raise ValueError(f"Record {record.key!r}: a Fermi reference needs labels with a Fermi "
+                         "level and overlap blocks (data_prep/label.py --kmesh=...)")
+    shift = lambda x: None if x is None else x - mu  # noqa: E731
+    return dataclasses.replace(record, periodic=dataclasses.replace(
+        labels, fock_blocks=labels.fock_minus_mu_s(), fermi=0.0, homo=shift(labels.homo),
+        lumo=shift(labels.lumo), path_bands=shift(labels.path_bands)))
 
 
 def periodic_blocks(labels: PeriodicLabels, z: np.ndarray, template: basis_lib.Template,
