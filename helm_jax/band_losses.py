@@ -106,19 +106,18 @@ def _gap_error(out, batch, ctx: losses.LossContext):
 def band_energy(out, batch, ctx: losses.LossContext) -> losses.LossSums:
     """``sqrt(MSE) + MSE`` (Eh) of the lowest ``band_count`` band energies over the real
     k-points."""
-    return _rmse_plus_mse(losses._mse(*_band_error(out, batch, ctx)))
+    return _rmse_plus_mse(*_band_error(out, batch, ctx))
 
 
 @losses.register(needs=("bands",))
 def band_gap(out, batch, ctx: losses.LossContext) -> losses.LossSums:
     """``sqrt(MSE) + MSE`` (Eh) of the indirect band gap (insulators with a gap target)."""
-    return _rmse_plus_mse(losses._mse(*_gap_error(out, batch, ctx)))
+    return _rmse_plus_mse(*_gap_error(out, batch, ctx))
 
 
-def _rmse_plus_mse(mse: losses.LossSums) -> losses.LossSums:
-    """The loss form of ``losses.hamiltonian`` on the sums of an MSE."""
-    return losses.LossSums(mse.sums, lambda s: mse.combine(s) + jnp.sqrt(
-        mse.combine(s) + 1e-30))
+def _rmse_plus_mse(err, mask) -> losses.LossSums:
+    """The ``hamiltonian`` loss form (:func:`helm_jax.losses.rmse_plus_mse`) of masked errors."""
+    return losses.LossSums(losses._mse(err, mask).sums, losses.rmse_plus_mse)
 
 
 @losses.register(needs=("bands",))

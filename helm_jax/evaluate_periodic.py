@@ -200,11 +200,6 @@ def predicted_blocks(model: helm.HELM, params, graph: MolGraph, spec: GraphSpec,
 # ------------------------------------------------------------------ metrics
 
 
-def _pair_index(labels: PeriodicLabels) -> dict[tuple[int, ...], int]:
-    return {(int(i), int(j), *map(int, t)): p
-            for p, ((i, j), t) in enumerate(zip(labels.pairs, labels.translations))}
-
-
 def real_space_errors(graph: MolGraph, pred: PeriodicLabels, labels: PeriodicLabels,
                       shell_width: float = 1.0) -> dict[str, float]:
     """H MAE (Eh) over the labelled entries: ``h_mae``, ``h_mae_onsite`` and
@@ -222,7 +217,7 @@ def real_space_errors(graph: MolGraph, pred: PeriodicLabels, labels: PeriodicLab
     if not np.array_equal(pred.n_ao_per_atom, labels.n_ao_per_atom):
         raise ValueError(f"{graph.key!r}: predicted AOs per atom {pred.n_ao_per_atom.tolist()}"
                          f" differ from the labels' {labels.n_ao_per_atom.tolist()}")
-    lab, prd = _pair_index(labels), _pair_index(pred)
+    lab, prd = labels.pair_index(), pred.pair_index()
     sums: dict[str, list[float]] = {}
 
     def add(name, key):
@@ -368,7 +363,7 @@ def evaluate_structure(record: Record, graph: MolGraph, spec: GraphSpec, predict
     metrics = real_space_errors(graph, pred, labels, shell_width)
     covered = {(int(a), int(b), *map(int, t)) for a, b, t in zip(
         graph.senders, graph.receivers, graph.translations)}
-    beyond = sum(1 for key in _pair_index(labels) if key not in covered
+    beyond = sum(1 for key in labels.pair_index() if key not in covered
                  and not (key[0] == key[1] and not any(key[2:])))
     metrics.update(n_edges=graph.n_edge, n_labelled_edges=int(graph.labelled_edges().sum()),
                    n_label_pairs_beyond_cutoff=beyond)

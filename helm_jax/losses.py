@@ -257,12 +257,17 @@ def hamiltonian(out, batch, ctx: LossContext) -> LossSums:
     ee, me = edge_error(out, batch, ctx)
     se = jnp.sum(jnp.where(mn, en * en, 0.0)) + jnp.sum(jnp.where(me, ee * ee, 0.0))
     n = jnp.sum(mn) + jnp.sum(me)
-    return LossSums({"se": se, "n": n.astype(se.dtype)},
-                   lambda s: _safe_mse(s) + jnp.sqrt(_safe_mse(s) + 1e-30))
+    return LossSums({"se": se, "n": n.astype(se.dtype)}, rmse_plus_mse)
 
 
 def _safe_mse(s):
     return s["se"] / jnp.maximum(s["n"], 1.0)
+
+
+def rmse_plus_mse(s):
+    """``MSE + sqrt(MSE)`` of summed squared errors ``{"se", "n"}``: the combine of the
+    ``hamiltonian`` loss and the band losses."""
+    return _safe_mse(s) + jnp.sqrt(_safe_mse(s) + 1e-30)
 
 
 def _h_abs_sums(out, batch, ctx: LossContext, spin: str):

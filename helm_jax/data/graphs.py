@@ -432,8 +432,7 @@ def periodic_blocks(labels: PeriodicLabels, z: np.ndarray, template: basis_lib.T
     """
     a = template.n_ao
     amap = {int(zi): template.ao_map(int(zi)) for zi in set(z.tolist())}
-    index = {(int(i), int(j), *map(int, t)): p for p, ((i, j), t) in
-             enumerate(zip(labels.pairs, labels.translations))}
+    index = labels.pair_index()
 
     def padded(p, i, j):
         mi, mj = amap[int(z[i])], amap[int(z[j])]

@@ -81,6 +81,11 @@ class PeriodicLabels:
     path_kpts: np.ndarray | None = None
     path_bands: np.ndarray | None = None
 
+    def pair_index(self) -> dict[tuple[int, int, int, int, int], int]:
+        """``{(i, j, T1, T2, T3): p}``: the stored pair of each ``(i, j, T)``."""
+        return {(int(i), int(j), *map(int, t)): p
+                for p, ((i, j), t) in enumerate(zip(self.pairs, self.translations))}
+
     @property
     def n_pairs(self) -> int:
         """Number of stored pairs (on-site included)."""
