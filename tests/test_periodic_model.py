@@ -115,8 +115,20 @@ def test_rotating_cell_and_atoms_rotates_every_block_and_keeps_the_bands(model):
     g = _graph([5, 7], HBN_XYZ, HBN_CELL, HBN_PBC)
     g_rot = _graph([5, 7], HBN_XYZ @ rot.T, HBN_CELL @ rot.T, HBN_PBC)
     np.testing.assert_array_equal(g.translations, g_rot.translations)  # same (i, j, T)
-    hk, _ = _hk(model_, params, g)
-    hk_rot, _ = _hk(model_, params, g_rot)
+    hk, out = _hk(model_, params, g)
+    hk_rot, out_rot = _hk(model_, params, g_rot)
+    # Every predicted H_ij(T) block (edges) and on-site block: D_i B D_j^T.
+    node_layout, edge_layout = graphs.layouts_for(SZV, True)
+    maps = [SZV.ao_map(z) for z in (5, 7)]
+    d_atom = [_ao_wigner([z], rot) for z in (5, 7)]
+    for layout, key, pairs in ((edge_layout, "edge_h", zip(g.senders, g.receivers)),
+                               (node_layout, "node_h", ((a, a) for a in range(2)))):
+        blocks, blocks_rot = (layout.irreps_to_blocks(o[key]) for o in (out, out_rot))
+        for e, (a, b) in enumerate(pairs):
+            blk = blocks[e][np.ix_(maps[a], maps[b])]
+            want = d_atom[a] @ blk @ d_atom[b].T
+            got = blocks_rot[e][np.ix_(maps[a], maps[b])]
+            assert np.abs(got - want).max() < 1e-10 * max(np.abs(blk).max(), 1e-3), (key, e)
     d = _ao_wigner([5, 7], rot)
     expected = np.einsum("ab,kbc,dc->kad", d, hk, d)
     assert np.abs(hk).max() > 1e-2
