@@ -234,7 +234,9 @@ def edge_error(out, batch, ctx: LossContext, spin: str | None = None):
     z = batch.nodes["species"]
     zs, zr = z[batch.senders], z[batch.receivers]
     real = batching.edge_mask(z, batch.senders, batch.receivers)
-    has_h = batch.globals["h_mask"][batching.graph_of_nodes(batch)][batch.senders]
+    # The receiver's graph (a sender may be a halo row of a graph-parallel part, which
+    # belongs to the padding graph; for every real edge both are the same graph).
+    has_h = batch.globals["h_mask"][batching.graph_of_nodes(batch)][batch.receivers]
     if "h_label_mask" in batch.edges:  # periodic: edges (i, j, T) the labels do not store
         has_h = has_h & batch.edges["h_label_mask"]
     mask = graphs_lib.label_masks(zs, zr, ctx.edge_layout, ctx.slot_table)

@@ -18,6 +18,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 AXIS = "data"
+GRAPH_AXIS = "graph"  # graph parallelism: one structure's parts (helm_jax/graph_parallel.py)
 
 
 def initialize_distributed() -> None:
@@ -32,15 +33,28 @@ def initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def make_mesh(n_devices: int | None = None) -> jax.sharding.Mesh:
-    """A 1-D mesh over the first ``n_devices`` devices (default: all) with axis ``data``."""
+def make_mesh(n_devices: int | None = None, graph_devices: int = 1) -> jax.sharding.Mesh:
+    """A mesh over the first ``n_devices`` devices (default: all).
+
+    ``graph_devices = 1``: a 1-D mesh with axis ``data``. ``graph_devices = P > 1``: a 2-D
+    mesh ``('data', 'graph')`` of shape ``(n_devices / P, P)``, each structure split over
+    the ``P`` devices of a row (:mod:`helm_jax.graph_parallel`). The ``graph`` axis is the
+    minor one, so on multi-host meshes a structure's parts sit on one host's devices
+    (fast links) as long as ``P`` divides the devices per host.
+    """
     devices = jax.devices()
     n = len(devices) if n_devices is None else n_devices
     if n > len(devices):
         raise ValueError(f"Asked for {n} devices but JAX sees {len(devices)}: {devices}. On "
                          "CPU, fake devices with XLA_FLAGS=--xla_force_host_platform_device_"
                          "count=N before JAX starts.")
-    return jax.sharding.Mesh(devices[:n], (AXIS,))
+    if graph_devices == 1:
+        return jax.sharding.Mesh(devices[:n], (AXIS,))
+    if graph_devices < 1 or n % graph_devices:
+        raise ValueError(f"graph_devices={graph_devices} must divide the {n} devices "
+                         "(config.parallel.graph_devices, config.num_devices).")
+    grid = np.asarray(devices[:n], dtype=object).reshape(n // graph_devices, graph_devices)
+    return jax.sharding.Mesh(grid, (AXIS, GRAPH_AXIS))
 
 
 def _put(tree: Any, sharding: NamedSharding) -> Any:
@@ -60,13 +74,19 @@ def _put(tree: Any, sharding: NamedSharding) -> Any:
 
 
 def shard(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-    """Places arrays with a leading device axis on the mesh (one slice per device)."""
-    return _put(tree, NamedSharding(mesh, P(AXIS)))
+    """Places arrays with leading device axes on the mesh (one slice per device): ``[D]``
+    on a 1-D mesh, ``[D, P]`` on a ``('data', 'graph')`` mesh."""
+    return _put(tree, NamedSharding(mesh, P(*mesh.axis_names)))
 
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     """Places arrays on every device of the mesh."""
     return _put(tree, NamedSharding(mesh, P()))
+
+
+def mesh_axes(mesh: jax.sharding.Mesh) -> tuple[str, ...]:
+    """The axes loss sums and metrics are ``psum``-ed over: every axis of the mesh."""
+    return tuple(mesh.axis_names)
 
 
 def is_main_process() -> bool:
@@ -79,12 +99,15 @@ def data_parallel(fn: Callable, mesh: jax.sharding.Mesh, n_replicated: int = 1,
     """``jit(shard_map(fn))``: the first ``n_replicated`` arguments are replicated, the rest
     are device-stacked batches; every output is replicated (reduce it inside ``fn``).
 
-    ``fn`` sees one device's slice of each batch argument with the leading axis of size 1
-    removed.
+    ``fn`` sees one device's slice of each batch argument with the leading axes of size 1
+    removed (one per mesh axis: ``[D, ...]`` on a 1-D mesh, ``[D, P, ...]`` on a
+    ``('data', 'graph')`` mesh).
     """
+    n_axes = len(mesh.axis_names)
+
     def per_device(*args):
         reps, batches = args[:n_replicated], args[n_replicated:]
-        batches = jax.tree.map(lambda x: x[0], batches)
+        batches = jax.tree.map(lambda x: x[(0,) * n_axes], batches)
         return fn(*reps, *batches)
 
     # On a one-device mesh every value is trivially replicated: without the replication
@@ -94,7 +117,8 @@ def data_parallel(fn: Callable, mesh: jax.sharding.Mesh, n_replicated: int = 1,
     check_vma = mesh.devices.size > 1
 
     def wrapped(*args):
-        in_specs = tuple([P()] * n_replicated + [P(AXIS)] * (len(args) - n_replicated))
+        in_specs = tuple([P()] * n_replicated
+                         + [P(*mesh.axis_names)] * (len(args) - n_replicated))
         mapped = jax.shard_map(per_device, mesh=mesh, in_specs=in_specs, out_specs=P(),
                                check_vma=check_vma)
         return mapped(*args)

@@ -10,7 +10,7 @@ mounts) only the PID check of a same-host run is reliable.
 :func:`check_resume_config` compares a resumed run's config with the one stored in its
 checkpoint and refuses a change that alters the results (model, data, losses, optimiser,
 seed) unless ``config.train.allow_config_change`` is set; the fields in :data:`HARMLESS`
-(step budget, logging, evaluation and checkpoint cadence, prefetching, device count) may
+(step budget, logging, evaluation and checkpoint cadence, prefetching, device counts) may
 change freely.
 """
 
@@ -30,8 +30,8 @@ LOCK_NAME = "run.lock"
 
 # Config fields a resumed run may change without changing what it trains.
 HARMLESS = frozenset({
-    "name", "num_devices", "train.num_steps", "train.log_every", "train.eval_every",
-    "train.checkpoint_every", "train.keep_checkpoints", "train.max_eval_molecules",
+    "name", "num_devices", "parallel.graph_devices", "train.num_steps", "train.log_every",
+    "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints", "train.max_eval_molecules",
     "train.allow_config_change", "data.prefetch"})
 
 

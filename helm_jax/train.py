@@ -89,11 +89,15 @@ class TrainState:
 
 def make_train_step(model, tx, ctx, weights: dict[str, float], need: set[str],
                     frozen_backbone: bool = False, ema_decay: float = 0.0,
-                    loss_modules: tuple = ()):
+                    loss_modules: tuple = (), axes: str | tuple[str, ...] = parallel.AXIS):
     """Per-device train step ``(state, batch) -> (state, metrics)`` (map it over the mesh
     with ``parallel.data_parallel(step, mesh)``): masked loss sums are ``psum``-ed over the
-    ``data`` axis before dividing, so gradients are those of the global batch."""
+    mesh ``axes`` (``data``; ``('data', 'graph')`` with graph parallelism) before dividing,
+    so gradients are those of the global batch."""
     loss_fns = {name: losses_lib.resolve(name, loss_modules) for name in weights}
+
+    def _psum(tree):
+        return jax.lax.psum(tree, axes)
 
     def step(state: TrainState, batch):
         def loss_fn(p):
@@ -122,10 +126,6 @@ def make_train_step(model, tx, ctx, weights: dict[str, float], need: set[str],
         return state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **values}
 
     return step
-
-
-def _psum(tree):
-    return jax.lax.psum(tree, parallel.AXIS)
 
 
 def precision(config) -> np.dtype:
@@ -301,16 +301,21 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[_Run, Train
     """Data, model, optimiser, checkpointer and logger of a run; its state restored from the
     workdir, or initialised (with a transferred backbone for frozen / finetune)."""
     dtype = precision(config)
-    mesh = parallel.make_mesh(config.num_devices)
+    graph_devices = int(config.parallel.graph_devices)
+    mesh = parallel.make_mesh(config.num_devices, graph_devices)
     data = load_data(config, workdir)
     protocol = config.transfer.protocol
     model, weights, need, ctx = model_and_losses(config, data)
+    if graph_devices > 1 and need & {"qm", "bands"}:
+        raise ValueError(f"Losses {sorted(weights)} need each structure's whole H on one "
+                         "device (orbital or band energies): use "
+                         "--config.parallel.graph_devices=1 with them.")
     train_it = pipeline.BatchIterator(
         data.graphs, data.splits["train"], _stored_budgets(config, data, workdir),
-        n_devices=mesh.size, seed=int(config.seed), stats=data.stats, dtype=dtype,
-        prefetch=int(config.data.prefetch))
-    params = _init_params(model, train_it.make_batch(*train_it.plan(0)[0]), int(config.seed),
-                          config.model.init_scale)
+        n_devices=mesh.shape[parallel.AXIS], seed=int(config.seed), stats=data.stats,
+        dtype=dtype, prefetch=int(config.data.prefetch), graph_parts=graph_devices)
+    params = _init_params(model, train_it.make_batch(*train_it.plan(0)[0], partition=False),
+                          int(config.seed), config.model.init_scale)
     tx = build_optimizer(config.optim, int(config.train.num_steps), protocol, params)
     plateau_tx = plateau_schedule(config.optim)
     ckpt = ckpt_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
@@ -328,7 +333,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[_Run, Train
         state = TrainState.create(params, tx, plateau_tx, int(config.seed), ema=ema_decay > 0)
     step_fn = parallel.data_parallel(make_train_step(
         model, tx, ctx, weights, need, protocol == "frozen", ema_decay,
-        tuple(config.loss_modules)), mesh)
+        tuple(config.loss_modules), parallel.mesh_axes(mesh)), mesh)
     run = _Run(config=config, workdir=workdir, data=data, mesh=mesh, train_it=train_it,
                step_fn=step_fn, plateau_tx=plateau_tx,
                evaluator=Evaluator(model, data, config, ctx, weights, need, dtype),
@@ -365,7 +370,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         stream = iter(run.train_it)
         while int(state.step) < num_steps and not stop["sigterm"]:
             batch = next(stream)
-            run.logger.count(int(np.sum(batch.globals["h_mask"] | batch.globals["energy_mask"])))
+            run.logger.count(_molecules(batch))
             state, values = run.step_fn(state, parallel.shard(batch, run.mesh))
             step, values = int(state.step), {k: float(v) for k, v in
                                              jax.device_get(values).items()}
@@ -404,6 +409,13 @@ def _finish(run: _Run, state: TrainState, seconds: float) -> dict[str, Any]:
                 run.evaluator.model, state.eval_params, run.data, "test",
                 workdir=run.workdir, dtype=run.evaluator.dtype)["summary"]
     return result
+
+
+def _molecules(batch) -> int:
+    """Labelled molecules in a stacked step batch (each once with graph parallelism, whose
+    ``[D, P, ...]`` parts all carry every graph's globals)."""
+    labelled = batch.globals["h_mask"] | batch.globals["energy_mask"]
+    return int(np.sum(labelled[:, 0] if "halo_send" in batch.globals else labelled))
 
 
 def _check_finite(values: dict[str, float], step: int, run: _Run, batch) -> None:

@@ -65,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.name = "base"
     c.seed = 0
     c.num_devices = ml_collections.FieldReference(None, field_type=int)  # None: all devices
+    # Graph parallelism (docs/graph_parallel.md): each structure split over graph_devices
+    # devices (a ('data', 'graph') mesh; the other devices stay data parallel). 1: off.
+    c.parallel = ml_collections.ConfigDict(dict(graph_devices=1))
 
     c.data = ml_collections.ConfigDict()
     c.data.path = "embedded"  # a dataset file (see helm_jax/data/readers/) or "embedded"

@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 import jraph
 import numpy as np
 
+from helm_jax import graph_parallel
 from helm_jax.data import batching
 from helm_jax.data.graphs import GraphSpec, MolGraph, build_graph, radius_edges
 from helm_jax.data.statistics import Statistics
@@ -119,12 +120,17 @@ class BatchIterator:
       stats: energies are shipped as ``E - E_ref`` (float64 on host, then cast).
       dtype: float dtype of positions and labels.
       prefetch: batches prepared ahead by a background thread (0: none).
+      graph_parts: ``P > 1`` splits every device batch into ``P`` parts for the ``graph``
+        mesh axis (:func:`helm_jax.graph_parallel.partition_batches`, in the prefetch
+        thread): arrays then lead with ``[n_devices, P]``.
     """
 
     def __init__(self, data: GraphDataset, indices: Sequence[int], batch: BatchConfig,
                  n_devices: int = 1, seed: int = 0, shuffle: bool = True,
-                 stats: Statistics | None = None, dtype=np.float32, prefetch: int = 2):
+                 stats: Statistics | None = None, dtype=np.float32, prefetch: int = 2,
+                 graph_parts: int = 1):
         self.data = data
+        self.graph_parts = int(graph_parts)
         self.indices = np.asarray(indices, np.int64)
         self.n_devices = n_devices
         self.seed = seed
@@ -192,8 +198,10 @@ class BatchIterator:
 
     # -- batches --------------------------------------------------------------------------
 
-    def make_batch(self, bucket: int, per_device: list[list[int]]) -> jraph.GraphsTuple:
-        """Builds one stacked step batch."""
+    def make_batch(self, bucket: int, per_device: list[list[int]], partition: bool = True
+                   ) -> jraph.GraphsTuple:
+        """Builds one stacked step batch (split for the ``graph`` axis unless
+        ``partition`` is False)."""
         out = []
         for idx in per_device:
             graphs = [self._graph(i) for i in idx]
@@ -203,6 +211,9 @@ class BatchIterator:
                                           periodic=self.periodic,
                                           template=self.data.spec.template
                                           if self.data.spec is not None else None))
+        if partition and self.graph_parts > 1:
+            return graph_parallel.stack_parts(
+                graph_parallel.partition_batches(out, self.graph_parts))
         return batching.stack_device_batches(out)
 
     def _graph(self, i: int) -> MolGraph:

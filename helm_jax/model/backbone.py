@@ -160,8 +160,14 @@ class HELMLayer(nn.Module):
         receivers: jax.Array,  # [E]
         node_mask: jax.Array,  # [N]
         edge_mask: jax.Array,  # [E]
+        exchange=None,  # graph_parallel.HaloExchange or None
     ) -> tuple[jax.Array, Optional[jax.Array]]:
-        """Updates node (and edge) features; returns ``(h [N, K, C], e [E, K, C] or None)``."""
+        """Updates node (and edge) features; returns ``(h [N, K, C], e [E, K, C] or None)``.
+
+        With ``exchange`` (graph parallelism, :mod:`helm_jax.graph_parallel`) the halo rows
+        of ``h`` are refreshed from their owners after the node update, before the edge
+        update reads them.
+        """
         num_edges = senders.shape[0]
         kw, _, fkw = self._kw()
         node_keep = node_mask[:, None, None].astype(self.dtype)
@@ -188,6 +194,8 @@ class HELMLayer(nn.Module):
         h = h + layers.FeedForward(name='node_ffn', **fkw)(
             layers.EquivariantRMSNorm(self.l_max, name='node_norm_ffn', **kw)(h))
         h = h * node_keep
+        if exchange is not None:
+            h = exchange(h)
 
         if not self.compute_edges:
             return h, None
@@ -270,6 +278,7 @@ class HELMBackbone(nn.Module):
         charge: Optional[jax.Array] = None,  # [N] int
         spin: Optional[jax.Array] = None,  # [N] int
         edge_shifts: Optional[jax.Array] = None,  # [E, 3]
+        exchange=None,
     ) -> tuple[jax.Array, Optional[jax.Array]]:
         """Compute node and (if ``compute_edges``) edge features.
 
@@ -285,6 +294,10 @@ class HELMBackbone(nn.Module):
             with ``charge_spin_embedding``.
           edge_shifts: Cartesian lattice shift of each edge of a periodic graph (edge
             vector ``positions[receivers] + shift - positions[senders]``; None: molecules).
+          exchange: graph parallelism (:class:`helm_jax.graph_parallel.HaloExchange`): the
+            nodes are one part's local rows, whose halo rows are refreshed from their
+            owners after the node initialisation and after every layer's node update;
+            None: the whole graph is here.
 
         Returns:
           ``(nodes, edges)``: node features ``[N, (l_max+1)^2, C]`` and edge features
@@ -330,6 +343,8 @@ class HELMBackbone(nn.Module):
         if self.charge_spin_embedding:
             h0 = h0 + self._charge_spin(num_nodes, charge, spin, **kw)
         h = h.at[:, 0, :].add(h0) * node_mask[:, None, None].astype(dtype)
+        if exchange is not None:
+            h = exchange(h)
         e = jnp.zeros((num_edges, size, self.channels), dtype) if compute_edges else None
 
         layer_cls = nn.remat(HELMLayer) if self.remat else HELMLayer
@@ -341,7 +356,7 @@ class HELMBackbone(nn.Module):
                 matmul_dtype=matmul_dtype, edge_chunk_size=self.edge_chunk_size,
                 chunk_edges_above=self.chunk_edges_above, name=f'layer_{i}', **kw)(
                     h, e, wigner, edge_scalars, edge_weight, senders, receivers, node_mask,
-                    edge_mask)
+                    edge_mask, exchange)
 
         nodes = layers.EquivariantRMSNorm(self.l_max, name='node_norm_out', **kw)(h)
         nodes = nodes * node_mask[:, None, None].astype(dtype)

@@ -30,6 +30,7 @@ import jraph
 import ml_collections
 
 from helm_jax import basis as basis_lib
+from helm_jax import graph_parallel
 from helm_jax.data import batching
 from helm_jax.data import graphs as graphs_lib
 from helm_jax.model import backbone as backbone_lib
@@ -75,7 +76,7 @@ class HELM(nn.Module):
     @nn.compact
     def __call__(self, species, positions, senders, receivers, node_graph, num_graphs: int,
                  hamiltonian: bool = True, energy: bool = True, charge=None,
-                 spin=None, edge_shifts=None) -> dict[str, jax.Array]:
+                 spin=None, edge_shifts=None, halo=None) -> dict[str, jax.Array]:
         """Runs the network.
 
         Args:
@@ -91,6 +92,11 @@ class HELM(nn.Module):
           edge_shifts: ``[E, 3]`` Cartesian lattice shift ``T @ cell`` of each edge of a
             periodic graph (edge vector ``positions[receivers] + shift - positions[senders]``);
             None: molecules (no shift).
+          halo: graph parallelism (:class:`helm_jax.graph_parallel.HaloExchange`, inside
+            ``shard_map`` over its axis): the inputs are one part's local batch; positions,
+            charge and spin of the halo rows come from their owners (so forces are exact),
+            the backbone refreshes halo features every layer, and energies are summed over
+            the parts. None: the whole batch is here.
 
         Returns:
           dict with ``node_h [N, D_node]``, ``edge_h [E, D_edge]`` (if ``hamiltonian``; the
@@ -102,10 +108,14 @@ class HELM(nn.Module):
         edge_mask = batching.edge_mask(species, senders, receivers)
         node_charge = None if charge is None else jnp.asarray(charge)[node_graph]
         node_spin = None if spin is None else jnp.asarray(spin)[node_graph]
+        if halo is not None:  # halo rows sit in the padding graph: take theirs from owners
+            positions = halo(positions)
+            node_charge = None if node_charge is None else halo(node_charge)
+            node_spin = None if node_spin is None else halo(node_spin)
         nodes, edges = self.backbone(species, positions, senders, receivers, node_mask,
                                      edge_mask, compute_edges=hamiltonian,
                                      charge=node_charge, spin=node_spin,
-                                     edge_shifts=edge_shifts)
+                                     edge_shifts=edge_shifts, exchange=halo)
         out = {}
         if hamiltonian:
             node_open = None if node_spin is None else node_spin != 0
@@ -119,10 +129,16 @@ class HELM(nn.Module):
                     nodes, edges, node_mask, edge_mask, node_open,
                     None if node_open is None else node_open[senders]))
         if energy:
+            owned = node_mask
+            if halo is not None:  # halo rows are other parts' atoms: count each on its owner
+                owned = node_mask & (jnp.arange(node_mask.shape[0])
+                                     < node_mask.shape[0] - halo.num_halo)
             e = energy_lib.EnergyHead(self.energy_hidden, dtype=self.backbone.dtype,
                                       param_dtype=self.backbone.param_dtype,
-                                      name="energy_head")(nodes, node_mask, node_graph,
+                                      name="energy_head")(nodes, owned, node_graph,
                                                           num_graphs)
+            if halo is not None:  # every part's share of each graph's energy
+                e = jax.lax.psum(e, halo.axis)
             out["energy"] = e * self.energy_scale
         return out
 
@@ -161,7 +177,8 @@ def build_model(config: ml_collections.ConfigDict, template: basis_lib.Template,
 def batch_inputs(graph: jraph.GraphsTuple) -> dict[str, Any]:
     """Model keyword inputs from one padded batch (no leading device axis): with the
     graphs' ``charge`` and ``spin`` (2S) from ``globals`` (zeros where a batch lacks them)
-    and, for periodic batches, the edges' lattice shifts (``edges["shift"]``)."""
+    and, for periodic batches, the edges' lattice shifts (``edges["shift"]``); for one part
+    of a graph-parallel batch (``globals["halo_send"]``) its halo exchange."""
     num_graphs = graph.n_node.shape[0]
     glob = graph.globals if isinstance(graph.globals, dict) else {}
     edges = graph.edges if isinstance(graph.edges, dict) else {}
@@ -170,7 +187,7 @@ def batch_inputs(graph: jraph.GraphsTuple) -> dict[str, Any]:
                 senders=graph.senders, receivers=graph.receivers,
                 node_graph=batching.graph_of_nodes(graph), num_graphs=num_graphs,
                 charge=glob.get("charge", zeros), spin=glob.get("spin", zeros),
-                edge_shifts=edges.get("shift"))
+                edge_shifts=edges.get("shift"), halo=graph_parallel.halo_exchange_of(glob))
 
 
 def energy_and_forces(model: HELM, params, inputs: dict[str, Any], **kw):
