@@ -11,6 +11,14 @@ Open shells (a model with ``config.heads.spin`` other than "none"; docs/model_an
 ``predict_hamiltonian`` returns ``[2, n_ao, n_ao]`` (alpha, beta) for 2S != 0,
 ``initial_guess`` a UKS density ``[2, n_ao, n_ao]``.
 
+Large structures (docs/using_a_checkpoint.md, "Sparse Hamiltonians"): above
+``Predictor.sparse_above_ao`` AOs (:data:`SPARSE_ABOVE_AO`) ``predict_hamiltonian`` returns
+a block-sparse ``scipy.sparse.csr_matrix`` (:mod:`helm_jax.sparse_hamiltonian`; a tuple
+``(alpha, beta)`` of two for an open shell) instead of a dense array; ``sparse=True/False``
+forces either. What needs dense matrices (a dense H, ``initial_guess``, the orbital energies
+of ``write_predictions``) is refused above ``Predictor.dense_limit_ao`` AOs
+(:data:`DENSE_LIMIT_AO`) with a ValueError instead of running out of memory.
+
 Inputs are ``ase.Atoms``, built ``pyscf.gto.Mole`` objects (whose basis and ECP must be the
 checkpoint's) or :class:`helm_jax.data.records.Record`, alone or in a list. Molecules are
 grouped by size class (atom and edge counts rounded up to powers of two) and batched with
@@ -27,10 +35,12 @@ from typing import Any, Callable, Iterator, Sequence
 import h5py
 import jax
 import numpy as np
+import scipy.sparse as sp
 
 from helm_jax import basis as basis_lib
 from helm_jax import checkpoint as ckpt_lib
 from helm_jax import pyscf_metrics
+from helm_jax import sparse_hamiltonian as sparse_lib
 from helm_jax.data import batching, geometry, h5format, labelling
 from helm_jax.data.graphs import GraphSpec, MolGraph, build_graph
 from helm_jax.data.records import Record
@@ -38,6 +48,19 @@ from helm_jax.units import HARTREE_EV
 from helm_jax.model import assemble, helm
 
 MIN_NODES, MIN_EDGES = 4, 8  # smallest size classes (atoms, directed edges)
+
+#: Default ``Predictor.sparse_above_ao``: structures with more AOs get a CSR H by default.
+#: A dense H of 4,096 AOs is 128 MiB (its dense assembly peaks at about 5.5 such matrices);
+#: by then a 5 A cutoff leaves a large share of the atom pairs without a block, and the CSR
+#: (12 bytes per stored entry) is the smaller one.
+SPARSE_ABOVE_AO = 4096
+#: Default ``Predictor.dense_limit_ao``: the most AOs of a dense H, initial guess or
+#: eigen-solution. Measured peaks (docs/using_a_checkpoint.md, "Sparse Hamiltonians"): the
+#: dense assembly takes 5.5 and the eigensolver 5.0 extra ``n_ao x n_ao`` float64 matrices on
+#: top of H and S, so an initial guess needs about 8 x 8 n_ao^2 bytes: 15.3 GiB at 16,000 AOs,
+#: which leaves room for Python, JAX and PySCF on a 24 GiB machine (20,000 AOs would need
+#: 23.8 GiB).
+DENSE_LIMIT_AO = 16000
 
 
 def _pow2(n: int, minimum: int) -> int:
@@ -113,10 +136,22 @@ class Predictor:
       loaded: :func:`helm_jax.checkpoint.load_model` output.
       max_molecules: most molecules per batch.
       max_edges: most padded edges per batch (a larger molecule gets a batch of its own).
+      sparse_above_ao: ``predict_hamiltonian`` returns a CSR matrix for structures with more
+        AOs than this (:data:`SPARSE_ABOVE_AO`), a dense array otherwise.
+      dense_limit_ao: the most AOs of any dense matrix (dense H, initial guess, orbital
+        energies): above it those raise a ValueError naming the fix instead of running out
+        of memory (:data:`DENSE_LIMIT_AO`, sized for a 24 GiB machine; raise it on a larger
+        one, about ``sqrt(free bytes / 64)``).
     """
 
     def __init__(self, loaded: ckpt_lib.LoadedModel, max_molecules: int = 16,
-                 max_edges: int = 16384):
+                 max_edges: int = 16384, sparse_above_ao: int = SPARSE_ABOVE_AO,
+                 dense_limit_ao: int = DENSE_LIMIT_AO):
+        if int(sparse_above_ao) > int(dense_limit_ao):
+            raise ValueError(f"sparse_above_ao={sparse_above_ao} is above dense_limit_ao="
+                             f"{dense_limit_ao}: structures in between would get a dense H "
+                             "they are not allowed; set sparse_above_ao <= dense_limit_ao.")
+        self.sparse_above_ao, self.dense_limit_ao = int(sparse_above_ao), int(dense_limit_ao)
         self.config, self.template, self.stats = loaded.config, loaded.template, loaded.stats
         self.step = loaded.step
         self.dtype = np.dtype(self.config.model.dtype)
@@ -212,31 +247,86 @@ class Predictor:
                 "one restricted, closed-shell H. Use a checkpoint trained with those flags on "
                 "spin-resolved (unrestricted) labels.")
 
-    def predict_hamiltonian(self, x) -> np.ndarray | list[np.ndarray]:
+    def n_ao(self, x) -> int:
+        """Number of AOs of a structure (``ase.Atoms``, Mole or Record) in the checkpoint's
+        basis."""
+        r = to_record(x, self.template)
+        return basis_lib.molecule_n_ao(r.elements, self.template.basis,
+                                       self.template.ecp or None)
+
+    def check_dense(self, n_ao: int, what: str = "A dense H") -> None:
+        """Raises ValueError if ``n_ao`` exceeds :attr:`dense_limit_ao`.
+
+        The message names the limit, the memory a dense matrix would need and the fixes.
+        """
+        if n_ao <= self.dense_limit_ao:
+            return
+        gib = 8.0 * n_ao * n_ao / 2 ** 30
+        raise ValueError(
+            f"{what} of {n_ao} AOs needs {n_ao}x{n_ao} dense float64 matrices ({gib:.1f} GiB "
+            f"each, about 8 of them at the peak of an initial guess), above this predictor's "
+            f"dense limit of {self.dense_limit_ao} AOs (Predictor(dense_limit_ao=...), default "
+            f"{DENSE_LIMIT_AO} for a 24 GiB machine). Use the block-sparse H instead: "
+            "predictor.predict_hamiltonian(x) returns a scipy.sparse CSR matrix above "
+            f"{self.sparse_above_ao} AOs (or pass sparse=True), for sparse or iterative "
+            "solvers; or, on a machine with more memory, raise dense_limit_ao to about "
+            "sqrt(free bytes / 64).")
+
+    def _sparse_choice(self, n_ao: int, sparse: bool | None) -> bool:
+        """Whether a structure of ``n_ao`` AOs gets a CSR H (``sparse`` None: automatic)."""
+        if sparse is None:
+            return n_ao > self.sparse_above_ao
+        if not sparse:
+            self.check_dense(n_ao, "A dense H (sparse=False)")
+        return bool(sparse)
+
+    def predict_hamiltonian(self, x, sparse: bool | None = None) -> Any:
         """Predicted H (Eh, PySCF AO order of the checkpoint's basis, symmetrised).
 
         Args:
           x: an ``ase.Atoms``, built ``pyscf.gto.Mole`` or Record, or a list of them.
+          sparse: None (default): a block-sparse ``scipy.sparse.csr_matrix`` for structures
+            of more than :attr:`sparse_above_ao` AOs, a dense array otherwise; True: CSR for
+            every structure; False: dense for every structure (refused above
+            :attr:`dense_limit_ao`). Both forms hold the same numbers: the CSR matrix stores
+            the blocks of the atom pairs within the cutoff (the dense one is 0 elsewhere).
 
         Returns:
-          ``[n_ao, n_ao]`` float64 for a closed shell (2S = 0), ``[2, n_ao, n_ao]`` (alpha,
-          beta) for an open shell (a spin-resolved model only); a list of them for a list
-          input.
+          Dense: ``[n_ao, n_ao]`` float64 for a closed shell (2S = 0), ``[2, n_ao, n_ao]``
+          (alpha, beta) for an open shell (a spin-resolved model only). Sparse: one
+          ``csr_matrix`` ``[n_ao, n_ao]`` for a closed shell, a tuple ``(alpha, beta)`` of
+          them for an open shell. A list of them for a list input.
 
         Raises:
-          ValueError: an open-shell molecule for a model that is not spin-resolved.
+          ValueError: an open-shell molecule for a model that is not spin-resolved, or
+            ``sparse=False`` for a structure above :attr:`dense_limit_ao`.
         """
         single, records = self._records(x)
         self._check_open_shell(records)
-        out: list[np.ndarray | None] = [None] * len(records)
+        want = [self._sparse_choice(self.n_ao(r), sparse) for r in records]
+        out: list[Any] = [None] * len(records)
+        layouts = (self.spec.node_layout, self.spec.edge_layout, self.stats)
         for idx, batch in self.batches(self.graphs(records)):
             pred = jax.device_get(self._hamiltonian(self.params, batch))
-            layouts = (self.spec.node_layout, self.spec.edge_layout, self.stats)
-            fulls = assemble.batch_to_full(pred, batch, *layouts)
-            betas = (assemble.batch_to_full(pred, batch, *layouts, spin="beta")
-                     if self.spin_resolved else fulls)
-            for i, h, hb in zip(idx, fulls, betas):
-                out[i] = h if int(records[i].spin) == 0 else np.stack([h, hb])
+            open_shell = [int(records[i].spin) != 0 for i in idx]
+            if not any(want[i] for i in idx):
+                fulls = assemble.batch_to_full(pred, batch, *layouts)
+                betas = (assemble.batch_to_full(pred, batch, *layouts, spin="beta")
+                         if self.spin_resolved and any(open_shell) else fulls)
+                for i, h, hb in zip(idx, fulls, betas):
+                    out[i] = h if int(records[i].spin) == 0 else np.stack([h, hb])
+                continue
+            # A batch with a sparse structure: every one assembled block-sparse (never a
+            # dense matrix of the large one); dense ones are converted (the same numbers).
+            alphas = sparse_lib.batch_to_sparse(pred, batch, *layouts)
+            betas = (sparse_lib.batch_to_sparse(pred, batch, *layouts, spin="beta",
+                                                select=open_shell)
+                     if any(open_shell) else alphas)
+            for i, h, hb, is_open in zip(idx, alphas, betas, open_shell):
+                if want[i]:
+                    out[i] = (h, hb) if is_open else h
+                else:
+                    out[i] = np.stack([h.toarray(), hb.toarray()]) if is_open else h.toarray()
         return out[0] if single else out
 
     def initial_guess(self, mol) -> np.ndarray:
@@ -252,8 +342,13 @@ class Predictor:
 
         Returns:
           The density matrix (orbitals with the Mole's overlap).
+
+        Raises:
+          ValueError: the Mole has more than :attr:`dense_limit_ao` AOs (the dense
+            eigen-solution would not fit in memory; the message names the fixes).
         """
-        h = self.predict_hamiltonian(mol)
+        self.check_dense(int(mol.nao), "An initial guess (dense H, S and eigenvectors)")
+        h = self.predict_hamiltonian(mol, sparse=False)
         s = mol.intor_symmetric("int1e_ovlp")
         if mol.spin == 0:
             _, c = pyscf_metrics.orbitals(h, s)
@@ -299,7 +394,11 @@ def write_predictions(predictor: Predictor, geometries: str, out: str) -> int:
     its energy head, the predicted ``energy`` (Eh, NaN otherwise) and ``forces`` (Eh/A).
     An open-shell frame (a spin-resolved model) stores the alpha H as ``fock`` and the beta
     H as ``fock_beta``, with ``mo_energy`` of the alpha and ``mo_energy_beta`` of the beta H.
-    The file is written to a temporary name and renamed when complete.
+    A structure above ``predictor.sparse_above_ao`` AOs stores its H block-sparse
+    (``fock_csr``, ``fock_beta_csr``: :mod:`helm_jax.data.h5format`); one above
+    ``predictor.dense_limit_ao`` AOs has no ``overlap`` and no ``mo_energy`` (both need dense
+    ``n_ao x n_ao`` matrices). The file is written to a temporary name and renamed when
+    complete.
 
     Args:
       predictor: the model.
@@ -321,19 +420,24 @@ def write_predictions(predictor: Predictor, geometries: str, out: str) -> int:
             "method": "helm_jax prediction", "basis": template.basis, "ecp": template.ecp,
             "checkpoint_step": predictor.step, "input_file": os.path.basename(geometries)})
         for i, (s, mol, h) in enumerate(zip(structures, moles, hamiltonians)):
-            overlap = mol.intor_symmetric("int1e_ovlp")
+            dense_ok = mol.nao <= predictor.dense_limit_ao
+            overlap = mol.intor_symmetric("int1e_ovlp") if dense_ok else None
             key = h5format.group_key(i)
-            h_alpha, h_beta = (h[0], h[1]) if h.ndim == 3 else (h, None)
+            if isinstance(h, tuple) or (not sp.issparse(h) and h.ndim == 3):
+                h_alpha, h_beta = h[0], h[1]  # open shell: (alpha, beta) CSR or [2, N, N]
+            else:
+                h_alpha, h_beta = h, None
             h5format.write_structure(
                 f, key, elements=s.elements, coords=s.coords, fock=h_alpha, overlap=overlap,
                 energy=energies[i] / HARTREE_EV,
                 forces=None if forces[i] is None else forces[i] / HARTREE_EV,
                 charge=s.charge, spin=s.spin, n_electrons=mol.nelectron, converged=True,
                 scf_cycles=0, source=s.source, fock_beta=h_beta)
-            f[key].create_dataset("mo_energy",
-                                  data=pyscf_metrics.orbitals(h_alpha, overlap)[0])
-            if h_beta is not None:
-                f[key].create_dataset("mo_energy_beta",
-                                      data=pyscf_metrics.orbitals(h_beta, overlap)[0])
+            if not dense_ok:
+                continue
+            for name, hs in (("mo_energy", h_alpha), ("mo_energy_beta", h_beta)):
+                if hs is not None:
+                    dense = hs.toarray() if sp.issparse(hs) else hs
+                    f[key].create_dataset(name, data=pyscf_metrics.orbitals(dense, overlap)[0])
     os.replace(tmp, out)
     return len(structures)

@@ -108,6 +108,51 @@ def ecp_core_electrons(z: int, basis: str, ecp: str = "") -> int:
     return basis_lib.element_basis(int(z), basis, ecp or None).ecp_electrons
 
 
+#: Relative margin of the k-d tree search radius, in units of the coordinates' machine
+#: epsilon: the tree's float64 squared-distance test may round the other way than
+#: ``np.linalg.norm(x_i - x_j) < radius`` in the coordinates' dtype, which decides.
+_SEARCH_MARGIN_EPS = 1e4
+
+
+def close_pairs(coords: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray,
+                                                             np.ndarray]:
+    """Unordered atom pairs ``i < j`` with ``np.linalg.norm(coords[i] - coords[j]) < radius``.
+
+    A k-d tree (``scipy.spatial.cKDTree``) finds the candidates, so time and memory grow with
+    the number of pairs, not with ``n^2``; each candidate's distance is then computed exactly
+    as a dense distance matrix ``np.linalg.norm(coords[:, None] - coords[None], axis=-1)``
+    would hold it (in the coordinates' float dtype), and that distance decides; the tree's
+    search radius has a small relative margin (:data:`_SEARCH_MARGIN_EPS`).
+
+    Args:
+      coords: ``[n, 3]`` Angstrom.
+      radius: strict upper bound on the distance (Angstrom).
+
+    Returns:
+      ``(i [P], j [P], distance [P])``: int64 atom indices with ``i < j`` in row-major
+      order (sorted by ``i``, then ``j``) and the distances.
+    """
+    from scipy.spatial import cKDTree  # pylint: disable=import-outside-toplevel
+
+    coords = np.asarray(coords)
+    if coords.dtype.kind != "f":
+        coords = coords.astype(np.float64)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, coords.dtype))
+    if len(coords) < 2 or not radius > 0:
+        return empty
+    margin = 1.0 + _SEARCH_MARGIN_EPS * float(np.finfo(coords.dtype).eps)
+    pairs = cKDTree(coords).query_pairs(float(radius) * margin,
+                                        output_type="ndarray").astype(np.int64)  # [P, 2]
+    if not len(pairs):
+        return empty
+    i, j = pairs.min(axis=1), pairs.max(axis=1)
+    dist = np.linalg.norm(coords[i] - coords[j], axis=-1)
+    keep = dist < radius
+    i, j, dist = i[keep], j[keep], dist[keep]
+    order = np.lexsort((j, i))
+    return i[order], j[order], dist[order]
+
+
 def check_geometry(elements, coords, key: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Checks one geometry: shapes, known elements, finite coordinates, no overlapping atoms.
 
@@ -141,11 +186,13 @@ def check_geometry(elements, coords, key: str = "") -> tuple[np.ndarray, np.ndar
         raise ValueError(f"{where}non-finite coordinate (NaN or inf) at atom {i}, axis "
                          f"{'xyz'[k]}: {xyz[i, k]}; fix or drop this structure")
     if n > 1:
-        dist = np.linalg.norm(xyz[:, None, :] - xyz[None, :, :], axis=-1)  # [n, n]
-        dist[np.tril_indices(n)] = np.inf
-        i, j = np.unravel_index(np.argmin(dist), dist.shape)
-        if dist[i, j] < MIN_DISTANCE:
-            raise ValueError(f"{where}atoms {i} and {j} are {dist[i, j]:.4f} A apart (< "
+        # Pairs closer than MIN_DISTANCE from a k-d tree (O(n) memory, not an [n, n] matrix);
+        # the closest one, first in row-major order among ties, is reported.
+        close_i, close_j, dist = close_pairs(xyz, MIN_DISTANCE)
+        if len(dist):
+            k = int(np.argmin(dist))  # pairs are in row-major order: the first of ties
+            i, j = int(close_i[k]), int(close_j[k])
+            raise ValueError(f"{where}atoms {i} and {j} are {dist[k]:.4f} A apart (< "
                              f"{MIN_DISTANCE} A): overlapping atoms, probably a duplicated "
                              "atom or coordinates in the wrong unit")
     return z, xyz

@@ -14,7 +14,16 @@ Layout (OMol_CSH-like, so one reader serves both):
                                         alpha Fock matrix of an unrestricted label
         fock_beta float64 [N(N+1)/2]    only for unrestricted (UKS/UHF) labels: the beta
                                         Fock matrix, packed like fock
-        overlap   float64 [N(N+1)/2]    same packing
+        fock_csr/                       instead of fock: a block-sparse Fock matrix (large
+                                        predicted structures, helm_jax.sparse_hamiltonian)
+                                        in scipy CSR form:
+            data     float64 [nnz]      stored entries, row by row (Eh)
+            indices  int32|int64 [nnz]  their columns (sorted within each row)
+            indptr   int64   [N + 1]    row r is data[indptr[r]:indptr[r + 1]]
+            shape    int64   [2]        (N, N)
+        fock_beta_csr/                  instead of fock_beta: the beta one, the same way
+        overlap   float64 [N(N+1)/2]    same packing as fock (optional beside fock_csr:
+                                        omitted for structures too large for a dense overlap)
         energy    float64 []            total energy, Eh
         forces    float64 [n, 3]        optional, Eh/Angstrom
         ao_*      float64 [..., N(N+1)/2] optional symmetric AO matrices, packed like fock
@@ -35,6 +44,12 @@ checksums existed (no attr) read unverified; datasets added to a group afterward
 
 Optional datasets are read into ``Record.extras`` (``ao_*`` unpacked to ``[..., N, N]``);
 files without them read as before.
+
+Sparse Fock matrices (``fock_csr``, ``fock_beta_csr``; written by `write_structure` when given
+a scipy sparse matrix, e.g. by helm_jax.predict.write_predictions for structures above
+``Predictor.sparse_above_ao`` AOs) read as ``scipy.sparse.csr_matrix`` in ``Record.fock`` /
+``Record.fock_beta``, dense packed ones as arrays, as the file has them. Their datasets are
+covered by the checksums (names ``fock_csr/data`` ...). Files without them are unchanged.
 
 A structure holds a spin-resolved label exactly when its group has `fock_beta`; restricted
 labels (and every file written before open shells were supported) have none, and read with
@@ -92,6 +107,7 @@ from typing import Callable, Mapping
 
 import h5py
 import numpy as np
+import scipy.sparse as sp
 
 from helm_jax.data.records import LIBRARY_ERRORS, DataError, Record
 
@@ -101,6 +117,10 @@ UNITS = {"coords": "angstrom", "fock": "hartree", "fock_beta": "hartree",
          "ao_dipole": "bohr", "dipole_origin": "bohr", "mo_energy": "hartree", "dipole": "e bohr",
          "polarizability": "e^2 bohr^2 / hartree"}
 CORE_DATASETS = ("elements", "coords", "fock", "fock_beta", "overlap", "energy", "forces")
+#: Groups of a block-sparse Fock matrix in CSR form, and their datasets.
+SPARSE_SUFFIX = "_csr"
+SPARSE_GROUPS = ("fock" + SPARSE_SUFFIX, "fock_beta" + SPARSE_SUFFIX)
+CSR_DATASETS = ("data", "indices", "indptr", "shape")
 AO_PREFIX = "ao_"
 SIDECAR_SUFFIX = ".helm_jax_index.json"  # never the reference's "<file>.keys.json" list
 CHECKSUM_ATTR = "checksums"
@@ -175,6 +195,32 @@ def unpack_upper(vec: np.ndarray, n: int | None = None) -> np.ndarray:
     return h
 
 
+def csr_datasets(name: str, matrix) -> dict[str, np.ndarray]:
+    """The datasets ``{name}_csr/{data,indices,indptr,shape}`` of a sparse square matrix.
+
+    Args:
+        name: ``"fock"`` or ``"fock_beta"``.
+        matrix: a scipy sparse matrix ``[N, N]`` (converted to canonical CSR: sorted column
+            indices, no duplicates).
+
+    Returns:
+        ``{path: array}``: float64 data, int32 indices (int64 beyond 2^31 - 1 columns),
+        int64 indptr and shape.
+    """
+    csr = sp.csr_matrix(matrix)
+    if csr.shape[0] != csr.shape[1]:
+        raise ValueError(f"{name} must be a square [N, N] matrix, got shape {list(csr.shape)}")
+    if not csr.has_canonical_format:
+        csr = csr.copy()
+        csr.sum_duplicates()  # also sorts the indices
+    idx = np.int32 if csr.shape[1] < np.iinfo(np.int32).max else np.int64
+    group = name + SPARSE_SUFFIX
+    return {f"{group}/data": np.asarray(csr.data, np.float64),
+            f"{group}/indices": np.asarray(csr.indices, idx),
+            f"{group}/indptr": np.asarray(csr.indptr, np.int64),
+            f"{group}/shape": np.asarray(csr.shape, np.int64)}
+
+
 def checksum(value) -> str:
     """CRC32 (8 hex digits) of an array's dtype, shape and bytes (little-endian, C order).
 
@@ -229,8 +275,10 @@ def write_structure(parent: h5py.Group, key: str, *, elements, coords, fock, ove
         elements: [n] atomic numbers.
         coords: [n, 3] Angstrom.
         fock: [N, N] Fock matrix (Eh, PySCF AO order); stored packed. The alpha Fock matrix
-            of an unrestricted label.
-        overlap: [N, N] AO overlap; stored packed.
+            of an unrestricted label. A scipy sparse matrix is stored as CSR (`fock_csr`,
+            `csr_datasets`) instead.
+        overlap: [N, N] AO overlap; stored packed. None (no overlap stored) only beside a
+            sparse `fock`, for structures too large for a dense overlap.
         energy: total energy (Eh).
         charge: total charge.
         spin: 2S.
@@ -243,19 +291,28 @@ def write_structure(parent: h5py.Group, key: str, *, elements, coords, fock, ove
         checksums: store the `checksums` attr (False only to measure its cost or to make
             files as written before it existed).
         fock_beta: optional [N, N] beta Fock matrix of an unrestricted label, stored packed
-            as `fock_beta`; None (restricted labels) writes no such dataset.
+            as `fock_beta` (as `fock_beta_csr` if it is a scipy sparse matrix); None
+            (restricted labels) writes no such dataset.
     """
+    def matrix(name: str, value) -> dict[str, np.ndarray]:
+        if sp.issparse(value):
+            return csr_datasets(name, value)
+        return {name: pack_upper(np.asarray(value, dtype=np.float64))}
+
+    if overlap is None and not sp.issparse(fock):
+        raise ValueError("overlap=None is only allowed beside a sparse fock (a structure too "
+                         "large for a dense overlap): pass the [N, N] AO overlap")
     data = {"elements": np.asarray(elements, dtype=np.int32),
             "coords": np.asarray(coords, dtype=np.float64),
-            "fock": pack_upper(np.asarray(fock, dtype=np.float64)),
-            "overlap": pack_upper(np.asarray(overlap, dtype=np.float64)),
+            **matrix("fock", fock),
             "energy": np.asarray(energy, dtype=np.float64)}
+    if overlap is not None:
+        data["overlap"] = pack_upper(np.asarray(overlap, dtype=np.float64))
     if fock_beta is not None:
-        fock_beta = np.asarray(fock_beta, dtype=np.float64)
-        if fock_beta.shape != np.shape(fock):
-            raise ValueError(f"fock_beta has shape {list(fock_beta.shape)}, fock "
-                             f"{list(np.shape(fock))}: both must be the same [N, N]")
-        data["fock_beta"] = pack_upper(fock_beta)
+        if _shape(fock_beta) != _shape(fock):
+            raise ValueError(f"fock_beta has shape {list(_shape(fock_beta))}, fock "
+                             f"{list(_shape(fock))}: both must be the same [N, N]")
+        data.update(matrix("fock_beta", fock_beta))
     if forces is not None:
         data["forces"] = np.asarray(forces, dtype=np.float64)
     for name, value in (extras or {}).items():
@@ -266,6 +323,11 @@ def write_structure(parent: h5py.Group, key: str, *, elements, coords, fock, ove
     _write_group(parent, key, data, checksums, charge=int(charge), spin=int(spin),
                  n_electrons=int(n_electrons), converged=bool(converged),
                  scf_cycles=int(scf_cycles), source=str(source))
+
+
+def _shape(matrix) -> tuple[int, ...]:
+    """Shape of a dense array(-like) or a scipy sparse matrix."""
+    return tuple(matrix.shape) if sp.issparse(matrix) else np.shape(matrix)
 
 
 def _write_group(parent: h5py.Group, key: str, data: dict, checksums: bool, *,
@@ -418,7 +480,7 @@ class H5Dataset:
                 raise DataError(f"{self.path}: group {key!r} is missing; if the key cache "
                                 f"{self.path}{SIDECAR_SUFFIX} is stale, delete it")
             g = f[key]
-            raw = {name: self._dataset(g, name, where) for name in g}
+            raw = self._raw(g, where)
             if self.is_native and "fock_blocks" in raw:
                 if self.verify:
                     self._verify(g, raw, where)
@@ -433,8 +495,13 @@ class H5Dataset:
                                         "tool or damaged; relabel it")
             if self.verify:
                 self._verify(g, raw, where)
-            required = ("elements", "coords", "fock") + (
-                ("overlap", "energy") if self.is_native else ())
+            sparse_fock = any(name.startswith(SPARSE_GROUPS[0] + "/") for name in raw)
+            if sparse_fock and "fock" in raw:
+                raise DataError(f"{where}: both a dense fock and a {SPARSE_GROUPS[0]} group: "
+                                "the Fock matrix is ambiguous; the group is damaged")
+            # A sparse Fock matrix may come without an overlap (too large for a dense one).
+            required = ("elements", "coords") + (() if sparse_fock else ("fock",)) + (
+                ("energy",) + (() if sparse_fock else ("overlap",)) if self.is_native else ())
             missing = [name for name in required if name not in raw]
             if missing:
                 raise DataError(f"{where}: required dataset(s) {missing} missing; the file is "
@@ -446,15 +513,27 @@ class H5Dataset:
             elements = elements.astype(np.int32)  # [n]
             coords = self._shaped(raw["coords"], (len(elements), 3), f"{where}/coords")
             nao = self._expected_nao(elements)
-            packed_fock, packed_beta = raw["fock"], raw.get("fock_beta")
-            if not self.is_native and packed_fock.ndim == 2 and packed_fock.shape[0] == 2:
-                if packed_beta is not None:
-                    raise DataError(f"{where}: both a [2, ...] fock (alpha, beta) and a "
-                                    "fock_beta dataset: the beta Fock matrix is ambiguous")
-                packed_fock, packed_beta = packed_fock  # OMol_CSH-style [2, P]: alpha, beta
-            fock = self._unpack(packed_fock, f"{where}/fock", nao)
-            fock_beta = (self._unpack(packed_beta, f"{where}/fock_beta", fock.shape[0])
-                         if packed_beta is not None else None)
+            sparse_beta = any(name.startswith(SPARSE_GROUPS[1] + "/") for name in raw)
+            if sparse_beta and "fock_beta" in raw:
+                raise DataError(f"{where}: both a dense fock_beta and a {SPARSE_GROUPS[1]} "
+                                "group: the beta Fock matrix is ambiguous; the group is "
+                                "damaged")
+            if sparse_fock:
+                fock = self._csr(raw, "fock", where, nao)
+                packed_beta = raw.get("fock_beta")
+            else:
+                packed_fock, packed_beta = raw["fock"], raw.get("fock_beta")
+                if not self.is_native and packed_fock.ndim == 2 and packed_fock.shape[0] == 2:
+                    if packed_beta is not None or sparse_beta:
+                        raise DataError(f"{where}: both a [2, ...] fock (alpha, beta) and a "
+                                        "fock_beta dataset: the beta Fock matrix is ambiguous")
+                    packed_fock, packed_beta = packed_fock  # OMol_CSH-style [2, P]
+                fock = self._unpack(packed_fock, f"{where}/fock", nao)
+            if sparse_beta:
+                fock_beta = self._csr(raw, "fock_beta", where, fock.shape[0])
+            else:
+                fock_beta = (self._unpack(packed_beta, f"{where}/fock_beta", fock.shape[0])
+                             if packed_beta is not None else None)
             overlap = (self._unpack(raw["overlap"], f"{where}/overlap", fock.shape[0])
                        if "overlap" in raw else None)
             energy = (float(self._shaped(raw["energy"], (), f"{where}/energy"))
@@ -462,7 +541,8 @@ class H5Dataset:
             forces = (self._shaped(raw["forces"], (len(elements), 3), f"{where}/forces")
                       if "forces" in raw else None)
             extras = {name: self._extra(value, f"{where}/{name}", name, fock.shape[0])
-                      for name, value in raw.items() if name not in CORE_DATASETS}
+                      for name, value in raw.items()
+                      if name not in CORE_DATASETS and name.split("/")[0] not in SPARSE_GROUPS}
             attrs = g.attrs
             return H5Record(elements=elements, coords=coords, fock=fock, fock_beta=fock_beta,
                             overlap=overlap, energy=energy, forces=forces,
@@ -564,6 +644,54 @@ class H5Dataset:
                         spin=int(attrs.get("spin", 0)),
                         converged=bool(attrs.get("converged", True)), key=key, cell=cell,
                         pbc=pbc, periodic=labels)
+
+    def _raw(self, g: h5py.Group, where: str) -> dict[str, np.ndarray]:
+        """Every dataset of a structure group; those of a sparse Fock group (`fock_csr`) as
+        ``"fock_csr/data"`` etc. (the names their checksums have)."""
+        raw = {}
+        for name in g:
+            if name in SPARSE_GROUPS and isinstance(g[name], h5py.Group):
+                for sub in g[name]:
+                    if sub not in CSR_DATASETS:
+                        raise DataError(f"{where}/{name}/{sub}: unexpected member of a CSR "
+                                        f"matrix group (expected {list(CSR_DATASETS)}); the "
+                                        "group was written by another tool or damaged")
+                    raw[f"{name}/{sub}"] = self._dataset(g, f"{name}/{sub}", where)
+            else:
+                raw[name] = self._dataset(g, name, where)
+        return raw
+
+    @staticmethod
+    def _csr(raw: dict[str, np.ndarray], name: str, where: str,
+             nao: int | None) -> sp.csr_matrix:
+        """The CSR matrix of the group `{name}_csr` (checked: dtypes, shape, AO count,
+        index ranges)."""
+        group = name + SPARSE_SUFFIX
+        where = f"{where}/{group}"
+        missing = [d for d in CSR_DATASETS if f"{group}/{d}" not in raw]
+        if missing:
+            raise DataError(f"{where}: CSR matrix without dataset(s) {missing}; the group is "
+                            "damaged: rewrite it")
+        data, indices, indptr, shape = (raw[f"{group}/{d}"] for d in CSR_DATASETS)
+        if data.dtype.kind != "f" or indices.dtype.kind not in "iu" \
+                or indptr.dtype.kind not in "iu" or shape.dtype.kind not in "iu":
+            raise DataError(f"{where}: dtypes data {data.dtype}, indices {indices.dtype}, "
+                            f"indptr {indptr.dtype}, shape {shape.dtype}; expected float data "
+                            "and integer indices, indptr and shape")
+        if shape.shape != (2,) or shape[0] != shape[1]:
+            raise DataError(f"{where}/shape: expected a square (N, N), got {shape.tolist()}")
+        n = int(shape[0])
+        if nao is not None and n != nao:
+            raise DataError(f"{where}: a {n}x{n} matrix but the basis of these elements has "
+                            f"{nao} AOs; wrong basis, or the matrix belongs to another "
+                            "structure")
+        try:
+            m = sp.csr_matrix((data.astype(np.float64), indices, indptr), shape=(n, n))
+            m.check_format(full_check=True)
+        except ValueError as err:
+            raise DataError(f"{where}: not a valid CSR matrix ({err}); the group is damaged: "
+                            "rewrite it") from err
+        return m
 
     @staticmethod
     def _dataset(g: h5py.Group, name: str, where: str) -> np.ndarray:
