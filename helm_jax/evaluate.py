@@ -77,7 +77,10 @@ class Evaluator:
     (``h_mae_alpha``, ``h_mae_beta``, ... averaged over those molecules).
     """
 
-    def __init__(self, model, data: datasets.Data, config, ctx, weights, need, dtype):
+    def __init__(self, model, data: datasets.Data, config, ctx, weights, need, dtype,
+                 graph_mesh=None):
+        """``graph_mesh``: a ``('data', 'graph')`` mesh with data axis 1 to split each
+        evaluation batch over its graph devices (graph parallelism); None: one device."""
         self.model, self.data, self.ctx = model, data, ctx
         self.weights, self.need = weights, need | {"energy"}
         modules = tuple(config.loss_modules)
@@ -106,15 +109,27 @@ class Evaluator:
 
         self._combines = {}
 
-        def apply(params, batch):
-            out = losses_lib.model_outputs(model, params, batch, self.need, ctx)
+        def loss_sums(out, batch):
             sums = {}
             for name, fn in self.loss_fns.items():
                 partial = fn(out, batch, ctx)
                 self._combines[name] = partial.combine  # closes over nothing traced
                 sums[name] = partial.sums
-            return out, sums
+            return sums
+
+        def apply(params, batch):
+            out = losses_lib.model_outputs(model, params, batch, self.need, ctx)
+            return out, loss_sums(out, batch)
         self._apply = jax.jit(apply)
+        if graph_mesh is not None:  # outputs from the parts, in the batch's row order
+            from helm_jax import graph_parallel  # pylint: disable=import-outside-toplevel
+            parts = graph_parallel.GraphParallelModel(model, graph_mesh, self.need)
+            sums_fn = jax.jit(loss_sums)
+
+            def apply_parts(params, batch):
+                out = parts(params, [jax.device_get(batch)])[0]
+                return out, sums_fn(out, batch)
+            self._apply = apply_parts
 
     def __call__(self, params, split: str) -> dict[str, float]:
         """Metrics of ``split`` (H MAE in Eh, energies in Eh, forces in Eh/A; see keys)."""

@@ -367,3 +367,76 @@ def stack_parts(parts: Sequence[PartitionedBatch]) -> jraph.GraphsTuple:
     except ValueError as err:
         raise ValueError("Partitioned batches of different shapes cannot be stacked: "
                          f"partition them together with partition_batches ({err}).") from err
+
+
+def _per_device_outputs(model, need: frozenset, axes: tuple[str, ...]):
+    """``(params, stacked parts) -> outputs [*mesh, ...]`` for ``jax.shard_map``."""
+    from helm_jax import losses  # pylint: disable=import-outside-toplevel (losses imports helm)
+
+    def fn(params, batch):
+        batch = jax.tree.map(lambda x: x[(0,) * len(axes)], batch)
+        out = losses.model_outputs(model, params, batch, set(need))
+        return jax.tree.map(lambda x: x[(None,) * len(axes)], out)
+    return fn
+
+
+class GraphParallelModel:
+    """Inference of one model over the ``('data', 'graph')`` mesh: each padded batch is
+    split over the ``graph`` axis and the outputs come back in the batch's order.
+
+    Args:
+      model: a :class:`helm_jax.model.helm.HELM`.
+      mesh: a mesh from ``parallel.make_mesh(n, graph_devices=P)`` (``data`` axis 1 for
+        one structure at a time; larger ``data`` axes take that many batches per call).
+      need: the outputs (:data:`helm_jax.losses.OUTPUTS` subset: ``hamiltonian``,
+        ``energy``, ``forces``).
+    """
+
+    def __init__(self, model, mesh: jax.sharding.Mesh, need=("hamiltonian", "energy")):
+        from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
+        if GRAPH_AXIS not in mesh.axis_names:
+            raise ValueError(f"The mesh {dict(mesh.shape)} has no {GRAPH_AXIS!r} axis: build "
+                             "it with parallel.make_mesh(n, graph_devices=P) and P > 1.")
+        self.mesh, self.parts = mesh, int(mesh.shape[GRAPH_AXIS])
+        self.data = int(np.prod([mesh.shape[a] for a in mesh.axis_names if a != GRAPH_AXIS]))
+        axes = tuple(mesh.axis_names)
+        spec = P(*axes)
+        fn = _per_device_outputs(model, frozenset(need), axes)
+        self._fn = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(), spec),
+                                         out_specs=spec))
+
+    def partition(self, batches: Sequence[jraph.GraphsTuple]) -> list[PartitionedBatch]:
+        """One partitioned batch per ``data`` device (same shapes)."""
+        if len(batches) != self.data:
+            raise ValueError(f"Give {self.data} batches (the mesh's data axis), not "
+                             f"{len(batches)}.")
+        return partition_batches(batches, self.parts)
+
+    def lower(self, params, parts: Sequence[PartitionedBatch]):
+        """The lowered program (``.compile().memory_analysis()`` gives per-device memory)."""
+        from helm_jax import parallel  # pylint: disable=import-outside-toplevel
+        return self._fn.lower(parallel.replicate(params, self.mesh),
+                              parallel.shard(stack_parts(parts), self.mesh))
+
+    def __call__(self, params, batches: Sequence[jraph.GraphsTuple],
+                 parts: Sequence[PartitionedBatch] | None = None) -> list[dict[str, np.ndarray]]:
+        """Outputs of each batch in its own row order: ``node_h [N, ...]``, ``edge_h
+        [E, ...]``, ``forces [N, 3]`` (owned rows; zeros on padding) and ``energy [G]``."""
+        from helm_jax import parallel  # pylint: disable=import-outside-toplevel
+        parts = self.partition(batches) if parts is None else parts
+        out = jax.device_get(self._fn(parallel.replicate(params, self.mesh),
+                                      parallel.shard(stack_parts(parts), self.mesh)))
+        results = []
+        for d, (batch, pb) in enumerate(zip(batches, parts)):
+            n, e = len(batch.nodes["species"]), len(batch.senders)
+            res = {}
+            for key, x in out.items():
+                x = np.asarray(x).reshape((self.data, self.parts) + np.shape(x)[2:])[d]
+                if key == "energy":
+                    res[key] = x[0]  # every part holds the whole energies
+                elif key.startswith("edge"):
+                    res[key] = pb.edges_to_batch(x, e)
+                else:
+                    res[key] = pb.nodes_to_batch(x, n)
+            results.append(res)
+        return results

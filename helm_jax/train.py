@@ -336,7 +336,9 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[_Run, Train
         tuple(config.loss_modules), parallel.mesh_axes(mesh)), mesh)
     run = _Run(config=config, workdir=workdir, data=data, mesh=mesh, train_it=train_it,
                step_fn=step_fn, plateau_tx=plateau_tx,
-               evaluator=Evaluator(model, data, config, ctx, weights, need, dtype),
+               evaluator=Evaluator(model, data, config, ctx, weights, need, dtype,
+                                   graph_mesh=parallel.make_mesh(graph_devices, graph_devices)
+                                   if graph_devices > 1 else None),
                ckpt=ckpt, logger=MetricsLogger(workdir, int(config.train.num_steps),
                                                start_step=int(state.step),
                                                active=parallel.is_main_process()))

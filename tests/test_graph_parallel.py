@@ -174,7 +174,7 @@ train.train_and_evaluate(c, {workdir!r})
 def test_training_with_graph_devices_equals_one_device(tmp_path):
     """``config.parallel.graph_devices=2`` on 2 fake devices (each water split in two, halo
     exchange every layer) trains 3 steps (Hamiltonian + energy + forces) to the parameters
-    of one device, and logs the same losses."""
+    of one device, and logs the same training losses and evaluation metrics."""
     import trainlib
     data = trainlib.label_water(str(tmp_path / "water_hf.h5"))
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
@@ -188,7 +188,15 @@ def test_training_with_graph_devices_equals_one_device(tmp_path):
                        env=env, capture_output=True, timeout=900)
         rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
         runs[name] = (trainlib.final_params(workdir),
-                      [r["loss"] for r in rows if r.get("split") == "train"])
+                      [r["loss"] for r in rows if r.get("split") == "train"],
+                      [r for r in rows if r.get("split") in ("val", "test")])
     assert trainlib.max_diff(runs["one"][0], runs["graph2"][0]) < 1e-6
     np.testing.assert_allclose(runs["graph2"][1], runs["one"][1], rtol=1e-5)
     assert len(runs["one"][1]) == 3
+    # evaluation splits each batch over the graph devices too (Evaluator(graph_mesh=))
+    evals = {name: {(r["split"], r["step"]): r for r in run[2]} for name, run in runs.items()}
+    assert evals["one"].keys() == evals["graph2"].keys() and evals["one"]
+    for key, ref in evals["one"].items():
+        for metric in ("loss", "h_mae", "energy_ae", "forces_ae"):
+            assert evals["graph2"][key][metric] == pytest.approx(ref[metric], rel=1e-4), (
+                key, metric)
