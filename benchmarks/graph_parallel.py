@@ -17,7 +17,7 @@ TPU cores elsewhere), one subprocess per (size, P) measures:
 It prints a table and the fitted exponents ``memory ~ P^a`` (ideal -1) and ``halo ~
 atoms^b`` at fixed P (surface: 2/3; volume: 1), and writes ``--json``.
 
-    python benchmarks/graph_parallel.py                       # the table of docs/graph_parallel.md
+    python benchmarks/graph_parallel.py --repeats=1           # the table of docs/graph_parallel.md
     python benchmarks/graph_parallel.py --atoms=999 --parts=1,2 --repeats=1   # quick
 """
 
@@ -216,7 +216,8 @@ def main() -> None:
     p.add_argument("--l_max", type=int, default=2)
     p.add_argument("--cutoff", type=float, default=5.0)
     p.add_argument("--basis", default="sto-3g")
-    p.add_argument("--edge_chunk", type=int, default=65536)
+    p.add_argument("--edge_chunk", type=int, default=4096,
+                   help="edges per chunk (the same for every P, so every part is chunked)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no_train", dest="train", action="store_false")
     p.add_argument("--forces", action="store_true", help="train on forces too")

@@ -78,9 +78,10 @@ class Evaluator:
     """
 
     def __init__(self, model, data: datasets.Data, config, ctx, weights, need, dtype,
-                 graph_mesh=None):
+                 graph_mesh=None, partitioner: str = "bisect"):
         """``graph_mesh``: a ``('data', 'graph')`` mesh with data axis 1 to split each
-        evaluation batch over its graph devices (graph parallelism); None: one device."""
+        evaluation batch over its graph devices with ``partitioner`` (graph parallelism);
+        None: one device."""
         self.model, self.data, self.ctx = model, data, ctx
         self.weights, self.need = weights, need | {"energy"}
         modules = tuple(config.loss_modules)
@@ -123,7 +124,8 @@ class Evaluator:
         self._apply = jax.jit(apply)
         if graph_mesh is not None:  # outputs from the parts, in the batch's row order
             from helm_jax import graph_parallel  # pylint: disable=import-outside-toplevel
-            parts = graph_parallel.GraphParallelModel(model, graph_mesh, self.need)
+            parts = graph_parallel.GraphParallelModel(model, graph_mesh, self.need,
+                                                      partitioner)
             sums_fn = jax.jit(loss_sums)
 
             def apply_parts(params, batch):

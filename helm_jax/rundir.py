@@ -30,9 +30,10 @@ LOCK_NAME = "run.lock"
 
 # Config fields a resumed run may change without changing what it trains.
 HARMLESS = frozenset({
-    "name", "num_devices", "parallel.graph_devices", "train.num_steps", "train.log_every",
-    "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints", "train.max_eval_molecules",
-    "train.allow_config_change", "data.prefetch"})
+    "name", "num_devices", "parallel.graph_devices", "parallel.partitioner",
+    "train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.max_eval_molecules", "train.allow_config_change",
+    "data.prefetch"})
 
 
 class WorkdirInUseError(RuntimeError):

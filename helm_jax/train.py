@@ -313,7 +313,8 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[_Run, Train
     train_it = pipeline.BatchIterator(
         data.graphs, data.splits["train"], _stored_budgets(config, data, workdir),
         n_devices=mesh.shape[parallel.AXIS], seed=int(config.seed), stats=data.stats,
-        dtype=dtype, prefetch=int(config.data.prefetch), graph_parts=graph_devices)
+        dtype=dtype, prefetch=int(config.data.prefetch), graph_parts=graph_devices,
+        partitioner=str(config.parallel.partitioner))
     params = _init_params(model, train_it.make_batch(*train_it.plan(0)[0], partition=False),
                           int(config.seed), config.model.init_scale)
     tx = build_optimizer(config.optim, int(config.train.num_steps), protocol, params)
@@ -338,7 +339,8 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[_Run, Train
                step_fn=step_fn, plateau_tx=plateau_tx,
                evaluator=Evaluator(model, data, config, ctx, weights, need, dtype,
                                    graph_mesh=parallel.make_mesh(graph_devices, graph_devices)
-                                   if graph_devices > 1 else None),
+                                   if graph_devices > 1 else None,
+                                   partitioner=str(config.parallel.partitioner)),
                ckpt=ckpt, logger=MetricsLogger(workdir, int(config.train.num_steps),
                                                start_step=int(state.step),
                                                active=parallel.is_main_process()))

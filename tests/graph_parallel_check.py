@@ -3,8 +3,8 @@ a subprocess with fake CPU devices; also by hand):
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/graph_parallel_check.py
 
-For P = 2, 4, 8 devices on the ``graph`` axis (and a 2 x 2 ``('data', 'graph')`` mesh), one
-molecular batch (a water cluster and an ethanol) and one periodic cell: node and edge H
+For P = 2, 4, 8 devices on the ``graph`` axis (and a 2 x 2 ``('data', 'graph')`` mesh, and
+METIS parts on 4), one molecular batch (a water cluster and an ethanol) and one periodic cell: node and edge H
 blocks, energies, forces and the parameter gradients of the training loss (Hamiltonian +
 energy + forces, random labels) equal the single-device values. Prints one JSON line of
 the largest relative errors (max |a - b| / max |b| per quantity).
@@ -119,10 +119,10 @@ class Case:
                                      parallel.shard(stacked, mesh)))
 
 
-def compare(case: Case, data: int, parts: int) -> dict[str, float]:
+def compare(case: Case, data: int, parts: int, method: str = "bisect") -> dict[str, float]:
     """Errors of a ``data x parts`` mesh against ``data`` devices without graph parallelism
     (one device for ``data = 1``)."""
-    pbs = graph_parallel.partition_batches(case.batches[:data], parts)
+    pbs = graph_parallel.partition_batches(case.batches[:data], parts, method)
     outs, loss, grad = case.run(parallel.make_mesh(data * parts, graph_devices=parts),
                                 graph_parallel.stack_parts(pbs))
     if data not in case.reference:
@@ -184,7 +184,9 @@ def periodic_case() -> Case:
     return Case([[g]], spec, config(4.0, 2), periodic=True)
 
 
-CASES = {"molecules": [(1, 2), (1, 4), (1, 8), (2, 2)], "periodic": [(1, 2), (1, 4)]}
+CASES = {"molecules": [(1, 2, "bisect"), (1, 4, "bisect"), (1, 8, "bisect"),
+                       (2, 2, "bisect"), (1, 4, "metis")],
+         "periodic": [(1, 2, "bisect"), (1, 4, "bisect"), (1, 4, "metis")]}
 
 
 def main(which: str = "molecules,periodic") -> None:
@@ -192,8 +194,9 @@ def main(which: str = "molecules,periodic") -> None:
     results = {}
     for name in which.split(","):
         case = molecular_case() if name == "molecules" else periodic_case()
-        for data, parts in CASES[name]:
-            results[f"{name}_{data}x{parts}"] = compare(case, data, parts)
+        for data, parts, method in CASES[name]:
+            suffix = "" if method == "bisect" else f"_{method}"
+            results[f"{name}_{data}x{parts}{suffix}"] = compare(case, data, parts, method)
     print(json.dumps(results))
 
 

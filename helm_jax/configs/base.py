@@ -67,7 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.num_devices = ml_collections.FieldReference(None, field_type=int)  # None: all devices
     # Graph parallelism (docs/graph_parallel.md): each structure split over graph_devices
     # devices (a ('data', 'graph') mesh; the other devices stay data parallel). 1: off.
-    c.parallel = ml_collections.ConfigDict(dict(graph_devices=1))
+    # partitioner: "bisect" (coordinate bisection) or "metis" (pymetis; smaller halos).
+    c.parallel = ml_collections.ConfigDict(dict(graph_devices=1, partitioner="bisect"))
 
     c.data = ml_collections.ConfigDict()
     c.data.path = "embedded"  # a dataset file (see helm_jax/data/readers/) or "embedded"

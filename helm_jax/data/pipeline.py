@@ -122,15 +122,16 @@ class BatchIterator:
       prefetch: batches prepared ahead by a background thread (0: none).
       graph_parts: ``P > 1`` splits every device batch into ``P`` parts for the ``graph``
         mesh axis (:func:`helm_jax.graph_parallel.partition_batches`, in the prefetch
-        thread): arrays then lead with ``[n_devices, P]``.
+        thread; ``partitioner``: :data:`helm_jax.graph_parallel.PARTITIONERS`): arrays then
+        lead with ``[n_devices, P]``.
     """
 
     def __init__(self, data: GraphDataset, indices: Sequence[int], batch: BatchConfig,
                  n_devices: int = 1, seed: int = 0, shuffle: bool = True,
                  stats: Statistics | None = None, dtype=np.float32, prefetch: int = 2,
-                 graph_parts: int = 1):
+                 graph_parts: int = 1, partitioner: str = "bisect"):
         self.data = data
-        self.graph_parts = int(graph_parts)
+        self.graph_parts, self.partitioner = int(graph_parts), partitioner
         self.indices = np.asarray(indices, np.int64)
         self.n_devices = n_devices
         self.seed = seed
@@ -213,7 +214,7 @@ class BatchIterator:
                                           if self.data.spec is not None else None))
         if partition and self.graph_parts > 1:
             return graph_parallel.stack_parts(
-                graph_parallel.partition_batches(out, self.graph_parts))
+                graph_parallel.partition_batches(out, self.graph_parts, self.partitioner))
         return batching.stack_device_batches(out)
 
     def _graph(self, i: int) -> MolGraph:
