@@ -38,6 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from helm_jax import basis as basis_lib
+from helm_jax import graph_parallel
 from helm_jax import checkpoint as ckpt_lib
 from helm_jax import pyscf_metrics
 from helm_jax import sparse_hamiltonian as sparse_lib
@@ -48,6 +49,9 @@ from helm_jax.units import HARTREE_EV
 from helm_jax.model import assemble, helm
 
 MIN_NODES, MIN_EDGES = 4, 8  # smallest size classes (atoms, directed edges)
+# A lone structure above this many edges is padded to graph_parallel.bucket sizes (at most
+# 12.5 % padding) instead of its power-of-two class (up to 2x the edges, so 2x the time).
+FINE_BUCKETS_ABOVE_EDGES = 1 << 16
 
 #: Default ``Predictor.sparse_above_ao``: structures with more AOs get a CSR H by default.
 #: A dense H of 4,096 AOs is 128 MiB (its dense assembly peaks at about 5.5 such matrices);
@@ -203,6 +207,9 @@ class Predictor:
         ``<= max_edges / c_e`` (at least 1). So there are at most two padded shapes per size
         class, whatever the molecules: compilation (seconds to minutes for a large model)
         happens once per shape, and padding costs at most one partly empty batch per class.
+        A lone structure with more than :data:`FINE_BUCKETS_ABOVE_EDGES` edges is padded
+        to within 12.5 % instead (:func:`helm_jax.graph_parallel.bucket`): its compile is
+        amortised, and a power of two could double its time.
         """
         classes: dict[tuple[int, int], list[int]] = {}
         for i, g in enumerate(graphs):
@@ -215,6 +222,10 @@ class Predictor:
                 idx = members[start:start + k_max]
                 k = 1 if len(idx) == 1 else k_max
                 budget = batching.Budget(n_node=k * c_n + 1, n_edge=k * c_e, n_graph=k + 1)
+                if k == 1 and c_e > FINE_BUCKETS_ABOVE_EDGES:  # large: pad <= 12.5 %, not 2x
+                    g = graphs[idx[0]]
+                    budget = batching.Budget(n_node=graph_parallel.bucket(g.n_node) + 1,
+                                             n_edge=graph_parallel.bucket(g.n_edge), n_graph=2)
                 yield idx, batching.pad_batch([graphs[i] for i in idx], budget, None, None,
                                               self.dtype)
 

@@ -78,3 +78,70 @@ def test_learning_curve_harness_records_a_falling_validation_error(tmp_path):
     learning_curve.plot([str(path)], str(tmp_path / "curve.png"))
     assert (tmp_path / "curve.png").stat().st_size > 10_000
     assert "| a | " in learning_curve.table({"a": result})
+
+
+def test_water_box_predict_times_every_stage_and_matches_the_predictor():
+    """benchmarks/water_box_predict.py on 20 waters with the tiny model: the JSON has every
+    stage and the box's sizes, and its stage-by-stage CSR is predict_hamiltonian's."""
+    import water_box_predict
+    args = water_box_predict.parse_args(["--molecules=20", "--tiny"])
+    r, csr, predictor = water_box_predict.run(args)
+    assert (r["atoms"], r["n_ao"], r["molecules"]) == (60, 480, 20)  # O 14 + 2 H x 5 AOs
+    assert r["model"]["l_max"] == 4 and r["model"]["edge_chunk_size"] == 2048
+    assert 0 < r["edges"] <= r["padded_edges"] and r["nnz"] == csr.nnz
+    assert set(r["seconds"]) >= {"graph", "pad", "forward_first", "forward_second", "assembly"}
+    assert all(v >= 0 for v in r["seconds"].values()) and r["peak_rss_gib_total"] > 0.1
+    from helm_jax.data import water_box
+    ref = predictor.predict_hamiltonian(water_box.water_box(20), sparse=True)
+    assert (ref != csr).nnz == 0 and predictor.num_compilations == 1  # same program, same H
+    json.dumps(r)
+    out = water_box_predict.report(r)
+    assert "9,999" not in out and "60 atoms" in out
+
+
+def test_device_check_flags_and_an_empty_run_write_the_json(tmp_path, monkeypatch):
+    """benchmarks/device_check.py: per-mode defaults, unknown parts refused, $OUT honoured,
+    and the report written even when a part selects nothing (no JAX backend in the parent)."""
+    import device_check
+    full, quick = device_check.parse_args([]), device_check.parse_args(["--quick"])
+    assert (full.train_steps, full.equivariance_model, full.train_variant) == (200, "omol", "")
+    assert (quick.train_variant, quick.water_model) == ("small", "tiny")
+    assert device_check.parse_args(["--quick", "--train_steps=3"]).train_steps == 3
+    with pytest.raises(SystemExit):
+        device_check.parse_args(["--parts=table,gpu"])
+    monkeypatch.setenv("OUT", str(tmp_path))
+    report = device_check.main(["--parts=table", "--table_cases=no such case"])
+    on_disk = json.loads((tmp_path / "device_check.json").read_text())
+    assert on_disk["parts"]["table"]["ok"] and on_disk["parts"]["table"]["cases"] == []
+    assert report["meta"]["parts"] == ["table"] and on_disk["total_s"] >= 0
+    assert device_check.summary(on_disk)["ok"] == {"table": True}
+
+
+@pytest.mark.slow
+def test_device_check_quick_runs_every_part(tmp_path):
+    """The whole accelerator check in --quick mode at its smallest sizes, on CPU: every part
+    succeeds and reports its numbers (about 4 min on a busy 2-core machine)."""
+    water = trainlib.label_water(str(tmp_path / "water.h5"))
+    out = tmp_path / "dc.json"
+    cmd = [sys.executable, os.path.join(BENCH, "device_check.py"), "--quick", f"--out={out}",
+           "--table_cases=md17 ethanol forward", "--table_steps=1",
+           "--table_extra=--l_max=2 --warmup=1", f"--train_data={water}", "--train_steps=4",
+           "--water_atoms=30,60"]
+    subprocess.run(cmd, check=True, cwd=trainlib.ROOT, timeout=900,
+                   env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    r = json.loads(out.read_text())
+    p = r["parts"]
+    assert all(p[k]["ok"] for k in ("labels", "table", "equivariance", "train", "water_box")), p
+    assert p["labels"]["needed"] is False
+    case = p["table"]["cases"][0]
+    assert case["template"] == "3s2p" and case["median_ms"] > 0 and case["cpu_median_ms"] > 0
+    eq = p["equivariance"]
+    assert eq["l_max"] == 6 and set(eq["rotations"]) == {"random", "bond_on_polar_axis"}
+    assert all(0 < v < 1e-4 for v in eq["max_rel_error"].values()), eq["max_rel_error"]
+    t = p["train"]
+    assert (t["first_step"], t["last_step"]) == (1, 4) and t["steps_per_s_after_compile"] > 0
+    assert np.isfinite(t["first_loss"]) and np.isfinite(t["last_loss"])
+    w = p["water_box"]
+    assert [s["atoms"] for s in w["sizes"]] == [30, 60] and w["largest_ok_atoms"] == 60
+    assert all(s["nnz"] > 0 and s["forward_second_s"] > 0 for s in w["sizes"])
+    assert r["meta"]["device"]["backend"] == "cpu"
