@@ -64,7 +64,11 @@ def pyscf_to_e3nn(l: int) -> np.ndarray:
     if not np.allclose(s, s[0], rtol=1e-6):
         raise AssertionError(f"PySCF and e3nn l={l} bases are not related by a rotation")
     q = u @ vt  # nearest orthogonal matrix; ao ∝ y @ q, i.e. ao = q^T y.
+    # Snap the entries that are 0 or +-1 to the exact value (Q_1 is the identity): the last bit
+    # of the SVD differs between numpy/LAPACK builds (numpy 2.5 gives 0.9999999999999999).
     q[np.abs(q) < 1e-14] = 0.0
+    unit = np.abs(np.abs(q) - 1.0) < 1e-14
+    q[unit] = np.sign(q[unit])
     q.setflags(write=False)
     return q
 

@@ -145,3 +145,22 @@ def test_device_check_quick_runs_every_part(tmp_path):
     assert [s["atoms"] for s in w["sizes"]] == [30, 60] and w["largest_ok_atoms"] == 60
     assert all(s["nnz"] > 0 and s["forward_second_s"] > 0 for s in w["sizes"])
     assert r["meta"]["device"]["backend"] == "cpu"
+
+
+@pytest.mark.slow
+def test_graph_parallel_benchmark_measures_memory_per_part(tmp_path):
+    """benchmarks/graph_parallel.py on a 60-atom box, P = 1, 2: each row has per-device
+    memory (lower on 2 parts), halo atoms on 2 parts, and the fitted exponents."""
+    out = str(tmp_path / "gp.json")
+    subprocess.run([sys.executable, os.path.join(BENCH, "graph_parallel.py"), "--atoms=60",
+                    "--parts=1,2", "--repeats=1", "--no_train", "--channels=8",
+                    f"--json={out}"], check=True, capture_output=True, cwd=trainlib.ROOT,
+                   timeout=900)
+    result = json.load(open(out))
+    rows = {r["parts"]: r for r in result["rows"]}
+    assert set(rows) == {1, 2} and rows[1]["atoms"] == rows[2]["atoms"] == 60
+    mem = {p: r["forward_memory"]["device_bytes"] for p, r in rows.items()}
+    assert 0 < mem[2] < mem[1]
+    assert rows[2]["halo_atoms_mean"] > 0 and rows[2]["halo_bytes_sent"] >= rows[2][
+        "halo_bytes_real"] > 0
+    assert result["summary"]["memory_vs_parts"]["60"] < 0

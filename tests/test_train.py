@@ -133,7 +133,10 @@ def test_two_devices_equal_one_device(water, tmp_path):
     one, two = (np.load(tmp_path / f"p{n}.npz") for n in (1, 2))
     assert float(one["loss"]) == pytest.approx(float(two["loss"]), rel=1e-6)
     diffs = [np.abs(one[k] - two[k]).max() for k in one.files if k != "loss"]
-    assert len(diffs) > 10 and max(diffs) < 1e-6
+    # The first Adam step moves every weight by g / (|g| + 1e-8) * lr, lr = 1e-3: a wrong
+    # reduction differs by ~1e-3. Where |g| is near Adam's eps the round-off of the summation
+    # order is amplified: 3e-8 on JAX 0.10, 1.2e-6 on JAX 0.12 (JAX_DISABLE_MOST_OPTIMIZATIONS).
+    assert len(diffs) > 10 and max(diffs) < 1e-5
 
 
 def _metrics(workdir):
