@@ -399,13 +399,7 @@ def batch_to_sparse(out: Mapping[str, Any], batch, node_layout: blocks.IrrepsLay
     Returns:
       One CSR matrix (or None) per real molecule, in batch order.
     """
-    if spin not in ("alpha", "beta"):
-        raise ValueError(f"spin={spin!r}: choose 'alpha' or 'beta'.")
-    suffix = "_beta" if spin == "beta" else ""
-    if f"node_h{suffix}" not in out:
-        raise ValueError("The model outputs no beta blocks: it is not spin-resolved "
-                         "(config.heads.spin='none').")
-    node_h, edge_h = np.asarray(out[f"node_h{suffix}"]), np.asarray(out[f"edge_h{suffix}"])
+    node_h, edge_h = assemble.spin_outputs(out, spin)
     species = np.asarray(batch.nodes["species"])
     senders, receivers = np.asarray(batch.senders), np.asarray(batch.receivers)
     mats: list[sp.csr_matrix | None] = []

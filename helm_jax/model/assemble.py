@@ -40,6 +40,18 @@ def node_irreps_to_physical(node_h: np.ndarray, species: np.ndarray, node_layout
                                          node_layout.muls[0])
 
 
+def spin_outputs(out, spin: str = "alpha") -> tuple[np.ndarray, np.ndarray]:
+    """``(node_h, edge_h)`` of one spin (numpy): ``"alpha"`` (or the restricted H) or
+    ``"beta"`` (``node_h_beta``, ``edge_h_beta`` of a spin-resolved model)."""
+    if spin not in ("alpha", "beta"):
+        raise ValueError(f"spin={spin!r}: choose 'alpha' or 'beta'.")
+    suffix = "_beta" if spin == "beta" else ""
+    if f"node_h{suffix}" not in out:
+        raise ValueError("The model outputs no beta blocks: it is not spin-resolved "
+                         "(config.heads.spin='none').")
+    return np.asarray(out[f"node_h{suffix}"]), np.asarray(out[f"edge_h{suffix}"])
+
+
 def batch_to_full(out: dict, batch, node_layout: blocks.IrrepsLayout,
                   edge_layout: blocks.IrrepsLayout, stats: stats_lib.Statistics | None,
                   spin: str = "alpha") -> list[np.ndarray]:
@@ -48,14 +60,8 @@ def batch_to_full(out: dict, batch, node_layout: blocks.IrrepsLayout,
     ``spin="beta"`` assembles the beta blocks (``node_h_beta``, ``edge_h_beta``) of a
     spin-resolved model; ``"alpha"`` the alpha (or restricted) ones.
     """
-    if spin not in ("alpha", "beta"):
-        raise ValueError(f"spin={spin!r}: choose 'alpha' or 'beta'.")
-    suffix = "_beta" if spin == "beta" else ""
-    if f"node_h{suffix}" not in out:
-        raise ValueError("The model outputs no beta blocks: it is not spin-resolved "
-                         "(config.heads.spin='none').")
-    node_h = np.asarray(out[f"node_h{suffix}"], np.float64)
-    edge_h = np.asarray(out[f"edge_h{suffix}"], np.float64)
+    node_h, edge_h = spin_outputs(out, spin)
+    node_h, edge_h = node_h.astype(np.float64), edge_h.astype(np.float64)
     species = np.asarray(batch.nodes["species"])
     senders, receivers = np.asarray(batch.senders), np.asarray(batch.receivers)
     template = node_layout.template
