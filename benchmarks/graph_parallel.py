@@ -24,6 +24,7 @@ atoms^b`` at fixed P (surface: 2/3; volume: 1), and writes ``--json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -59,10 +60,10 @@ def _labelled_batch(n_atoms: int, args):
     record = water_box(max(1, n_atoms // 3), seed=0)
     g = graphs.build_graph(record, spec, with_labels=False, validate=False)
     rng = np.random.default_rng(0)
-    g = g.__class__(**{**g.__dict__,
-                       "node_labels": rng.normal(size=(g.n_node, spec.node_layout.dim)) * 0.1,
-                       "edge_labels": rng.normal(size=(g.n_edge, spec.edge_layout.dim)) * 0.01,
-                       "energy": 0.0, "forces": rng.normal(size=(g.n_node, 3)) * 0.01})
+    g = dataclasses.replace(
+        g, node_labels=rng.normal(size=(g.n_node, spec.node_layout.dim)) * 0.1,
+        edge_labels=rng.normal(size=(g.n_edge, spec.edge_layout.dim)) * 0.01, energy=0.0,
+        forces=rng.normal(size=(g.n_node, 3)) * 0.01)
     budget = batching.Budget(g.n_node + 1, g.n_edge, 2)
     batch = batching.pad_batch([g], budget, spec.node_layout.dim, spec.edge_layout.dim,
                                np.float32)
