@@ -193,33 +193,43 @@ def _scatter_back(x: np.ndarray, rows: np.ndarray, num_rows: int) -> np.ndarray:
     return out
 
 
-def _owners(batch: jraph.GraphsTuple, parts: int, method: str = "bisect") -> np.ndarray:
-    """Part of every batch row (-1 for padding): :func:`bisect` (or :func:`metis`) of each
-    structure, weighted by the edges each atom receives."""
+def structure_owner(positions: np.ndarray, senders: np.ndarray, receivers: np.ndarray,
+                    parts: int, method: str = "bisect") -> np.ndarray:
+    """Part of every atom of one structure: :func:`bisect` (or :func:`metis`) weighted by
+    the edges each atom receives (so parts own about equal numbers of edges).
+
+    Args:
+      positions: ``[n, 3]``.
+      senders, receivers: the structure's directed edges (indices ``0..n-1``).
+      parts: ``P``.
+      method: one of :data:`PARTITIONERS`.
+    """
     if method not in PARTITIONERS:
         raise ValueError(f"partitioner {method!r}: choose one of {PARTITIONERS} "
                          "(config.parallel.partitioner).")
+    n = len(positions)
+    weights = np.bincount(np.asarray(receivers), minlength=n) + 1
+    if method == "bisect":
+        return bisect(positions, weights.astype(np.float64), parts)
+    return metis(senders, receivers, weights, parts)
+
+
+def _owners(batch: jraph.GraphsTuple, parts: int, method: str = "bisect") -> np.ndarray:
+    """Part of every batch row (-1 for padding): :func:`structure_owner` of each graph."""
     species = np.asarray(batch.nodes["species"])
-    real = species > 0
     senders, receivers = np.asarray(batch.senders), np.asarray(batch.receivers)
-    edge_real = real[senders]
-    in_degree = np.bincount(receivers[edge_real], minlength=len(species))
+    edge_real = species[senders] > 0
     owner = np.full(len(species), -1, np.int32)
     starts = np.concatenate([[0], np.cumsum(np.asarray(batch.n_node))])
     positions = np.asarray(batch.nodes["positions"], np.float64)
     for g in range(len(starts) - 1):
         rows = np.arange(starts[g], starts[g + 1])
-        rows = rows[real[rows]]
+        rows = rows[species[rows] > 0]
         if not len(rows):
             continue
-        if method == "bisect":
-            owner[rows] = bisect(positions[rows], in_degree[rows] + 1.0, parts)
-            continue
-        local = np.full(len(species), -1, np.int64)
-        local[rows] = np.arange(len(rows))
-        mine = edge_real & (local[receivers] >= 0)
-        owner[rows] = metis(local[senders[mine]], local[receivers[mine]],
-                            in_degree[rows] + 1, parts)
+        mine = edge_real & (receivers >= rows[0]) & (receivers <= rows[-1])
+        owner[rows] = structure_owner(positions[rows], senders[mine] - rows[0],
+                                      receivers[mine] - rows[0], parts, method)
     return owner
 
 
@@ -289,10 +299,13 @@ def partition_batch(batch: jraph.GraphsTuple, parts: int, owner: np.ndarray | No
 
 
 def partition_batches(batches: Sequence[jraph.GraphsTuple], parts: int,
-                      method: str = "bisect") -> list[PartitionedBatch]:
+                      method: str = "bisect", owners: Sequence[np.ndarray] | None = None
+                      ) -> list[PartitionedBatch]:
     """:func:`partition_batch` of several batches with one common shape (for the ``data``
-    axis: stack their graphs with :func:`stack_parts`)."""
-    plans = [_plan(b, parts, None, method) for b in batches]
+    axis: stack their graphs with :func:`stack_parts`); ``owners``: each batch's part of
+    every row (e.g. from cached :func:`structure_owner` results), else computed."""
+    owners = [None] * len(batches) if owners is None else owners
+    plans = [_plan(b, parts, o, method) for b, o in zip(batches, owners)]
     sizes = tuple(np.max([p.sizes() for p in plans], axis=0).tolist())
     return [_partition(b, parts, p, sizes) for b, p in zip(batches, plans)]
 

@@ -132,6 +132,7 @@ class BatchIterator:
                  graph_parts: int = 1, partitioner: str = "bisect"):
         self.data = data
         self.graph_parts, self.partitioner = int(graph_parts), partitioner
+        self._owner_cache: dict[int, np.ndarray] = {}  # structure -> part of each atom
         self.indices = np.asarray(indices, np.int64)
         self.n_devices = n_devices
         self.seed = seed
@@ -213,9 +214,26 @@ class BatchIterator:
                                           template=self.data.spec.template
                                           if self.data.spec is not None else None))
         if partition and self.graph_parts > 1:
-            return graph_parallel.stack_parts(
-                graph_parallel.partition_batches(out, self.graph_parts, self.partitioner))
+            owners = [self._batch_owner(idx, len(b.nodes["species"]))
+                      for idx, b in zip(per_device, out)]
+            return graph_parallel.stack_parts(graph_parallel.partition_batches(
+                out, self.graph_parts, self.partitioner, owners))
         return batching.stack_device_batches(out)
+
+    def _batch_owner(self, idx: list[int], n_rows: int) -> np.ndarray:
+        """Part of every row of a batch of structures ``idx`` (-1: padding), from each
+        structure's partition, computed once per structure and cached."""
+        owner = np.full(n_rows, -1, np.int32)
+        start = 0
+        for i in idx:
+            if i not in self._owner_cache:
+                g = self.data[i]
+                self._owner_cache[i] = graph_parallel.structure_owner(
+                    g.positions, g.senders, g.receivers, self.graph_parts, self.partitioner)
+            part = self._owner_cache[i]
+            owner[start:start + len(part)] = part
+            start += len(part)
+        return owner
 
     def _graph(self, i: int) -> MolGraph:
         g = self.data[i]
