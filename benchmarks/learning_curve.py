@@ -65,6 +65,56 @@ def _eval_steps(every: int):
     return due
 
 
+class Trainer:
+    """One training run of ``config`` on its train split, as the curves run it: one device,
+    the config's optimiser without its schedule's plateau (a constant or cosine rate over
+    ``max_steps``), shuffled batches of the train split. Also used by
+    ``benchmarks/step_window_probe.py``.
+
+    Attributes: ``data``, ``model``, ``ctx``, ``weights``, ``need``, ``dtype``, ``state``
+    (replicated :class:`helm_jax.train.TrainState`), ``step`` (steps taken).
+    """
+
+    def __init__(self, config, max_steps: int = 0):
+        from helm_jax import parallel, train
+        from helm_jax.data import datasets, pipeline
+        from helm_jax.optim import build_optimizer
+
+        self.config, self.dtype = config, train.precision(config)
+        self.mesh = parallel.make_mesh(1)
+        self.data = train.load_data(config)
+        self.model, self.weights, self.need, self.ctx = train.model_and_losses(config,
+                                                                               self.data)
+        it = pipeline.BatchIterator(self.data.graphs, self.data.splits["train"],
+                                    datasets.batch_config(config.data), n_devices=1,
+                                    seed=int(config.seed), stats=self.data.stats,
+                                    dtype=self.dtype, prefetch=2)
+        first = it.make_batch(*it.plan(0)[0])
+        params = train._init_params(self.model, first, int(config.seed),
+                                    config.model.init_scale)
+        self.tx = build_optimizer(config.optim,
+                                  min(max_steps or 10 ** 9, int(config.train.num_steps)),
+                                  "none", params)
+        self._step = parallel.data_parallel(train.make_train_step(
+            self.model, self.tx, self.ctx, self.weights, self.need,
+            loss_modules=tuple(config.loss_modules)), self.mesh)
+        self.state = parallel.replicate(train.TrainState.create(
+            params, self.tx, train.plateau_schedule(config.optim), int(config.seed)),
+            self.mesh)
+        self._stream, self.step = iter(it), 0
+
+    def next_batch(self):
+        """The next training batch, placed on the mesh."""
+        from helm_jax import parallel
+        return parallel.shard(next(self._stream), self.mesh)
+
+    def train_step(self, batch) -> float:
+        """One optimiser step on ``batch``; returns its loss (blocks until done)."""
+        self.state, values = self._step(self.state, batch)
+        self.step += 1
+        return float(values["loss"])
+
+
 def run_curve(config, seconds: float, max_steps: int, eval_every: int,
               log_every: int = 20) -> dict:
     """Trains ``config`` for the budget; returns ``{"rows", "train_rows", "summary"}``:
@@ -73,34 +123,19 @@ def run_curve(config, seconds: float, max_steps: int, eval_every: int,
     import jax
     import numpy as np
 
-    from helm_jax import parallel, train
-    from helm_jax.data import datasets, pipeline
     from helm_jax.evaluate import Evaluator
     from helm_jax.model import helm
-    from helm_jax.optim import build_optimizer
 
-    dtype = train.precision(config)
-    mesh = parallel.make_mesh(1)
-    data = train.load_data(config)
-    model, weights, need, ctx = train.model_and_losses(config, data)
-    it = pipeline.BatchIterator(data.graphs, data.splits["train"],
-                                datasets.batch_config(config.data), n_devices=1,
-                                seed=int(config.seed), stats=data.stats, dtype=dtype, prefetch=2)
-    first = it.make_batch(*it.plan(0)[0])
-    params = train._init_params(model, first, int(config.seed), config.model.init_scale)
+    run = Trainer(config, max_steps)
+    data, model, ctx, weights, need, dtype = (run.data, run.model, run.ctx, run.weights,
+                                              run.need, run.dtype)
     steps_cap = max_steps or 10 ** 9
-    tx = build_optimizer(config.optim, min(steps_cap, int(config.train.num_steps)), "none",
-                         params)
-    p_step = parallel.data_parallel(train.make_train_step(
-        model, tx, ctx, weights, need, loss_modules=tuple(config.loss_modules)), mesh)
-    state = parallel.replicate(train.TrainState.create(
-        params, tx, train.plateau_schedule(config.optim), int(config.seed)), mesh)
     evaluator = Evaluator(model, data, config, ctx, weights, need, dtype)
     due = _eval_steps(eval_every)
     rows, step, trained, losses, train_rows, window = [], 0, 0.0, [], [], []
 
     def evaluate():
-        m = evaluator(state.params, "val")
+        m = evaluator(run.state.params, "val")
         row = {"step": step, "seconds": round(trained, 3),
                "h_mae_uEh": m["h_mae"] * 1e6, "h_mae_diag_uEh": m["h_mae_diag"] * 1e6,
                "h_mae_offdiag_uEh": m["h_mae_offdiag"] * 1e6,
@@ -112,13 +147,11 @@ def run_curve(config, seconds: float, max_steps: int, eval_every: int,
         print(json.dumps(row), flush=True)
         losses.clear()
 
-    stream = iter(it)
-    n_params = helm.count_params(jax.device_get(state.params))
+    n_params = helm.count_params(jax.device_get(run.state.params))
     while step < steps_cap and (seconds <= 0 or trained < seconds):
-        batch = parallel.shard(next(stream), mesh)
+        batch = run.next_batch()
         t0 = time.perf_counter()
-        state, values = p_step(state, batch)
-        loss = float(values["loss"])  # blocks until the step is done
+        loss = run.train_step(batch)
         trained += time.perf_counter() - t0
         step += 1
         losses.append(loss)

@@ -27,6 +27,12 @@ class MetricsLogger:
         self.history = self._load(start_step)
         self._writer = None
         self._t0, self._s0, self._mols = time.time(), start_step, 0
+        # Cumulative over resumes: each row carries the run's wall and process CPU seconds
+        # so far (every thread's CPU time; learning curves against CPU-hours), continued
+        # from the last row a resume keeps.
+        last = self.history[-1] if self.history else {}
+        self._wall0 = float(last.get("wall_s", 0.0)) - self._t0
+        self._cpu0 = float(last.get("cpu_s", 0.0)) - time.process_time()
 
     def _load(self, start_step: int) -> list[dict]:
         if not os.path.exists(self.path):
@@ -51,7 +57,9 @@ class MetricsLogger:
     def write(self, step: int, split: str, values: dict[str, float]) -> None:
         """Appends a row and TensorBoard scalars."""
         row = {"step": int(step), "split": split,
-               **{k: float(v) for k, v in values.items()}}
+               **{k: float(v) for k, v in values.items()},
+               "wall_s": round(self._wall0 + time.time(), 2),
+               "cpu_s": round(self._cpu0 + time.process_time(), 2)}
         self.history.append(row)
         if not self.active:
             return

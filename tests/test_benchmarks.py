@@ -164,3 +164,31 @@ def test_graph_parallel_benchmark_measures_memory_per_part(tmp_path):
     assert rows[2]["halo_atoms_mean"] > 0 and rows[2]["halo_bytes_sent"] >= rows[2][
         "halo_bytes_real"] > 0
     assert result["summary"]["memory_vs_parts"]["60"] < 0
+
+
+@pytest.mark.slow
+def test_step_window_probe_splits_the_evaluators_error_exactly(tmp_path):
+    """benchmarks/step_window_probe.py: every split of the validation error covers each H
+    entry once (shares sum to 1), the pooled MAE is the per-molecule MAE of equal-sized
+    molecules (the Evaluator's h_mae), and Adam's second moments are positive."""
+    import learning_curve
+    import step_window_probe
+    from helm_jax.evaluate import Evaluator
+    c = trainlib.tiny_config(trainlib.label_water(str(tmp_path / "water.h5")))
+    c.data.split.update(train=6, val=2, test=0)
+    c.optim.update(name="adam", learning_rate=3e-3, schedule="constant", clip_norm=0.0)
+    run = learning_curve.Trainer(c, 10)
+    for _ in range(10):
+        assert np.isfinite(run.train_step(run.next_batch()))
+    b = step_window_probe.error_breakdown(run)
+    for kind in ("distance", "shells", "magnitude"):
+        assert sum(r["share_entries"] for r in b[kind]) == pytest.approx(1.0, abs=1e-12)
+        assert sum(r["share_error"] for r in b[kind]) == pytest.approx(1.0, abs=1e-9)
+    own = b["distance"][0]  # the atoms' own blocks (distance 0): O 14 AOs, H 5 + 5 of 24
+    assert own["group"] == 0 and own["share_entries"] == pytest.approx((14 ** 2 + 2 * 5 ** 2)
+                                                                        / 24 ** 2)
+    m = Evaluator(run.model, run.data, c, run.ctx, run.weights, run.need, run.dtype)(
+        run.state.params, "val")
+    assert b["mae"] == pytest.approx(m["h_mae"], rel=1e-5)
+    moments = step_window_probe.adam_moments(run.state, 10)
+    assert 0 < moments["p10"] <= moments["p50"] <= moments["p99"]
