@@ -23,6 +23,15 @@ protocol):
 
 A finished run leaves ``result.json`` in its folder and is skipped on the next invocation;
 an interrupted one resumes from its checkpoint.
+
+At convergence (docs/rmd17_convergence.md): ``--pretrained=<workdir>`` uses a finished
+Hamiltonian run (its backbone, and its model settings for every protocol) instead of step
+1; ``--steps_per_label=S --min_steps=M --early_stop=P`` gives each energy run a budget of
+``max(M, S * K)`` steps that it leaves early when the validation loss has not improved for
+``P`` evaluations; ``--control`` adds ``direct_matched``: direct training given the
+pretraining's steps on top of its own budget, the compute the pretrained protocols had.
+The summary adds the ratio direct / finetuned per K (mean +- std over seeds; a seed draws
+the same K conformers in every protocol).
 """
 
 from __future__ import annotations
@@ -49,6 +58,15 @@ flags.DEFINE_integer("n_test", 500, "Test conformers (the first ones of the test
 flags.DEFINE_integer("pretrain_steps", None, "Override the pretraining steps.")
 flags.DEFINE_integer("energy_steps", None, "Override the energy runs' steps.")
 flags.DEFINE_bool("small", False, "Tiny model and few steps (a quick end-to-end check).")
+flags.DEFINE_string("pretrained", None, "A finished Hamiltonian run (workdir) to transfer "
+                    "from instead of the study's own pretraining.")
+flags.DEFINE_integer("steps_per_label", 0, "Energy budget max(min_steps, this x K); 0: "
+                     "the study's fixed budget (or --energy_steps).")
+flags.DEFINE_integer("min_steps", 1000, "Smallest energy budget with --steps_per_label.")
+flags.DEFINE_integer("early_stop", 0, "Stop an energy run after this many evaluations "
+                     "without a better validation loss (0: never).")
+flags.DEFINE_bool("control", False, "Add direct_matched: direct training with the "
+                  "pretraining's steps added to its budget.")
 
 MEV = 1e3
 
@@ -67,17 +85,24 @@ def pretrain_config(molecule: str, labels: str, small: bool, steps: int | None):
 
 
 def energy_config(molecule: str, protocol: str, k: int, seed: int, train_xyz: str,
-                  pretrained: str, small: bool, steps: int | None):
-    """Energy + force config of one (protocol, K, seed) run."""
+                  pretrained: str, small: bool, steps: int | None, model=None,
+                  early_stop: int = 0):
+    """Energy + force config of one (protocol, K, seed) run; ``model``: the pretrained
+    run's ``config.model`` (every protocol then uses its architecture); ``direct_matched``
+    is the direct protocol under its own name."""
     from helm_jax.configs import md17
-    c = md17.get_config(f"{molecule},energy,{protocol},k={k},study" + (",small" if small
-                                                                        else ""))
+    base_protocol = "direct" if protocol == "direct_matched" else protocol
+    c = md17.get_config(f"{molecule},energy,{base_protocol},k={k},study" + (
+        ",small" if small else ""))
+    if model is not None:
+        c.model = model
+    c.train.early_stop_patience = int(early_stop)
     c.data.path = train_xyz
     c.data.split.update(train=k, val=max(5, k // 10), test=0)
     c.seed = c.data.split_seed = seed
     if small:
         c.model.num_layers = 1
-    if protocol != "direct":
+    if base_protocol != "direct":
         c.transfer.init_from = pretrained
     if steps:
         c.train.num_steps = steps
@@ -122,6 +147,38 @@ def run_once(config, run_dir: str, test_xyz: str, n_test: int) -> dict:
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     return result
+
+
+def energy_budget(k: int, steps_per_label: int, min_steps: int, fixed: int | None,
+                  pretrain_steps: int, protocol: str) -> int | None:
+    """Steps of one energy run: ``max(min_steps, steps_per_label * K)`` (or ``fixed``; None:
+    the config's), plus the pretraining's steps for ``direct_matched``."""
+    steps = max(min_steps, steps_per_label * k) if steps_per_label else fixed
+    if protocol == "direct_matched":
+        if steps is None:
+            raise ValueError("direct_matched needs an explicit budget: pass --steps_per_label "
+                             "or --energy_steps.")
+        steps += pretrain_steps
+    return steps
+
+
+def ratios(rows: list[dict], over: str = "direct", under: str = "finetune") -> dict:
+    """Per K: ``over`` / ``under`` test MAE of the same seed (same K conformers), mean and
+    std over seeds, for energies and forces."""
+    import numpy as np
+    by = {(r["protocol"], r["k"], r["seed"]): r for r in rows}
+    out = {}
+    for k in sorted({r["k"] for r in rows}):
+        pairs = [(by[(over, k, s)], by[(under, k, s)]) for (p, kk, s) in by
+                 if p == over and kk == k and (under, k, s) in by]
+        if not pairs:
+            continue
+        out[str(k)] = {}
+        for key in ("energy_mae_mev", "forces_mae_mev_a"):
+            r = np.array([a[key] / b[key] for a, b in pairs])
+            out[str(k)][key] = {"mean": float(r.mean()), "std": float(r.std()),
+                                "seeds": len(r)}
+    return out
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -186,13 +243,16 @@ def plot(table: dict, ks: list[int], molecule: str, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def run_study(molecule: str, rmd17: str, labels: str, workdir: str, ks: list[int],
+def run_study(molecule: str, rmd17: str, labels: str | None, workdir: str, ks: list[int],
               protocols: list[str], seeds: list[int], n_test: int, small: bool = False,
-              pretrain_steps: int | None = None, energy_steps: int | None = None) -> dict:
+              pretrain_steps: int | None = None, energy_steps: int | None = None,
+              pretrained: str | None = None, steps_per_label: int = 0, min_steps: int = 1000,
+              early_stop: int = 0, control: bool = False) -> dict:
     """Runs (or resumes) the whole study for one molecule; returns the summary table."""
     train_xyz = os.path.join(rmd17, f"{molecule}_train_01.xyz")
     test_xyz = os.path.join(rmd17, f"{molecule}_test_01.xyz")
-    for path in (train_xyz, test_xyz, labels):
+    needed = (train_xyz, test_xyz) + ((labels,) if pretrained is None else ())
+    for path in needed:
         if not os.path.exists(path):
             raise FileNotFoundError(
                 f"{path} does not exist: pass --rmd17 (folder of rMD17 xyz files) and --labels "
@@ -203,10 +263,19 @@ def run_study(molecule: str, rmd17: str, labels: str, workdir: str, ks: list[int
     if not jax.config.jax_compilation_cache_dir:
         # The 12 runs of a protocol compile the same programs: compile them once.
         jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
-    from helm_jax import train
-    pre_dir = os.path.join(root, "pretrain")
-    done = os.path.join(pre_dir, "result.json")
-    if not os.path.exists(done):
+    from helm_jax import checkpoint, train
+    pre_dir = pretrained or os.path.join(root, "pretrain")
+    done = os.path.join(root, "pretrain_result.json" if pretrained else "pretrain/result.json")
+    if pretrained:  # a finished run: its step and validation metrics, read once
+        if not os.path.exists(done):
+            loaded = checkpoint.load_model(pretrained, which="best")
+            # the steps it trained (its latest checkpoint), not its best one's
+            step = checkpoint.find_checkpoint_dir(
+                os.path.join(pretrained, "checkpoints", "latest"))[1]
+            with open(done, "w") as f:
+                json.dump({"step": int(step), "workdir": os.path.abspath(pretrained),
+                           "model": loaded.config.model.to_dict()}, f, indent=1)
+    elif not os.path.exists(done):
         out = train.train_and_evaluate(
             pretrain_config(molecule, labels, small, pretrain_steps), pre_dir)
         if out.get("interrupted"):
@@ -214,26 +283,47 @@ def run_study(molecule: str, rmd17: str, labels: str, workdir: str, ks: list[int
         with open(done, "w") as f:
             json.dump({"step": out["step"], "val": out["val"], "seconds": out["seconds"]}, f,
                       indent=1)
+    with open(done) as f:
+        pre_steps = int(json.load(f)["step"])
+    model = checkpoint.load_model(pretrained).config.model if pretrained else None
     rows = []
     for k in ks:
-        for protocol in protocols:
+        for protocol in list(protocols) + (["direct_matched"] if control else []):
             for seed in seeds:
                 run_dir = os.path.join(root, f"{protocol}_k{k}_seed{seed}")
+                steps = energy_budget(k, steps_per_label, min_steps, energy_steps, pre_steps,
+                                      protocol)
                 cfg = energy_config(molecule, protocol, k, seed, train_xyz, pre_dir, small,
-                                    energy_steps)
+                                    steps, model, early_stop)
                 r = run_once(cfg, run_dir, test_xyz, n_test)
                 rows.append({"protocol": protocol, "k": k, "seed": seed, **r})
                 print(f"{molecule} {protocol} K={k} seed={seed}: E {r['energy_mae_mev']:.1f} "
                       f"meV, F {r['forces_mae_mev_a']:.1f} meV/A", flush=True)
     table = summarize(rows)
+    ratio = ratios(rows)
+    with open(done) as f:
+        pre = json.load(f)
     with open(os.path.join(root, "results.json"), "w") as f:
         json.dump({"molecule": molecule, "runs": rows, "summary": table,
-                   "pretrain": json.load(open(done))}, f, indent=1)
+                   "direct_over_finetune": ratio, "pretrain": pre}, f, indent=1)
     with open(os.path.join(root, "results.md"), "w") as f:
-        f.write(markdown(table, ks, molecule))
+        f.write(markdown(table, ks, molecule) + ratio_markdown(ratio))
     plot(table, ks, molecule, os.path.join(root, "error_vs_k.png"))
-    print(markdown(table, ks, molecule))
+    print(markdown(table, ks, molecule) + ratio_markdown(ratio))
     return table
+
+
+def ratio_markdown(ratio: dict) -> str:
+    """Rows of direct / finetuned test MAE per K ("" without both protocols)."""
+    if not ratio:
+        return ""
+    lines = ["", "direct / finetuned test MAE (same seed and K conformers; mean +- std)", "",
+             "| K | energy | forces |", "|---|---|---|"]
+    for k, r in ratio.items():
+        e, f = r["energy_mae_mev"], r["forces_mae_mev_a"]
+        lines.append(f"| {k} | {e['mean']:.2f} +- {e['std']:.2f} | "
+                     f"{f['mean']:.2f} +- {f['std']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv):
@@ -244,7 +334,9 @@ def main(argv):
     labels = FLAGS.labels or f"data/{FLAGS.molecule}_train_pbe_svp.h5"
     run_study(FLAGS.molecule, FLAGS.rmd17, labels, FLAGS.workdir,
               [int(k) for k in FLAGS.ks], FLAGS.protocols, [int(s) for s in FLAGS.seeds],
-              FLAGS.n_test, FLAGS.small, FLAGS.pretrain_steps, FLAGS.energy_steps)
+              FLAGS.n_test, FLAGS.small, FLAGS.pretrain_steps, FLAGS.energy_steps,
+              FLAGS.pretrained, FLAGS.steps_per_label, FLAGS.min_steps, FLAGS.early_stop,
+              FLAGS.control)
 
 
 if __name__ == "__main__":

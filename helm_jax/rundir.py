@@ -33,6 +33,7 @@ HARMLESS = frozenset({
     "name", "num_devices", "parallel.graph_devices", "parallel.partitioner",
     "train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.max_eval_molecules", "train.allow_config_change",
+    "train.early_stop_patience",
     "data.prefetch"})
 
 

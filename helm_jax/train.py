@@ -368,11 +368,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     t_start = time.time()
     run, state = _setup(config, workdir)
     num_steps, log_every = int(config.train.num_steps), int(config.train.log_every)
+    patience = int(config.train.get("early_stop_patience", 0))
     if int(state.step) == 0 and (initial := run.evaluator(state.params, "test")):
         run.logger.write(0, "test", initial)
+    # An early-stopped run that is rerun stays stopped.
+    stopped = patience > 0 and evaluations_since_best(run.logger.history) >= patience
     with _sigterm_flag() as stop, run.ckpt, run.logger:
         stream = iter(run.train_it)
-        while int(state.step) < num_steps and not stop["sigterm"]:
+        while int(state.step) < num_steps and not stop["sigterm"] and not stopped:
             batch = next(stream)
             run.logger.count(_molecules(batch))
             state, values = run.step_fn(state, parallel.shard(batch, run.mesh))
@@ -385,6 +388,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if step % int(config.train.eval_every) == 0 or step == num_steps:
                 state = run.validate(state)
                 run.logger.plot()
+                if (since := evaluations_since_best(run.logger.history)) >= patience > 0:
+                    print(f"Early stop at step {step}: the validation loss has not improved "
+                          f"for {since} evaluations (train.early_stop_patience={patience}).",
+                          flush=True)
+                    stopped = True
             elif step % int(config.train.checkpoint_every) == 0:
                 run.save(state)
         run.save(state)
@@ -393,6 +401,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                   "command to resume.", flush=True)
             return {"step": int(state.step), "interrupted": True}
         return _finish(run, state, time.time() - t_start)
+
+
+def evaluations_since_best(history: list[dict]) -> int:
+    """Validation rows of a run's log (``MetricsLogger.history``) after the one with the
+    lowest loss (0 when the last is the best, or there is none): early stopping's count,
+    rebuilt from the log so that a resumed run continues it."""
+    losses = [r["loss"] for r in history if r["split"] == "val" and "loss" in r]
+    if not losses:
+        return 0
+    return len(losses) - 1 - int(np.argmin(losses))
 
 
 def _finish(run: _Run, state: TrainState, seconds: float) -> dict[str, Any]:

@@ -93,3 +93,52 @@ def test_study_table_and_plot(tmp_path):
     assert "| direct | 41.0 +- 1.0 / 82.0 +- 2.0 | 21.0 +- 1.0 / 42.0 +- 2.0 |" in md
     study.plot(table, [25, 50], "ethanol", str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
+def test_budgets_and_direct_over_finetune_ratios():
+    study = _study_module()
+    assert study.energy_budget(25, 40, 1000, None, 5000, "finetune") == 1000
+    assert study.energy_budget(800, 40, 1000, None, 5000, "direct") == 32_000
+    assert study.energy_budget(800, 40, 1000, None, 5000, "direct_matched") == 37_000
+    assert study.energy_budget(25, 0, 1000, 250, 1500, "frozen") == 250
+    assert study.energy_budget(25, 0, 1000, None, 1500, "direct") is None
+    with pytest.raises(ValueError, match="--steps_per_label"):
+        study.energy_budget(25, 0, 1000, None, 1500, "direct_matched")
+    rows = [{"protocol": p, "k": k, "seed": s, "energy_mae_mev": e, "forces_mae_mev_a": f}
+            for p, k, s, e, f in (("direct", 25, 0, 30.0, 60.0), ("finetune", 25, 0, 15.0, 20.0),
+                                  ("direct", 25, 1, 40.0, 60.0), ("finetune", 25, 1, 10.0, 30.0),
+                                  ("direct", 100, 0, 9.0, 9.0))]  # no finetune partner
+    r = study.ratios(rows)
+    assert list(r) == ["25"]
+    assert r["25"]["energy_mae_mev"] == {"mean": 3.0, "std": 1.0, "seeds": 2}
+    assert r["25"]["forces_mae_mev_a"]["mean"] == pytest.approx(2.5)
+    assert "| 25 | 3.00 +- 1.00 | 2.50 +- 0.50 |" in study.ratio_markdown(r)
+    assert study.ratio_markdown({}) == ""
+
+
+@pytest.mark.slow
+def test_study_from_a_finished_run_with_the_matched_control(study_inputs, tmp_path):
+    """--pretrained: the study reuses a finished Hamiltonian run (no pretraining of its own),
+    every protocol takes its model settings, and direct_matched trains the pretraining's
+    steps on top of its budget."""
+    study = _study_module()
+    rmd17, labels = study_inputs
+    from helm_jax import train
+    pre = str(tmp_path / "pre")
+    c = study.pretrain_config("ethanol", labels, small=True, steps=4)
+    c.model.m_max = 1  # not the study's own setting: the energy runs must follow it
+    train.train_and_evaluate(c, pre)
+    study.run_study(molecule="ethanol", rmd17=rmd17, labels=None, workdir=str(tmp_path / "s"),
+                    ks=[2], protocols=["direct", "finetune"], seeds=[1], n_test=2, small=True,
+                    pretrained=pre, steps_per_label=1, min_steps=2, control=True)
+    root = tmp_path / "s" / "ethanol"
+    assert not (root / "pretrain").exists()
+    results = json.loads((root / "results.json").read_text())
+    steps = {r["protocol"]: r["steps"] for r in results["runs"]}
+    assert steps == {"direct": 2, "finetune": 2, "direct_matched": 2 + 4}
+    assert results["pretrain"]["step"] == 4
+    assert set(results["direct_over_finetune"]) == {"2"}
+    from helm_jax import checkpoint
+    for p in ("direct", "finetune", "direct_matched"):
+        assert checkpoint.load_model(str(root / f"{p}_k2_seed1")).config.model.m_max == 1
+    assert "direct / finetuned" in (root / "results.md").read_text()

@@ -43,3 +43,18 @@ def test_wall_and_cpu_seconds_continue_across_a_resume(tmp_path):
     gap_cpu = rows[2]["cpu_s"] - rows[1]["cpu_s"]
     gap_wall = rows[2]["wall_s"] - rows[1]["wall_s"]
     assert 0.25 <= gap_cpu < 1.0 and 0.25 <= gap_wall < 1.5  # not the 2 s pause
+
+
+def test_early_stopping_counts_evaluations_since_the_best_from_the_log(tmp_path):
+    from helm_jax.train import evaluations_since_best
+    workdir = str(tmp_path)
+    log = MetricsLogger(workdir, num_steps=100)
+    for step, loss in ((10, 5.0), (20, 3.0), (30, 4.0), (40, 3.5)):
+        log.write(step, "train", {"loss": 0.1})  # training rows do not count
+        log.write(step, "val", {"loss": loss})
+    assert evaluations_since_best(log.history) == 2  # best at step 20
+    # A resume from step 30 drops step 40's row and continues the count from the log.
+    assert evaluations_since_best(MetricsLogger(workdir, 100, start_step=30).history) == 1
+    assert evaluations_since_best([]) == 0
+    log.write(50, "val", {"loss": 2.0})
+    assert evaluations_since_best(log.history) == 0

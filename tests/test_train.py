@@ -341,3 +341,15 @@ def test_plateau_schedule_halves_after_patience_evaluations():
         _, state = tx.update({}, state, value=value)
         scales.append(float(state.scale))
     assert scales == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
+
+
+@pytest.mark.slow
+def test_early_stopping_stops_and_a_rerun_stays_stopped(water, tmp_path):
+    """A learning rate of 0 never improves on the first validation: with patience 2 and an
+    evaluation every step the run stops at step 3 of 50, and rerunning it trains nothing."""
+    workdir = str(tmp_path / "w")
+    c = trainlib.tiny_config(water, steps=50)
+    c.optim.update(name="adam", learning_rate=0.0, schedule="constant", clip_norm=0.0)
+    c.train.update(eval_every=1, early_stop_patience=2)
+    assert train.train_and_evaluate(c, workdir)["step"] == 3
+    assert train.train_and_evaluate(c, workdir)["step"] == 3

@@ -127,6 +127,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         num_steps=1000, log_every=10, eval_every=200, checkpoint_every=200,
         keep_checkpoints=2,
+        # Stop when the validation loss has not improved on its best for this many
+        # evaluations (0: train all num_steps); resumes count from metrics.jsonl.
+        early_stop_patience=0,
         max_eval_molecules=ml_collections.FieldReference(None, field_type=int),
         # Resume a workdir with settings that change results (helm_jax/rundir.py).
         allow_config_change=False))
