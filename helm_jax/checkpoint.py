@@ -146,3 +146,23 @@ def load_model(path: str, which: str = "best") -> LoadedModel:
     return LoadedModel(config=config, template=basis_lib.Template.from_dict(meta["template"]),
                        stats=Statistics.from_dict(meta["statistics"]), params=out["params"],
                        step=step, meta=meta)
+
+
+def export_model(path: str, out: str, which: str = "best", **extra: Any) -> str:
+    """Writes the parameters and metadata of a checkpoint, without the optimiser state, to
+    ``<out>/<step>`` (what :func:`load_model` and ``Predictor.from_checkpoint`` read): a
+    model to publish or commit. ``extra`` entries are added to the metadata (e.g. test
+    metrics). Returns the step directory; refuses to overwrite an existing ``out``.
+    """
+    if os.path.exists(out) and os.listdir(out):
+        raise FileExistsError(f"{out} exists and is not empty: export into a new folder "
+                              "(or remove the old export first).")
+    loaded = load_model(path, which)
+    mngr = ocp.CheckpointManager(os.path.abspath(out), options=ocp.CheckpointManagerOptions(
+        create=True, enable_async_checkpointing=False))
+    mngr.save(loaded.step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(loaded.params),
+        meta=ocp.args.JsonSave({**loaded.meta, **extra})), force=True)
+    mngr.wait_until_finished()
+    mngr.close()
+    return os.path.join(out, str(loaded.step))

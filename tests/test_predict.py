@@ -2,6 +2,7 @@
 energies/forces, NVE dynamics through the ASE calculator, and the prediction file writer."""
 
 import dataclasses
+import os
 
 import ase
 import ase.io
@@ -197,3 +198,25 @@ def test_write_predictions_makes_a_project_h5_file(setup, tmp_path):
     import scipy.linalg
     np.testing.assert_allclose(eps, scipy.linalg.eigh(rec.fock, rec.overlap, eigvals_only=True),
                                atol=1e-8)
+
+
+def test_exported_model_predicts_the_same_h_and_energy(setup, tmp_path, tmp_path_factory):
+    """checkpoint.export_model: parameters and metadata without the optimiser state; the
+    Predictor built from the export gives the checkpoint's H and energy bit for bit, extra
+    metadata is kept, and a non-empty target is refused."""
+    predictor, loaded, reader = setup
+    _, workdir = predictlib.shared_checkpoint(tmp_path_factory)
+    out = str(tmp_path / "export")
+    step_dir = checkpoint.export_model(workdir, out, test_metrics={"h_mae": 1.5e-4})
+    assert os.path.basename(step_dir) == str(loaded.step)
+    assert "train_state" not in os.listdir(step_dir)
+    exported = checkpoint.load_model(out)
+    assert exported.meta["test_metrics"] == {"h_mae": 1.5e-4}
+    again = predict.Predictor(exported)
+    records = [reader[i] for i in range(2)]
+    for a, b in zip(predictor.predict_hamiltonian(records), again.predict_hamiltonian(records)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(predictor.energy_and_forces(records)[0],
+                                  again.energy_and_forces(records)[0])
+    with pytest.raises(FileExistsError, match="not empty"):
+        checkpoint.export_model(out, out)
