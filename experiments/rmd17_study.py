@@ -266,15 +266,16 @@ def run_study(molecule: str, rmd17: str, labels: str | None, workdir: str, ks: l
     from helm_jax import checkpoint, train
     pre_dir = pretrained or os.path.join(root, "pretrain")
     done = os.path.join(root, "pretrain_result.json" if pretrained else "pretrain/result.json")
-    if pretrained:  # a finished run: its step and validation metrics, read once
+    model = None  # the study's own model settings, unless a finished run brings its own
+    if pretrained:
+        model = checkpoint.load_model(pretrained).config.model
         if not os.path.exists(done):
-            loaded = checkpoint.load_model(pretrained, which="best")
             # the steps it trained (its latest checkpoint), not its best one's
             step = checkpoint.find_checkpoint_dir(
                 os.path.join(pretrained, "checkpoints", "latest"))[1]
             with open(done, "w") as f:
                 json.dump({"step": int(step), "workdir": os.path.abspath(pretrained),
-                           "model": loaded.config.model.to_dict()}, f, indent=1)
+                           "model": model.to_dict()}, f, indent=1)
     elif not os.path.exists(done):
         out = train.train_and_evaluate(
             pretrain_config(molecule, labels, small, pretrain_steps), pre_dir)
@@ -284,15 +285,14 @@ def run_study(molecule: str, rmd17: str, labels: str | None, workdir: str, ks: l
             json.dump({"step": out["step"], "val": out["val"], "seconds": out["seconds"]}, f,
                       indent=1)
     with open(done) as f:
-        pre_steps = int(json.load(f)["step"])
-    model = checkpoint.load_model(pretrained).config.model if pretrained else None
+        pre = json.load(f)
     rows = []
     for k in ks:
         for protocol in list(protocols) + (["direct_matched"] if control else []):
             for seed in seeds:
                 run_dir = os.path.join(root, f"{protocol}_k{k}_seed{seed}")
-                steps = energy_budget(k, steps_per_label, min_steps, energy_steps, pre_steps,
-                                      protocol)
+                steps = energy_budget(k, steps_per_label, min_steps, energy_steps,
+                                      int(pre["step"]), protocol)
                 cfg = energy_config(molecule, protocol, k, seed, train_xyz, pre_dir, small,
                                     steps, model, early_stop)
                 r = run_once(cfg, run_dir, test_xyz, n_test)
@@ -301,8 +301,6 @@ def run_study(molecule: str, rmd17: str, labels: str | None, workdir: str, ks: l
                       f"meV, F {r['forces_mae_mev_a']:.1f} meV/A", flush=True)
     table = summarize(rows)
     ratio = ratios(rows)
-    with open(done) as f:
-        pre = json.load(f)
     with open(os.path.join(root, "results.json"), "w") as f:
         json.dump({"molecule": molecule, "runs": rows, "summary": table,
                    "direct_over_finetune": ratio, "pretrain": pre}, f, indent=1)

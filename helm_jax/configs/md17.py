@@ -29,8 +29,7 @@ def get_config(variant: str = "ethanol"):
     plateau; 5 molecules per batch."""
     v = parse_variant(variant, groups={"molecule": MOLECULES,
                                        "protocol": energy_transfer.PROTOCOLS},
-                      flags=("energy", "small", "float32", "study", "curve",
-                                             "converge"),
+                      flags=("energy", "small", "float32", "study", "curve", "converge"),
                       keys={"k": (int, 100)}, config="md17")
     mol, flags = v.choice["molecule"], v.flags
     small = "small" in flags
