@@ -11,6 +11,11 @@ says where the curve flattens: the first step s whose best-so-far error is less 
 evaluation does not end the curve). Writes
 ``<out>/curve.png`` (log-log, against steps and CPU-hours, with the fit) and
 ``<out>/curve.json``; prints a Markdown table of the best-so-far error at doubling steps.
+
+``--test_data=FILE`` adds the test curve: the H MAE on every structure of FILE (labels the
+run never saw) of the kept ``checkpoints/latest`` steps at the table's doubling steps and
+the last (their EMA parameters, as validated; keep them with
+``--config.train.keep_checkpoints``, which the ``converge`` variant sets).
 """
 
 from __future__ import annotations
@@ -84,20 +89,58 @@ def report(workdir: str, fit_from: int, gain: float) -> dict:
             "flattens_at_step": flattening_step(steps, best, gain)}
 
 
-def table(rep: dict) -> str:
-    """Markdown rows: best-so-far validation H MAE and CPU-hours at doubling steps."""
-    lines = ["| step | CPU-hours | validation H MAE (uEh) | best so far (uEh) |",
-             "|---|---|---|---|"]
-    steps = np.asarray(rep["steps"])
-    mark = 1000
+def doubling_rows(steps) -> list[int]:
+    """Indices of the first evaluation at or after 1,000, 2,000, 4,000, ... steps, and of
+    the last (each once)."""
+    steps = np.asarray(steps)
+    rows, mark = [], 1000
     while mark <= steps.max():
-        i = int(np.nonzero(steps >= mark)[0][0])
-        lines.append(f"| {steps[i]:,} | {rep['cpu_hours'][i]:.2f} | "
-                     f"{rep['h_mae_uEh'][i]:,.0f} | {rep['best_uEh'][i]:,.0f} |")
+        rows.append(int(np.nonzero(steps >= mark)[0][0]))
         mark *= 2
-    i = len(steps) - 1
-    lines.append(f"| {steps[i]:,} (last) | {rep['cpu_hours'][i]:.2f} | "
-                 f"{rep['h_mae_uEh'][i]:,.0f} | {rep['best_uEh'][i]:,.0f} |")
+    return list(dict.fromkeys(rows + [len(steps) - 1]))
+
+
+def kept_steps(workdir: str) -> list[int]:
+    """Steps of the kept ``checkpoints/latest`` checkpoints."""
+    d = os.path.join(workdir, "checkpoints", "latest")
+    return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
+
+
+def test_curve(workdir: str, data: str, steps) -> dict:
+    """Test H MAE (uEh, all structures of ``data``) of the kept latest checkpoints at the
+    doubling steps of ``steps`` (validation steps); a clear error if none is kept."""
+    from helm_jax import evaluate
+    kept = set(kept_steps(workdir))
+    wanted = [steps[i] for i in doubling_rows(steps) if steps[i] in kept]
+    if not wanted:
+        raise FileNotFoundError(
+            f"{workdir}/checkpoints/latest keeps none of the steps {sorted(kept)[:5]}... "
+            "at the curve's doubling steps: rerun with --config.train.keep_checkpoints large "
+            "enough to keep every evaluated step, or drop --test_data.")
+    mae = []
+    for step in wanted:
+        summary = evaluate.evaluate_checkpoint(
+            os.path.join(workdir, "checkpoints", "latest", str(step)), split="all",
+            data=data, energy=False, scf=False, progress=False)
+        mae.append(summary["h_mae_ueh"])
+    return {"data": os.path.abspath(data), "steps": wanted, "h_mae_uEh": mae,
+            "n_structures": summary["n_molecules"]}
+
+
+def table(rep: dict) -> str:
+    """Markdown rows: best-so-far validation H MAE and CPU-hours at doubling steps (and the
+    test H MAE where the report has a test curve)."""
+    test = dict(zip(rep["test"]["steps"], rep["test"]["h_mae_uEh"])) if rep.get("test") else {}
+    head = "| step | CPU-hours | validation H MAE (uEh) | best so far (uEh) |"
+    lines = [head + (" test H MAE (uEh) |" if test else ""),
+             "|---|---|---|---|" + ("---|" if test else "")]
+    steps = rep["steps"]
+    rows = doubling_rows(steps)
+    for i in rows:
+        last = " (last)" if i == rows[-1] else ""
+        cell = (f" {test[steps[i]]:,.1f} |" if steps[i] in test else " |") if test else ""
+        lines.append(f"| {steps[i]:,}{last} | {rep['cpu_hours'][i]:.2f} | "
+                     f"{rep['h_mae_uEh'][i]:,.0f} | {rep['best_uEh'][i]:,.0f} |{cell}")
     return "\n".join(lines)
 
 
@@ -114,12 +157,18 @@ def plot(rep: dict, path: str) -> None:
         ax1.plot(xs, f["a"] * xs ** f["b"], "--", label=f"fit: step^{f['b']:.2f}")
     ax2.plot(rep["cpu_hours"], rep["h_mae_uEh"], ".", alpha=0.5)
     ax2.plot(rep["cpu_hours"], rep["best_uEh"], "-")
+    if rep.get("test"):
+        t = rep["test"]
+        hours = dict(zip(rep["steps"], rep["cpu_hours"]))
+        label = f"test ({t['n_structures']} structures)"
+        ax1.plot(t["steps"], t["h_mae_uEh"], "s-", ms=4, label=label)
+        ax2.plot([hours[s] for s in t["steps"]], t["h_mae_uEh"], "s-", ms=4)
     for ax, xl in ((ax1, "training step"), (ax2, "CPU-hours (all threads)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(xl)
         ax.grid(True, which="both", alpha=0.3)
-    ax1.set_ylabel("validation H MAE (uEh)")
+    ax1.set_ylabel("H MAE (uEh)")
     ax1.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -128,6 +177,8 @@ def plot(rep: dict, path: str) -> None:
 def main(argv):
     del argv
     rep = report(FLAGS.workdir, FLAGS.fit_from, FLAGS.flat_gain)
+    if FLAGS.test_data:
+        rep["test"] = test_curve(FLAGS.workdir, FLAGS.test_data, rep["steps"])
     out = FLAGS.out or FLAGS.workdir
     os.makedirs(out, exist_ok=True)
     plot(rep, os.path.join(out, "curve.png"))
@@ -149,5 +200,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", None, "Output folder (default: the workdir).")
     flags.DEFINE_integer("fit_from", 1000, "First step of the power-law fit.")
     flags.DEFINE_float("flat_gain", 0.10, "A doubling that gains less than this flattens.")
+    flags.DEFINE_string("test_data", None, "Labelled file for the test curve (optional).")
     flags.mark_flags_as_required(["workdir"])
     app.run(main)

@@ -129,6 +129,10 @@ def find_checkpoint_dir(path: str) -> tuple[str, int]:
 def load_model(path: str, which: str = "best") -> LoadedModel:
     """Loads params and metadata from a checkpoint (no optimiser state needed).
 
+    The parameters are those the run evaluates: a training checkpoint's EMA of the
+    parameters when it kept one (``train_state["ema"]``; a ``latest`` checkpoint's
+    ``params`` item holds the raw ones), otherwise its ``params``.
+
     Args:
       path: workdir, manager directory or step directory.
       which: prefer ``"best"`` or ``"latest"`` when ``path`` is a workdir.
@@ -138,13 +142,18 @@ def load_model(path: str, which: str = "best") -> LoadedModel:
     directory, step = find_checkpoint_dir(path)
     mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
         read_only=True, enable_async_checkpointing=False))
-    out = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(),
-                                                     meta=ocp.args.JsonRestore()))
+    items = {"params": ocp.args.StandardRestore(), "meta": ocp.args.JsonRestore()}
+    if os.path.isdir(os.path.join(directory, str(step), "train_state")):
+        items["train_state"] = ocp.args.StandardRestore()
+    out = mngr.restore(step, args=ocp.args.Composite(**items))
     mngr.close()
+    params = out["params"]
+    if "train_state" in items and isinstance(out["train_state"], dict):
+        params = out["train_state"].get("ema", params)
     meta = out["meta"]
     config = configs.complete(meta["config"])
     return LoadedModel(config=config, template=basis_lib.Template.from_dict(meta["template"]),
-                       stats=Statistics.from_dict(meta["statistics"]), params=out["params"],
+                       stats=Statistics.from_dict(meta["statistics"]), params=params,
                        step=step, meta=meta)
 
 

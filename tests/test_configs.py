@@ -161,6 +161,18 @@ def test_variant_choices_and_defaults():
         "md17", "malonaldehyde,curve").to_dict()
 
 
+def test_converge_variant_decays_on_a_cosine_over_its_budget_and_keeps_its_checkpoints():
+    from helm_jax import optim
+    c = load_config("md17", "ethanol,converge")
+    n = c.train.num_steps
+    lr = optim._schedule(c.optim, n)
+    assert (c.data.split.train, c.data.split.val, c.model.init_scale) == (900, 100, 1 / 3)
+    assert float(lr(1)) == pytest.approx(1e-3)
+    assert float(lr(n // 2)) == pytest.approx(0.5 * (1e-3 + 1e-5), rel=1e-4)
+    assert float(lr(n)) == pytest.approx(1e-5)
+    assert c.train.keep_checkpoints * c.train.checkpoint_every >= n  # every evaluated step
+
+
 def test_a_saved_config_is_completed_with_defaults_and_legacy_values():
     from helm_jax import configs
     from helm_jax.configs import md17

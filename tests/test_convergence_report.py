@@ -49,3 +49,41 @@ def test_still_improving_run_has_no_flattening_and_noise_uses_the_best(tmp_path)
 def test_missing_log_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="workdir of experiments/run.py"):
         convergence_report.report(str(tmp_path), 1000, 0.1)
+
+
+def test_test_curve_evaluates_the_kept_ema_checkpoints(tmp_path, tmp_path_factory):
+    """--test_data: the H MAE of each kept latest checkpoint's EMA parameters on every
+    structure of the file, against the MAE computed here from the Predictor and the labels."""
+    import jax
+
+    import predictlib
+    from helm_jax import checkpoint, predict
+    from helm_jax.data import readers
+
+    water, run = predictlib.shared_checkpoint(tmp_path_factory)
+    loaded = checkpoint.load_model(run)
+    workdir = str(tmp_path)
+    emas = {1000: loaded.params, 2000: jax.tree.map(lambda x: np.asarray(x) * 0.5, loaded.params),
+            3000: jax.tree.map(lambda x: np.asarray(x) * 0.25, loaded.params)}
+    with checkpoint.Checkpointer(workdir, keep=5) as ckpt:
+        for step, ema in emas.items():
+            ckpt.save(step, loaded.params, {"step": step, "ema": ema}, loaded.meta)
+    steps = [1000, 2000, 3000]
+    _log(workdir, steps, [900.0, 800.0, 700.0])
+    curve = convergence_report.test_curve(workdir, water, steps)
+    reader = readers.open_dataset(water)
+    records = [reader[i] for i in range(len(reader))]
+    assert curve["steps"] == steps and curve["n_structures"] == len(records)
+    for step, got in zip(steps, curve["h_mae_uEh"]):
+        loaded.params = emas[step]
+        preds = predict.Predictor(loaded).predict_hamiltonian(records)
+        want = np.mean([np.abs(p - r.fock).mean() for p, r in zip(preds, records)]) * 1e6
+        assert got == pytest.approx(want, rel=1e-5)
+    assert len(set(curve["h_mae_uEh"])) == 3
+    rep = convergence_report.report(workdir, fit_from=1000, gain=0.1)
+    rep["test"] = curve
+    assert f"| 3,000 (last) | 0.29 | 700 | 700 | {curve['h_mae_uEh'][2]:,.1f} |" in \
+        convergence_report.table(rep)
+    convergence_report.plot(rep, str(tmp_path / "c.png"))
+    with pytest.raises(FileNotFoundError, match="keep_checkpoints"):
+        convergence_report.test_curve(workdir, water, [4000, 8000])

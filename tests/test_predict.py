@@ -8,6 +8,7 @@ import ase
 import ase.io
 import ase.units
 import h5py
+import jax
 import numpy as np
 import pytest
 from ase.md.verlet import VelocityVerlet
@@ -220,3 +221,19 @@ def test_exported_model_predicts_the_same_h_and_energy(setup, tmp_path, tmp_path
                                   again.energy_and_forces(records)[0])
     with pytest.raises(FileExistsError, match="not empty"):
         checkpoint.export_model(out, out)
+
+
+def test_a_training_checkpoint_loads_its_ema_parameters(setup, tmp_path):
+    """A ``latest`` checkpoint stores the raw parameters as ``params`` and the EMA the run
+    validates in ``train_state``: load_model (and so evaluation, export and prediction)
+    gives the EMA; a checkpoint without one gives ``params``."""
+    _, loaded, _ = setup
+    ema = jax.tree.map(lambda x: np.asarray(x) * 2.0 + 1.0, loaded.params)
+    with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
+        ckpt.save(7, loaded.params, {"step": 7, "ema": ema}, loaded.meta)
+        ckpt.save(8, loaded.params, {"step": 8}, loaded.meta)
+    for step, want in ((7, ema), (8, loaded.params)):
+        got = checkpoint.load_model(str(tmp_path / "checkpoints" / "latest" / str(step)))
+        assert got.step == step
+        for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
