@@ -25,7 +25,7 @@ A finished run leaves ``result.json`` in its folder and is skipped on the next i
 an interrupted one resumes from its checkpoint.
 
 At convergence (docs/rmd17_convergence.md): ``--pretrained=<workdir>`` uses a finished
-Hamiltonian run (its backbone, and its model settings for every protocol) instead of step
+Hamiltonian run or an exported model (``checkpoints/rmd17_ethanol_pbe_svp``) (its backbone, and its model settings for every protocol) instead of step
 1; ``--steps_per_label=S --min_steps=M --early_stop=P`` gives each energy run a budget of
 ``max(M, S * K)`` steps that it leaves early when the validation loss has not improved for
 ``P`` evaluations; ``--control`` adds ``direct_matched``: direct training given the
@@ -58,8 +58,8 @@ flags.DEFINE_integer("n_test", 500, "Test conformers (the first ones of the test
 flags.DEFINE_integer("pretrain_steps", None, "Override the pretraining steps.")
 flags.DEFINE_integer("energy_steps", None, "Override the energy runs' steps.")
 flags.DEFINE_bool("small", False, "Tiny model and few steps (a quick end-to-end check).")
-flags.DEFINE_string("pretrained", None, "A finished Hamiltonian run (workdir) to transfer "
-                    "from instead of the study's own pretraining.")
+flags.DEFINE_string("pretrained", None, "A finished Hamiltonian run (workdir) or an exported "
+                    "model to transfer from instead of the study's own pretraining.")
 flags.DEFINE_integer("steps_per_label", 0, "Energy budget max(min_steps, this x K); 0: "
                      "the study's fixed budget (or --energy_steps).")
 flags.DEFINE_integer("min_steps", 1000, "Smallest energy budget with --steps_per_label.")
@@ -271,8 +271,7 @@ def run_study(molecule: str, rmd17: str, labels: str | None, workdir: str, ks: l
         model = checkpoint.load_model(pretrained).config.model
         if not os.path.exists(done):
             # the steps it trained (its latest checkpoint), not its best one's
-            step = checkpoint.find_checkpoint_dir(
-                os.path.join(pretrained, "checkpoints", "latest"))[1]
+            step = checkpoint.trained_steps(pretrained)
             with open(done, "w") as f:
                 json.dump({"step": int(step), "workdir": os.path.abspath(pretrained),
                            "model": model.to_dict()}, f, indent=1)

@@ -126,6 +126,16 @@ def find_checkpoint_dir(path: str) -> tuple[str, int]:
                             "experiments/run.py or one of its checkpoints/{best,latest} dirs.")
 
 
+def trained_steps(path: str) -> int:
+    """Steps a run trained: the newest ``checkpoints/latest`` step of a workdir, else an
+    exported model's ``trained_steps`` (else its step)."""
+    latest = os.path.join(path, "checkpoints", "latest")
+    if os.path.isdir(latest):
+        return find_checkpoint_dir(latest)[1]
+    loaded = load_model(path)
+    return int(loaded.meta.get("trained_steps", loaded.step))
+
+
 def load_model(path: str, which: str = "best") -> LoadedModel:
     """Loads params and metadata from a checkpoint (no optimiser state needed).
 
@@ -161,12 +171,17 @@ def export_model(path: str, out: str, which: str = "best", **extra: Any) -> str:
     """Writes the parameters and metadata of a checkpoint, without the optimiser state, to
     ``<out>/<step>`` (what :func:`load_model` and ``Predictor.from_checkpoint`` read): a
     model to publish or commit. ``extra`` entries are added to the metadata (e.g. test
-    metrics). Returns the step directory; refuses to overwrite an existing ``out``.
+    metrics), and ``trained_steps``, the run's last step, when ``path`` is a workdir (the
+    exported step is the best one). Returns the step directory; refuses to overwrite an
+    existing ``out``.
     """
     if os.path.exists(out) and os.listdir(out):
         raise FileExistsError(f"{out} exists and is not empty: export into a new folder "
                               "(or remove the old export first).")
     loaded = load_model(path, which)
+    latest = os.path.join(path, "checkpoints", "latest")
+    if os.path.isdir(latest) and "trained_steps" not in loaded.meta:
+        extra = {"trained_steps": find_checkpoint_dir(latest)[1], **extra}
     mngr = ocp.CheckpointManager(os.path.abspath(out), options=ocp.CheckpointManagerOptions(
         create=True, enable_async_checkpointing=False))
     mngr.save(loaded.step, args=ocp.args.Composite(

@@ -142,3 +142,14 @@ def test_study_from_a_finished_run_with_the_matched_control(study_inputs, tmp_pa
     for p in ("direct", "finetune", "direct_matched"):
         assert checkpoint.load_model(str(root / f"{p}_k2_seed1")).config.model.m_max == 1
     assert "direct / finetuned" in (root / "results.md").read_text()
+    # An exported model (experiments/export_model.py) stands for its run: the same model
+    # settings and the run's trained steps for direct_matched.
+    exported = str(tmp_path / "exported")
+    checkpoint.export_model(pre, exported)
+    assert checkpoint.trained_steps(exported) == 4
+    study.run_study(molecule="ethanol", rmd17=rmd17, labels=None, workdir=str(tmp_path / "e"),
+                    ks=[2], protocols=["finetune"], seeds=[1], n_test=2, small=True,
+                    pretrained=exported, steps_per_label=1, min_steps=2, control=True)
+    results = json.loads((tmp_path / "e" / "ethanol" / "results.json").read_text())
+    assert {r["protocol"]: r["steps"] for r in results["runs"]} == {
+        "finetune": 2, "direct_matched": 2 + 4}
