@@ -149,20 +149,20 @@ def plot(rep: dict, path: str) -> None:
     from matplotlib.figure import Figure
     fig = Figure(figsize=(11, 4.2))
     ax1, ax2 = fig.subplots(1, 2, sharey=True)
-    ax1.plot(rep["steps"], rep["h_mae_uEh"], ".", alpha=0.5, label="validation")
-    ax1.plot(rep["steps"], rep["best_uEh"], "-", label="best so far")
+    ax1.plot(rep["steps"], rep["h_mae_uEh"], ".", alpha=0.5, color="C0", label="validation")
+    ax1.plot(rep["steps"], rep["best_uEh"], "-", color="C1", label="best so far")
     if rep["fit"]:
         f = rep["fit"]
         xs = np.geomspace(f["from_step"], max(rep["steps"]), 50)
-        ax1.plot(xs, f["a"] * xs ** f["b"], "--", label=f"fit: step^{f['b']:.2f}")
-    ax2.plot(rep["cpu_hours"], rep["h_mae_uEh"], ".", alpha=0.5)
-    ax2.plot(rep["cpu_hours"], rep["best_uEh"], "-")
+        ax1.plot(xs, f["a"] * xs ** f["b"], "--", color="C2", label=f"fit: step^{f['b']:.2f}")
+    ax2.plot(rep["cpu_hours"], rep["h_mae_uEh"], ".", alpha=0.5, color="C0")
+    ax2.plot(rep["cpu_hours"], rep["best_uEh"], "-", color="C1")
     if rep.get("test"):
         t = rep["test"]
         hours = dict(zip(rep["steps"], rep["cpu_hours"]))
         label = f"test ({t['n_structures']} structures)"
-        ax1.plot(t["steps"], t["h_mae_uEh"], "s-", ms=4, label=label)
-        ax2.plot([hours[s] for s in t["steps"]], t["h_mae_uEh"], "s-", ms=4)
+        ax1.plot(t["steps"], t["h_mae_uEh"], "s-", ms=4, color="C3", label=label)
+        ax2.plot([hours[s] for s in t["steps"]], t["h_mae_uEh"], "s-", ms=4, color="C3")
     for ax, xl in ((ax1, "training step"), (ax2, "CPU-hours (all threads)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
