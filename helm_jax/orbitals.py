@@ -90,11 +90,18 @@ def canonical_orthogonalizer(s, s_threshold: float = S_THRESHOLD, xp=np):
       s_threshold: overlap eigenvalues ``<=`` this are dropped (linear dependence).
       xp: the array module.
 
+    Eigenvalues below the working precision are dropped too: ``lam <= n * eps * max(lam)``
+    (the rank rule of ``numpy.linalg.matrix_rank``), which only bites in float32, where an
+    overlap eigenvalue below about 1e-6 is rounding noise (it may come out above
+    ``s_threshold`` and would blow up as ``lam^-1/2``). In float64 it is far below
+    ``s_threshold``.
+
     Returns:
       ``(x [n, n], keep [n] bool)`` with ``x^T S x = diag(keep)``; dropped columns are zero.
     """
     lam, u = xp.linalg.eigh(s)
-    keep = lam > s_threshold
+    noise = lam.shape[-1] * xp.finfo(lam.dtype).eps * xp.max(xp.abs(lam))
+    keep = lam > xp.maximum(s_threshold, noise)
     return u * xp.where(keep, 1.0 / xp.sqrt(xp.where(keep, lam, 1.0)), 0.0), keep
 
 

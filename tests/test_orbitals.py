@@ -328,3 +328,19 @@ def test_finite_field_polarizability_with_direct_scf():
     a_direct = reference_targets.finite_field_polarizability(direct)
     assert np.all(np.isfinite(a_direct)) and np.trace(a_in) > 1.0
     np.testing.assert_allclose(a_direct, a_in, atol=1e-5)
+
+
+def test_canonical_orthogonalizer_drops_directions_below_the_working_precision():
+    """An overlap eigenvalue of 1e-6 is kept in float64 (above S_THRESHOLD) but is rounding
+    noise in float32 (n * eps * max = 6 * 1.2e-7 * 2), where it is dropped; the kept
+    directions stay orthonormal, x^T S x = diag(keep), in both precisions."""
+    rng = np.random.default_rng(0)
+    u = np.linalg.qr(rng.normal(size=(6, 6)))[0]
+    lam = np.array([1e-6, 0.4, 0.7, 1.1, 1.5, 2.0])
+    s = (u * lam) @ u.T
+    for xp, dtype, n_kept in ((np, np.float64, 6), (jnp, np.float32, 5)):
+        x, keep = orbitals.canonical_orthogonalizer(xp.asarray(s, dtype), xp=xp)
+        assert int(np.sum(keep)) == n_kept
+        x = np.asarray(x, np.float64)
+        tol = 1e-9 if dtype == np.float64 else 1e-4
+        np.testing.assert_allclose(x.T @ s @ x, np.diag(np.asarray(keep, float)), atol=tol)
