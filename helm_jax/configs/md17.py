@@ -95,7 +95,7 @@ def converge_variant(c) -> None:
     l_max = m_max = 4, 16 radial Gaussians, cutoff 8 A, float32) with initial weights at
     a third of the fan-in variance (``init_scale``), chosen for accuracy per CPU-hour by
     the sweep in the docs; batch 5, Adam 1e-3 decayed on a cosine to 1e-5 over
-    ``train.num_steps`` (40,000: about 80 minutes of a 2-core CPU; a longer budget is
+    ``train.num_steps`` (40,000: about 50 minutes of a 2-core CPU; a longer budget is
     ``--config.train.num_steps=N``, which stretches the whole schedule); EMA 0.999 of the
     parameters for validation and checkpoints; the last 64 checkpoints (21 MiB each) are
     kept for the test curve of ``experiments/convergence_report.py --test_data``. The run
