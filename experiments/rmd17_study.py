@@ -25,8 +25,9 @@ A finished run leaves ``result.json`` in its folder and is skipped on the next i
 an interrupted one resumes from its checkpoint.
 
 At convergence (docs/rmd17_convergence.md): ``--pretrained=<workdir>`` uses a finished
-Hamiltonian run or an exported model (``checkpoints/rmd17_ethanol_pbe_svp``) (its backbone, and its model settings for every protocol) instead of step
-1; ``--steps_per_label=S --min_steps=M --early_stop=P`` gives each energy run a budget of
+Hamiltonian run or an exported model such as ``checkpoints/rmd17_ethanol_pbe_svp`` (its
+backbone, and its model settings for every protocol) instead of step 1;
+``--steps_per_label=S --min_steps=M --early_stop=P`` gives each energy run a budget of
 ``max(M, S * K)`` steps that it leaves early when the validation loss has not improved for
 ``P`` evaluations; ``--control`` adds ``direct_matched``: direct training given the
 pretraining's steps on top of its own budget, the compute the pretrained protocols had.

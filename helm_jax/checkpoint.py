@@ -126,12 +126,18 @@ def find_checkpoint_dir(path: str) -> tuple[str, int]:
                             "experiments/run.py or one of its checkpoints/{best,latest} dirs.")
 
 
+def _latest_step(path: str) -> int | None:
+    """The newest ``checkpoints/latest`` step when ``path`` is a workdir, else None."""
+    latest = os.path.join(path, "checkpoints", "latest")
+    return find_checkpoint_dir(latest)[1] if os.path.isdir(latest) else None
+
+
 def trained_steps(path: str) -> int:
     """Steps a run trained: the newest ``checkpoints/latest`` step of a workdir, else an
     exported model's ``trained_steps`` (else its step)."""
-    latest = os.path.join(path, "checkpoints", "latest")
-    if os.path.isdir(latest):
-        return find_checkpoint_dir(latest)[1]
+    step = _latest_step(path)
+    if step is not None:
+        return step
     loaded = load_model(path)
     return int(loaded.meta.get("trained_steps", loaded.step))
 
@@ -179,9 +185,8 @@ def export_model(path: str, out: str, which: str = "best", **extra: Any) -> str:
         raise FileExistsError(f"{out} exists and is not empty: export into a new folder "
                               "(or remove the old export first).")
     loaded = load_model(path, which)
-    latest = os.path.join(path, "checkpoints", "latest")
-    if os.path.isdir(latest) and "trained_steps" not in loaded.meta:
-        extra = {"trained_steps": find_checkpoint_dir(latest)[1], **extra}
+    if (step := _latest_step(path)) is not None and "trained_steps" not in loaded.meta:
+        extra = {"trained_steps": step, **extra}
     mngr = ocp.CheckpointManager(os.path.abspath(out), options=ocp.CheckpointManagerOptions(
         create=True, enable_async_checkpointing=False))
     mngr.save(loaded.step, args=ocp.args.Composite(

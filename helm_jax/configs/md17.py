@@ -99,8 +99,9 @@ def converge_variant(c) -> None:
     ``--config.train.num_steps=N``, which stretches the whole schedule); EMA 0.999 of the
     parameters for validation and checkpoints; the last 64 checkpoints (21 MiB each) are
     kept for the test curve of ``experiments/convergence_report.py --test_data``. The run
-    resumes from its workdir with the same command (SIGTERM saves). ``schedule=plateau`` instead halves the rate after 5
-    validations (every 1,000 steps) without a 0.1 % improvement, for open-ended runs.
+    resumes from its workdir with the same command (SIGTERM saves). For open-ended runs,
+    ``--config.optim.schedule=plateau`` halves the rate after 5 validations (every 1,000
+    steps) without a 0.1 % improvement.
     """
     curve_variant(c)
     c.name = c.name.replace("_curve", "_converge")
