@@ -2,11 +2,12 @@
 ``optax.contrib.reduce_on_plateau`` and the parameter EMA ``optax.incremental_update``, both
 driven by ``helm_jax.train``).
 
-``config.optim`` fields: ``name`` (adamw | adam), ``learning_rate``, ``weight_decay``,
-``schedule`` (constant | cosine | plateau), ``warmup_steps``, ``final_lr_fraction``
-(cosine), ``plateau_factor``, ``plateau_patience`` (evaluations without improvement
-before the learning rate is multiplied by ``plateau_factor``), ``plateau_rtol``,
-``clip_norm`` (0: off), ``ema_decay`` (0: off), ``backbone_lr_scale`` (finetuning).
+``config.optim`` fields: ``name`` (adamw | adam), ``learning_rate``, ``beta1``, ``beta2``
+(Adam's moment decay rates), ``weight_decay``, ``schedule`` (constant | cosine | plateau),
+``warmup_steps``, ``final_lr_fraction`` (cosine), ``plateau_factor``, ``plateau_patience``
+(evaluations without improvement before the learning rate is multiplied by
+``plateau_factor``), ``plateau_rtol``, ``clip_norm`` (0: off), ``ema_decay`` (0: off),
+``backbone_lr_scale`` (finetuning).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ def _schedule(cfg: ml_collections.ConfigDict, num_steps: int, scale: float = 1.0
 
 def _base(cfg: ml_collections.ConfigDict, schedule):
     if cfg.name == "adamw":
-        return optax.adamw(schedule, weight_decay=cfg.weight_decay)
+        return optax.adamw(schedule, b1=cfg.beta1, b2=cfg.beta2,
+                           weight_decay=cfg.weight_decay)
     if cfg.name == "adam":
-        return optax.adam(schedule)
+        return optax.adam(schedule, b1=cfg.beta1, b2=cfg.beta2)
     raise ValueError(f"Unknown optimiser {cfg.name!r}: adamw or adam.")
 
 

@@ -311,6 +311,32 @@ def _tiny_step(water, ema_decay=0.0):
     return step, parallel.replicate(state, mesh), parallel.shard(batch, mesh)
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_optimizer_betas_from_the_config(name):
+    """``optim.beta1`` / ``beta2`` are Adam's moment decays: after two steps the updates
+    equal optax's with the same betas and differ from the default ones."""
+    from helm_jax.configs import base
+    from helm_jax.optim import build_optimizer
+    c = base.get_config().optim
+    c.update(name=name, schedule="constant", clip_norm=0.0, beta1=0.5, beta2=0.9)
+    rng = np.random.default_rng(2)
+    params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
+    grads = [{"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)} for _ in range(2)]
+
+    def run(tx):
+        state = tx.init(params)
+        for g in grads:
+            upd, state = tx.update(g, state, params)
+        return np.asarray(upd["w"])
+
+    ours = run(build_optimizer(c, 10, "none", params))
+    kw = dict(weight_decay=c.weight_decay) if name == "adamw" else {}
+    ref = getattr(optax, name)(c.learning_rate, b1=0.5, b2=0.9, **kw)
+    default = getattr(optax, name)(c.learning_rate, **kw)
+    np.testing.assert_allclose(ours, run(ref), rtol=1e-6, atol=0)
+    assert np.max(np.abs(ours - run(default))) > 1e-2 * c.learning_rate
+
+
 @pytest.mark.slow
 def test_train_state_lr_scale_and_ema(water):
     """TrainState: the plateau's lr_scale is an input of the step (0 freezes every

@@ -120,7 +120,8 @@ def get_config() -> ml_collections.ConfigDict:
     # (optax.contrib.reduce_on_plateau: the rate is multiplied by plateau_factor after
     # plateau_patience evaluations without a relative improvement of plateau_rtol).
     c.optim = ml_collections.ConfigDict(dict(
-        name="adamw", learning_rate=1e-3, weight_decay=1e-4, schedule="plateau",
+        name="adamw", learning_rate=1e-3, beta1=0.9, beta2=0.999, weight_decay=1e-4,
+        schedule="plateau",
         warmup_steps=0, final_lr_fraction=0.01, plateau_factor=0.5, plateau_patience=10,
         plateau_rtol=1e-4, clip_norm=10.0, ema_decay=0.0, backbone_lr_scale=1.0))
 
