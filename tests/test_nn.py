@@ -255,6 +255,19 @@ def test_radial_basis_and_envelope():
     assert float(env_grad[0]) == 0.0 and float(jnp.abs(env_grad[3:]).max()) < 1e-5
 
 
+
+@pytest.mark.parametrize("width", [0.5, 1.0, 2.0])
+def test_radial_basis_width(width):
+    """Gaussian k at one sigma = width * spacing from its centre is exp(-1/2) times the
+    envelope there."""
+    cutoff, num, k = 8.0, 17, 5
+    sigma = width * cutoff / (num - 1)
+    mu = k * cutoff / (num - 1)
+    r = jnp.asarray([mu, mu + sigma])
+    rbf = np.asarray(layers.GaussianRadialBasis(num, cutoff, width=width)(r))
+    env = np.asarray(layers.polynomial_envelope(r, cutoff))
+    np.testing.assert_allclose(rbf[:, k] / env, [1.0, np.exp(-0.5)], rtol=1e-6)
+
 def test_matmul_dtype_bfloat16():
     x = _random_features(17, (4, so3.num_coefficients(L_MAX), C))
     exact = layers.SO3Linear(L_MAX, 6)

@@ -18,6 +18,7 @@ def model_config() -> ml_collections.ConfigDict:
         l_max=6,
         m_max=6,
         num_rbf=128,  # Gaussians on [0, cutoff]
+        rbf_width=1.0,  # their sigma in units of the spacing cutoff / (num_rbf - 1)
         cutoff=12.0,  # Angstrom; graph cutoff and radial envelope
         num_elements=100,  # embedding table size (species index = atomic number)
         edge_channels_hidden=128,  # element embeddings in x_edge and radial-MLP width

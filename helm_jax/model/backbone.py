@@ -238,6 +238,7 @@ class HELMBackbone(nn.Module):
     edge_chunk_size: int
     chunk_edges_above: int
     charge_spin_embedding: bool = False
+    rbf_width: float = 1.0
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> 'HELMBackbone':
@@ -321,7 +322,8 @@ class HELMBackbone(nn.Module):
             vectors = vectors + edge_shifts.astype(dtype)
         wigner, lengths = so3.edge_wigner(vectors, edge_mask, self.l_max)
         edge_weight = jnp.where(edge_mask, layers.polynomial_envelope(lengths, self.cutoff), 0.0)
-        rbf = layers.GaussianRadialBasis(self.num_rbf, self.cutoff, dtype=dtype)(lengths)
+        rbf = layers.GaussianRadialBasis(self.num_rbf, self.cutoff, dtype=dtype,
+                                         width=self.rbf_width)(lengths)
         edge_scalars = jnp.concatenate([
             layers.ElementEmbedding(self.num_elements, self.edge_channels_hidden,
                                     name='source_embedding', **kw)(species[senders]),

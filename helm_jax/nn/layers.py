@@ -99,21 +99,23 @@ def polynomial_envelope(r: jax.Array, cutoff: float, p: int = 5) -> jax.Array:
 class GaussianRadialBasis(nn.Module):
     """Gaussians centred on ``linspace(0, cutoff, num)`` times a polynomial envelope.
 
-    ``phi_k(r) = exp(-(r - mu_k)^2 / (2 sigma^2)) u(r / cutoff)`` with ``sigma`` the spacing
-    of the centres.
+    ``phi_k(r) = exp(-(r - mu_k)^2 / (2 sigma^2)) u(r / cutoff)`` with ``sigma`` = ``width``
+    times the spacing of the centres.
 
     Attributes:
       num: number of Gaussians.
       cutoff: radius (same length unit as positions) where every basis function vanishes.
+      width: ``sigma`` in units of the spacing ``cutoff / (num - 1)``.
     """
     num: int
     cutoff: float
     dtype: Dtype = jnp.float32
+    width: float = 1.0
 
     def __call__(self, lengths: jax.Array) -> jax.Array:  # [E] -> [E, num]
         assert self.num >= 2, self.num
         centres = jnp.linspace(0.0, self.cutoff, self.num, dtype=self.dtype)
-        sigma = self.cutoff / (self.num - 1)
+        sigma = self.width * self.cutoff / (self.num - 1)
         r = lengths.astype(self.dtype)[..., None]
         gauss = jnp.exp(-0.5 * ((r - centres) / sigma) ** 2)
         return gauss * polynomial_envelope(r, self.cutoff)
