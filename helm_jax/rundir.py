@@ -10,8 +10,8 @@ mounts) only the PID check of a same-host run is reliable.
 :func:`check_resume_config` compares a resumed run's config with the one stored in its
 checkpoint and refuses a change that alters the results (model, data, losses, optimiser,
 seed) unless ``config.train.allow_config_change`` is set; the fields in :data:`HARMLESS`
-(step budget, logging, evaluation and checkpoint cadence, prefetching, device counts) may
-change freely.
+(step budget, logging, evaluation and checkpoint cadence, prefetching, device counts, and
+the model fields that only shape the initial parameters) may change freely.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ HARMLESS = frozenset({
     "train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.max_eval_molecules", "train.allow_config_change",
     "train.early_stop_patience",
-    "data.prefetch"})
+    "data.prefetch"} | {f"model.{k}" for k in configs.INIT_ONLY_MODEL_FIELDS})
 
 
 class WorkdirInUseError(RuntimeError):

@@ -26,6 +26,7 @@ import optax
 from optax import contrib as optax_contrib
 
 from helm_jax import checkpoint as ckpt_lib
+from helm_jax import configs
 from helm_jax import losses as losses_lib
 from helm_jax import parallel, rundir
 from helm_jax.data import datasets, pipeline
@@ -189,7 +190,7 @@ def _transfer_backbone(params, config):
     diff = {k: (mine.get(k), theirs.get(k)) for k in set(mine) | set(theirs)
             if mine.get(k) != theirs.get(k)
             and k not in ("remat", "matmul_dtype", "edge_chunk_size", "chunk_edges_above",
-                          "init_scale")}
+                          *configs.INIT_ONLY_MODEL_FIELDS)}
     if diff:
         raise ValueError(f"config.model differs from the pretrained checkpoint "
                          f"{config.transfer.init_from}: {diff} (mine, theirs).")

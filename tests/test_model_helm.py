@@ -287,3 +287,16 @@ def test_init_scale_scales_every_fan_in_weight_and_nothing_else(svp_model):
     c = _config(4)
     c.model.init_scale = 1 / 3  # a config field, but not a backbone attribute
     assert helm.build_model(c, SVP).backbone == helm.build_model(_config(4), SVP).backbone
+
+
+def test_edge_element_embeddings_start_small(svp_model):
+    """config.model.edge_embedding_std: the element embeddings of x_edge start at std 1e-3
+    (the default), so the radial basis carries x_edge at initialisation; the node
+    embedding keeps std 1."""
+    model, params = svp_model
+    assert model.backbone.edge_embedding_std == 1e-3
+    bb = params["backbone"]
+    for name in ("source_embedding", "target_embedding"):
+        std = float(np.std(np.asarray(bb[name]["embedding"])))
+        assert 0.9e-3 < std < 1.1e-3, (name, std)
+    assert 0.9 < float(np.std(np.asarray(bb["node_embedding"]["embedding"]))) < 1.1

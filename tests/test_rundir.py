@@ -78,6 +78,23 @@ def test_config_changes_ignore_harmless_fields():
     assert rundir.config_changes(saved2, c2) == {"train.num_steps": (4, 8)}
 
 
+def test_config_changes_legacy_and_initialisation_only_fields():
+    """A checkpoint written before a field existed compares at its LEGACY value: the
+    radial basis width and Adam's betas (which change results) count as changes when the
+    new default differs; fields that only shape the initial parameters never do."""
+    c = trainlib.tiny_config("x.h5", steps=4)
+    saved = json.loads(c.to_json_best_effort())
+    for key in ("rbf_width", "edge_embedding_std", "init_scale"):
+        del saved["model"][key]
+    del saved["optim"]["beta2"]
+    c.model.update(rbf_width=1.0, edge_embedding_std=1e-3, init_scale=1 / 3)
+    c.optim.beta2 = 0.999
+    assert rundir.config_changes(saved, c) == {}
+    c.model.rbf_width, c.optim.beta2 = 0.5, 0.99
+    assert rundir.config_changes(saved, c) == {"model.rbf_width": (1.0, 0.5),
+                                               "optim.beta2": (0.999, 0.99)}
+
+
 @pytest.mark.slow
 def test_resume_refuses_changed_settings_unless_allowed(water, tmp_path):
     workdir = str(tmp_path / "run")

@@ -87,7 +87,12 @@ def parse_variant(text: str | None, *, groups: Mapping[str, tuple[str, ...]] | N
 # those checkpoints were trained with (the current default may differ).
 LEGACY = {"heads.label_scale": "none", "data.node_reference": "standardize",
           "data.split_order": "random", "model.charge_spin_embedding": False,
-          "heads.spin": "none", "model.init_scale": 1.0}
+          "heads.spin": "none", "model.init_scale": 1.0, "model.edge_embedding_std": 1.0,
+          "model.rbf_width": 1.0, "optim.beta1": 0.9, "optim.beta2": 0.999}
+
+# config.model fields that only shape the initial parameters: a resumed run or a loaded
+# backbone does not depend on them.
+INIT_ONLY_MODEL_FIELDS = ("init_scale", "edge_embedding_std")
 
 
 def complete(saved: Mapping[str, Any]):

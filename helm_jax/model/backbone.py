@@ -239,6 +239,7 @@ class HELMBackbone(nn.Module):
     chunk_edges_above: int
     charge_spin_embedding: bool = False
     rbf_width: float = 1.0
+    edge_embedding_std: float = 1.0
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> 'HELMBackbone':
@@ -326,9 +327,11 @@ class HELMBackbone(nn.Module):
                                          width=self.rbf_width)(lengths)
         edge_scalars = jnp.concatenate([
             layers.ElementEmbedding(self.num_elements, self.edge_channels_hidden,
+                                    init_std=self.edge_embedding_std,
                                     name='source_embedding', **kw)(species[senders]),
             rbf,
             layers.ElementEmbedding(self.num_elements, self.edge_channels_hidden,
+                                    init_std=self.edge_embedding_std,
                                     name='target_embedding', **kw)(species[receivers]),
         ], axis=-1)  # [E, 2 edge_channels_hidden + num_rbf]
 

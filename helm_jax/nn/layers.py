@@ -127,15 +127,17 @@ class ElementEmbedding(nn.Module):
     Attributes:
       num_elements: table size (species indices are ``0..num_elements-1``).
       features: embedding size.
+      init_std: standard deviation of the normal initial entries.
     """
     num_elements: int
     features: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    init_std: float = 1.0
 
     @nn.compact
     def __call__(self, species: jax.Array) -> jax.Array:  # [N] int -> [N, features]
-        table = self.param('embedding', nn.initializers.normal(1.0),
+        table = self.param('embedding', nn.initializers.normal(self.init_std),
                            (self.num_elements, self.features), self.param_dtype)
         return jnp.take(table, species, axis=0).astype(self.dtype)
 
