@@ -5,6 +5,7 @@
         --name=default --out=benchmarks/results/learning_curves
     python benchmarks/learning_curve.py --plot benchmarks/results/learning_curves/a.json \\
         benchmarks/results/learning_curves/b.json --out=docs/learning_efficiency.png
+    python benchmarks/learning_curve.py --seeds runs/a_seed0.json runs/a_seed1.json ...
 
 A run trains ``--config`` (any ``--config.<field>=`` override) on its train split for a
 fixed budget (``--seconds`` of training and/or ``--max_steps``) and evaluates the
@@ -16,16 +17,19 @@ training steps only (the first step's compilation included, evaluations excluded
 
 Output: ``<out>/<name>.json`` with the config, the curve rows ``{step, seconds, h_mae_uEh,
 h_mae_diag_uEh, h_mae_offdiag_uEh, train_loss}`` (plus ``h_mae_alpha_uEh``,
-``h_mae_beta_uEh`` over the open-shell molecules when there are any), the training loss every ``--log_every``
-steps (``train_rows``) and the run's summary; ``--plot`` draws
-several runs on one figure (H MAE against steps and against seconds, log-log) and prints a
-Markdown table of H MAE at steps 100 ... 3,200 and after the time budget.
+``h_mae_beta_uEh`` over the open-shell molecules when there are any), the training loss
+every ``--log_every`` steps (``train_rows``) and the run's summary; ``--plot`` draws several
+runs on one figure (H MAE against steps and against seconds, log-log; ``--labels`` names
+them) and prints a Markdown table of H MAE at steps 100 ... 3,200 and after the time
+budget; ``--seeds`` prints each seed's H MAE at steps 100 ... 800 and the median per
+setting, for runs named ``<setting>_seed<N>``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -53,6 +57,11 @@ def define_flags() -> None:
     flags.DEFINE_integer("threads", 2, "CPUs the process is pinned to (0: no pinning).")
     flags.DEFINE_bool("plot", False,
                       "Plot the JSON files given as arguments instead of training.")
+    flags.DEFINE_list("labels", [], "With --plot: legend names, one per JSON file "
+                      "(default: each run's name).")
+    flags.DEFINE_bool("seeds", False,
+                      "Print per-seed values and medians of the JSON files given as "
+                      "arguments, grouped by name without its '_seed<N>' suffix.")
 
 
 CHECKPOINTS = (100, 200, 400, 800, 1600, 3200, 6400, 12800)
@@ -193,15 +202,51 @@ def table(curves: dict[str, dict], steps=CHECKPOINTS[:6]) -> str:
     return "\n".join(lines)
 
 
-def plot(paths: list[str], out: str) -> None:
-    """Draws the curves of ``paths`` (H MAE vs steps and vs seconds) into ``out``."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import NullFormatter
-    curves = {}
+def seed_table(paths: list[str], steps=CHECKPOINTS[:4]) -> str:
+    """Markdown table of several seeds per setting: the runs of ``paths`` grouped by name
+    without its ``_seed<N>`` suffix; per step, each seed's H MAE (in seed order) and the
+    median."""
+    groups: dict[str, dict[int, dict]] = {}
     for p in paths:
         with open(p) as f:
             c = json.load(f)
-        curves[c.get("name", os.path.splitext(os.path.basename(p))[0])] = c
+        name = c.get("name", os.path.splitext(os.path.basename(p))[0])
+        base, sep, seed = name.rpartition("_seed")
+        if not sep or not seed.isdigit():
+            base, seed = name, c.get("config", {}).get("seed", 0)
+        groups.setdefault(base, {})[int(seed)] = c
+    steps = [s for s in steps if any(at_step(c["rows"], s) is not None
+                                     for runs in groups.values() for c in runs.values())]
+    lines = ["| setting (seeds) | " + " | ".join(f"step {s:,}" for s in steps) + " |",
+             "|" + "---|" * (len(steps) + 1)]
+    for base, runs in groups.items():
+        cells = []
+        for s in steps:
+            vals = [v for v in (at_step(runs[k]["rows"], s) for k in sorted(runs))
+                    if v is not None]
+            cell = " / ".join(f"{v:,.0f}" for v in vals) or "-"
+            if len(vals) > 1:
+                cell += f" (median {statistics.median(vals):,.0f})"
+            cells.append(cell)
+        seeds = ", ".join(str(k) for k in sorted(runs))
+        lines.append(f"| {base} ({seeds}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(paths: list[str], out: str, labels: list[str] | None = None) -> None:
+    """Draws the curves of ``paths`` (H MAE vs steps and vs seconds) into ``out``, with
+    ``labels`` as legend names (default: each run's name)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+    if labels and len(labels) != len(paths):
+        raise ValueError(f"--labels names {len(labels)} curves but {len(paths)} JSON files "
+                         "were given: give one label per file, in the same order.")
+    curves = {}
+    for k, p in enumerate(paths):
+        with open(p) as f:
+            c = json.load(f)
+        name = labels[k] if labels else c.get("name", os.path.splitext(os.path.basename(p))[0])
+        curves[name] = c
     fig = Figure(figsize=(11, 4.2))
     ax1, ax2 = fig.subplots(1, 2, sharey=True)
     for k, (name, c) in enumerate(curves.items()):
@@ -229,7 +274,10 @@ def plot(paths: list[str], out: str) -> None:
 def main(argv):
     """Trains one curve, or plots several with --plot."""
     if FLAGS.plot:
-        plot(argv[1:], FLAGS.out)
+        plot(argv[1:], FLAGS.out, FLAGS.labels)
+        return
+    if FLAGS.seeds:
+        print(seed_table(argv[1:]))
         return
     if FLAGS.config is None:
         raise app.UsageError("--config is required unless --plot")

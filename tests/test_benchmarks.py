@@ -78,6 +78,18 @@ def test_learning_curve_harness_records_a_falling_validation_error(tmp_path):
     learning_curve.plot([str(path)], str(tmp_path / "curve.png"))
     assert (tmp_path / "curve.png").stat().st_size > 10_000
     assert "| a | " in learning_curve.table({"a": result})
+    learning_curve.plot([str(path)], str(tmp_path / "labelled.png"), ["mine"])
+    with pytest.raises(ValueError, match="one label per file"):
+        learning_curve.plot([str(path)], str(tmp_path / "x.png"), ["a", "b"])
+    for seed, scale in ((0, 1.0), (1, 3.0)):  # two seeds of one setting
+        rows = [dict(r, h_mae_uEh=r["h_mae_uEh"] * scale) for r in result["rows"]]
+        (tmp_path / f"s_seed{seed}.json").write_text(json.dumps(
+            {"name": f"s_seed{seed}", "rows": rows}))
+    seeds = learning_curve.seed_table([str(tmp_path / f"s_seed{k}.json") for k in (0, 1)],
+                                      steps=(20, 40, 60, 80))
+    v = result["rows"][0]["h_mae_uEh"]
+    assert f"| s (0, 1) | {v:,.0f} / {v * 3.0:,.0f} (median {(v + v * 3.0) / 2:,.0f}) |" in seeds
+    assert "step 80" not in seeds  # steps no run reached are left out
 
 
 def test_water_box_predict_times_every_stage_and_matches_the_predictor():
