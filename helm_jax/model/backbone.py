@@ -239,7 +239,7 @@ class HELMBackbone(nn.Module):
     chunk_edges_above: int
     charge_spin_embedding: bool = False
     rbf_width: float = 1.0
-    edge_embedding_std: float = 1.0
+    edge_embedding_std: float = 1e-3  # same default as configs/base.py
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> 'HELMBackbone':
